@@ -1,0 +1,65 @@
+# Neocloud: `make run` for the embedded demo, `make test` for the whole suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PG_HOST ?= 127.0.0.1
+PG_PORT ?= 5432
+PG_SUPERUSER_URL ?= postgresql://postgres@$(PG_HOST):$(PG_PORT)/postgres
+TEST_DB ?= neocloud_test
+REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: run test install install-test browser pg-roles test-postgres test-embedded clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+run: install
+	$(BIN)/python manage.py migrate --verbosity 0
+	$(BIN)/python manage.py seed_demo
+	$(BIN)/python scripts/devserver.py
+
+# Debian's chromium, for the browser tests (Playwright drives it; it downloads no browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "Installing Debian's chromium for the browser tests..."; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
+	  || echo "Chromium cannot be installed on this machine, so the browser tests will fail: install the Debian package chromium."; }
+
+pg-roles: install
+	$(BIN)/python scripts/pg_roles.py "$(PG_SUPERUSER_URL)"
+
+# The whole suite on PostgreSQL (as the non-owner app role) and Redis, with a real worker.
+test-postgres: install-test browser pg-roles
+	DATABASE_URL=postgresql://neocloud_app@$(PG_HOST):$(PG_PORT)/$(TEST_DB) \
+	OWNER_DATABASE_URL=postgresql://neocloud_owner@$(PG_HOST):$(PG_PORT)/$(TEST_DB) \
+	PLATFORM_DATABASE_URL=postgresql://neocloud_platform@$(PG_HOST):$(PG_PORT)/$(TEST_DB) \
+	PG_ADMIN_URL=postgresql://neocloud_owner@$(PG_HOST):$(PG_PORT)/postgres \
+	CELERY_BROKER_URL=$(REDIS_TEST_URL) \
+	NEOCLOUD_DATA_DIR=$(CURDIR)/var/test-postgres NEOCLOUD_TEST_STACK=postgres NEOCLOUD_FAST_PASSWORD_HASHER=1 \
+	$(BIN)/pytest
+
+# The tests marked `embedded`, on a file-backed SQLite database and the filesystem broker.
+test-embedded: install-test browser
+	rm -rf $(CURDIR)/var/test-embedded
+	DATABASE_URL=sqlite:///$(CURDIR)/var/test-embedded/$(TEST_DB).sqlite3 \
+	CELERY_BROKER_URL=filesystem:// \
+	NEOCLOUD_DATA_DIR=$(CURDIR)/var/test-embedded NEOCLOUD_TEST_STACK=embedded NEOCLOUD_FAST_PASSWORD_HASHER=1 \
+	$(BIN)/pytest -m embedded
+
+test: test-postgres test-embedded
+
+clean:
+	rm -rf $(VENV) var

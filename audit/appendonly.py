@@ -1,0 +1,121 @@
+"""Append-only tables, enforced by the database rather than by the application.
+
+PostgreSQL: row triggers reject UPDATE and DELETE, a statement trigger rejects TRUNCATE
+(TRUNCATE fires no DELETE trigger), and all are ENABLE ALWAYS so that
+``session_replication_role = replica`` does not skip them. SQLite: BEFORE UPDATE/DELETE
+triggers that abort. The app role also lacks UPDATE, DELETE and TRUNCATE grants on them.
+"""
+
+from contextlib import contextmanager
+
+from django.db import migrations
+
+APPEND_ONLY_TABLES = ("audit_auditevent", "audit_auditleaf")
+
+PG_FUNCTION = """
+CREATE OR REPLACE FUNCTION audit_reject_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'table % is append-only: % refused', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END;
+$$;
+"""
+
+
+def _pg_create(table):
+    return [
+        f"CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table} "
+        f"FOR EACH ROW EXECUTE FUNCTION audit_reject_change()",
+        f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION audit_reject_change()",
+        f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_no_change",
+        f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_no_truncate",
+    ]
+
+
+def _sqlite_create(table):
+    return [
+        f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, 'table {table} is append-only: UPDATE refused'); END",
+        f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, 'table {table} is append-only: DELETE refused'); END",
+    ]
+
+
+def _sqlite_drop(table):
+    return [f"DROP TRIGGER IF EXISTS {table}_no_update", f"DROP TRIGGER IF EXISTS {table}_no_delete"]
+
+
+def _pg_drop(table):
+    return [f"DROP TRIGGER IF EXISTS {table}_no_change ON {table}", f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}"]
+
+
+def create_statements(vendor, table):
+    if vendor == "postgresql":
+        return [PG_FUNCTION, *_pg_create(table)]
+    if vendor == "sqlite":
+        return _sqlite_create(table)
+    raise NotImplementedError(f"append-only triggers are not written for {vendor}")
+
+
+def drop_statements(vendor, table):
+    return _pg_drop(table) if vendor == "postgresql" else _sqlite_drop(table)
+
+
+class MakeAppendOnly(migrations.operations.base.Operation):
+    """Migration operation: install the append-only triggers on one table."""
+
+    reduces_to_sql = True
+    reversible = True
+
+    def __init__(self, table):
+        self.table = table
+
+    def state_forwards(self, app_label, state):
+        pass
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        for statement in create_statements(schema_editor.connection.vendor, self.table):
+            schema_editor.execute(statement)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        for statement in drop_statements(schema_editor.connection.vendor, self.table):
+            schema_editor.execute(statement)
+
+    def describe(self):
+        return f"Make {self.table} append-only"
+
+    def deconstruct(self):
+        return (self.__class__.__qualname__, [self.table], {})
+
+
+@contextmanager
+def triggers_suspended(connection, tables=APPEND_ONLY_TABLES):
+    """Lift the append-only triggers for the enclosing transaction only.
+
+    For the owner role in test teardown and tamper tests; the caller must already be
+    inside ``transaction.atomic`` on that connection, so the triggers come back whatever
+    happens.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("triggers_suspended must run inside a transaction")
+    vendor = connection.vendor
+    with connection.cursor() as cursor:
+        for table in tables:
+            if vendor == "postgresql":
+                cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER {table}_no_change")
+                cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER {table}_no_truncate")
+            else:
+                for statement in _sqlite_drop(table):
+                    cursor.execute(statement)
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            for table in tables:
+                if vendor == "postgresql":
+                    cursor.execute(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_no_change")
+                    cursor.execute(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_no_truncate")
+                else:
+                    for statement in _sqlite_create(table):
+                        cursor.execute(statement)

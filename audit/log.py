@@ -1,0 +1,120 @@
+"""Writing to the audit log.
+
+``record`` writes an event in the caller's transaction, so the change and its event commit
+or roll back together. ``record_denial`` is for refusals: the refused work rolls back, and
+the denial is written afterwards on a separate connection so it is never lost with it.
+"""
+
+import contextvars
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.utils import timezone
+
+from .catalog import OUTCOMES, is_catalogued
+from .models import AuditEvent
+
+logger = logging.getLogger(__name__)
+
+SIDE_ALIAS = "audit_side"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acted, by value. For a service-account token, the person is the owner and
+    ``token`` names the token (its public prefix)."""
+
+    type: str  # user, token, system, anonymous
+    id: str = ""
+    name: str = ""
+    token: str = ""
+
+    @classmethod
+    def system(cls, name: str) -> "Actor":
+        return cls(type="system", name=name)
+
+    @classmethod
+    def anonymous(cls, name: str = "") -> "Actor":
+        return cls(type="anonymous", name=name)
+
+
+@dataclass(frozen=True)
+class Target:
+    type: str = ""
+    id: str = ""
+
+
+def _build(*, action, actor, tenant, target, data, outcome) -> AuditEvent:
+    if not is_catalogued(action):
+        raise ValueError(f"audit action {action!r} is not in audit.catalog.ACTIONS")
+    if outcome not in OUTCOMES:
+        raise ValueError(f"audit outcome {outcome!r} is not one of {OUTCOMES}")
+    target = target or Target()
+    event = AuditEvent(
+        occurred_at=timezone.now(),
+        actor_type=actor.type,
+        actor_id=str(actor.id),
+        actor_name=actor.name[:150],
+        token_id=actor.token,
+        tenant=tenant or "",
+        action=action,
+        outcome=outcome,
+        target_type=target.type,
+        target_id=str(target.id)[:150],
+        data=data or {},
+    )
+    event.seal()
+    return event
+
+
+def record(*, action: str, actor: Actor, tenant: str = "", target: Target | None = None,
+           data: dict | None = None, outcome: str = "success", using: str = "default") -> AuditEvent:
+    """Record an event inside the caller's transaction (which must exist)."""
+    if not transaction.get_connection(using).in_atomic_block:
+        raise RuntimeError("audit.record must run inside the transaction of the change it records")
+    event = _build(action=action, actor=actor, tenant=tenant, target=target, data=data, outcome=outcome)
+    event.save(using=using, force_insert=True)
+    return event
+
+
+_pending_denials: contextvars.ContextVar[list | None] = contextvars.ContextVar("pending_denials", default=None)
+
+
+def record_denial(*, action: str = "request.denied", actor: Actor, tenant: str = "",
+                  target: Target | None = None, data: dict | None = None, outcome: str = "denied") -> None:
+    """Record a refusal once the refused transaction is over.
+
+    Inside a ``denials_recorded`` scope (every request, command and task has one) the event
+    waits until the scope ends, after the rollback; outside one it is written at once.
+    Either way it goes over a separate connection.
+    """
+    event = _build(action=action, actor=actor, tenant=tenant, target=target, data=data, outcome=outcome)
+    pending = _pending_denials.get()
+    if pending is None:
+        _write_side(event)
+    else:
+        pending.append(event)
+
+
+def _write_side(event: AuditEvent) -> None:
+    with transaction.atomic(using=SIDE_ALIAS):
+        event.save(using=SIDE_ALIAS, force_insert=True)
+
+
+@contextmanager
+def denials_recorded():
+    """Collect denials raised inside, and write them when the scope ends."""
+    pending: list[AuditEvent] = []
+    token = _pending_denials.set(pending)
+    try:
+        yield
+    finally:
+        _pending_denials.reset(token)
+        for event in pending:
+            try:
+                _write_side(event)
+            except Exception:  # the refusal stands; losing its record must be loud
+                logger.exception("could not record audit denial %s", event.action)
+                raise

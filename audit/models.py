@@ -1,0 +1,101 @@
+"""The append-only audit log.
+
+Events name tenants, actors and targets by value, so the log outlives what it describes.
+Both tables are append-only in the database itself (see audit.appendonly).
+"""
+
+import uuid
+
+from django.db import models
+
+from .hashing import canonical_json, leaf_hash, timestamp
+
+
+class AuditEvent(models.Model):
+    """One recorded action. Its id comes from a database sequence and may have gaps;
+    the gapless order is given by its AuditLeaf once the sequencer has reached it."""
+
+    class Outcome(models.TextChoices):
+        SUCCESS = "success"
+        DENIED = "denied"
+        FAILED = "failed"
+
+    id = models.BigAutoField(primary_key=True)
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    occurred_at = models.DateTimeField(db_index=True)
+    actor_type = models.CharField(max_length=16)  # user, token, system, anonymous
+    actor_id = models.CharField(max_length=64, blank=True)
+    actor_name = models.CharField(max_length=150, blank=True)
+    token_id = models.CharField(max_length=32, blank=True)
+    tenant = models.CharField(max_length=64, blank=True, db_index=True)  # slug; blank = platform scope
+    action = models.CharField(max_length=64, db_index=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.SUCCESS)
+    target_type = models.CharField(max_length=64, blank=True)
+    target_id = models.CharField(max_length=150, blank=True)
+    data = models.JSONField(default=dict)
+    canonical = models.TextField()
+    event_hash = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["tenant", "-id"])]
+
+    def __str__(self):
+        return f"{self.action} by {self.actor_name or self.actor_type} ({self.outcome})"
+
+    def canonical_body(self) -> dict:
+        return {
+            "uuid": str(self.uuid),
+            "time": timestamp(self.occurred_at),
+            "actor": {
+                "type": self.actor_type,
+                "id": self.actor_id,
+                "name": self.actor_name,
+                "token": self.token_id,
+            },
+            "tenant": self.tenant,
+            "action": self.action,
+            "outcome": self.outcome,
+            "target": {"type": self.target_type, "id": self.target_id},
+            "data": self.data,
+        }
+
+    def compute_canonical(self) -> bytes:
+        return canonical_json(self.canonical_body())
+
+    def seal(self):
+        """Fill canonical and event_hash from the other fields (once, before insert)."""
+        body = self.compute_canonical()
+        self.canonical = body.decode()
+        self.event_hash = leaf_hash(body).hex()
+
+
+class AuditLeaf(models.Model):
+    """The sequencing entry: a gapless global position (the leaf index in the tree) and a
+    gapless position within the event's tenant, so a tenant can prove its history complete."""
+
+    position = models.BigIntegerField(primary_key=True)
+    event = models.OneToOneField(AuditEvent, on_delete=models.PROTECT, related_name="leaf")
+    tenant = models.CharField(max_length=64, blank=True)
+    tenant_position = models.BigIntegerField()
+    leaf = models.TextField()
+    leaf_hash = models.CharField(max_length=64)
+    sequenced_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "tenant_position"], name="audit_leaf_tenant_position_unique"),
+        ]
+
+    @staticmethod
+    def leaf_body(*, event_hash: str, tenant: str, tenant_position: int) -> bytes:
+        return canonical_json({"event_hash": event_hash, "tenant": tenant, "tenant_position": tenant_position})
+
+
+class SequencerState(models.Model):
+    """One row: the sequencer's lock and the current tree size."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    tree_size = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(null=True)

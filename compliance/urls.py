@@ -1,0 +1,13 @@
+from django.urls import path
+
+from . import api, views
+
+api_urlpatterns = [
+    path("audit/events/", api.AuditEventList.as_view(), name="api-audit-events"),
+    path("tenants/<slug:tenant>/audit/events/", api.TenantAuditEventList.as_view(), name="api-tenant-audit-events"),
+]
+
+console_urlpatterns = [
+    path("audit/", views.AuditView.as_view(), name="audit"),
+    path("t/<slug:tenant>/audit/", views.TenantAuditView.as_view(), name="tenant-audit"),
+]

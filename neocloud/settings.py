@@ -1,0 +1,306 @@
+"""Neocloud settings: one module, driven by the environment.
+
+NEOCLOUD_ENV selects the mode:
+- ``development`` (default): the embedded stack under NEOCLOUD_DATA_DIR (SQLite, the
+  filesystem broker), a secret key generated once into the data dir.
+- ``production``: nothing is defaulted that matters for security; a missing SECRET_KEY,
+  DATABASE_URL or ALLOWED_HOSTS stops start-up with one plain sentence.
+
+Every secret can also be read from a file named by ``<NAME>_FILE``.
+"""
+
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+NEOCLOUD_ENV = os.environ.get("NEOCLOUD_ENV", "development")
+if NEOCLOUD_ENV not in ("development", "production"):
+    raise ImproperlyConfigured(f"NEOCLOUD_ENV must be development or production, not {NEOCLOUD_ENV!r}.")
+PRODUCTION = NEOCLOUD_ENV == "production"
+
+
+def env(name, default=None):
+    """Read NAME, or the contents of the file named by NAME_FILE."""
+    file_path = os.environ.get(f"{name}_FILE")
+    if file_path:
+        try:
+            return Path(file_path).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}_FILE points to {file_path}, which cannot be read ({exc.strerror}).")
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def required(name):
+    value = env(name)
+    if value is None:
+        raise ImproperlyConfigured(f"{name} must be set in production (or {name}_FILE naming a file that holds it).")
+    return value
+
+
+def env_bool(name, default=False):
+    value = env(name)
+    if value is None:
+        return default
+    return value.lower() in ("1", "true", "yes", "on")
+
+
+DATA_DIR = Path(env("NEOCLOUD_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+
+
+def _development_secret_key():
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    key_file = DATA_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(64))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+if PRODUCTION:
+    SECRET_KEY = required("SECRET_KEY")
+    _database_url = required("DATABASE_URL")
+    ALLOWED_HOSTS = [h.strip() for h in required("ALLOWED_HOSTS").split(",") if h.strip()]
+else:
+    SECRET_KEY = env("SECRET_KEY") or _development_secret_key()
+    _database_url = env("DATABASE_URL", f"sqlite:///{DATA_DIR / 'neocloud.sqlite3'}")
+    ALLOWED_HOSTS = [h.strip() for h in env("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver").split(",")]
+
+DEBUG = env_bool("NEOCLOUD_DEBUG") and not PRODUCTION
+
+
+def _database(url):
+    config = dj_database_url.parse(url)
+    config["ATOMIC_REQUESTS"] = True
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        # Web, worker and beat share one file: WAL lets readers run beside the writer,
+        # IMMEDIATE takes the write lock up front (no upgrade deadlocks), and the
+        # timeout waits for it instead of failing with "database is locked".
+        config["OPTIONS"] = {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
+        }
+    else:
+        config["CONN_MAX_AGE"] = int(env("DATABASE_CONN_MAX_AGE", "0"))
+    return config
+
+
+# Three connections, three roles (see docs/operators.md):
+# - default: the app role, subject to row-level security;
+# - owner: the role that owns the schema and runs migrations;
+# - platform: the role platform jobs (the audit sequencer, later admission) use.
+# "audit_side" is a second connection as the app role: it records a denial after the
+# request's own transaction has rolled back, so the denial is never lost with it.
+DATABASES = {
+    "default": _database(_database_url),
+    "owner": _database(env("OWNER_DATABASE_URL", _database_url)),
+    "platform": _database(env("PLATFORM_DATABASE_URL", _database_url)),
+    "audit_side": _database(_database_url),
+}
+for _alias in ("owner", "platform", "audit_side"):
+    DATABASES[_alias]["ATOMIC_REQUESTS"] = False
+    DATABASES[_alias]["TEST"] = {"MIRROR": None}
+DATABASE_ROUTERS = ["tenants.db.MigrateAsOwnerRouter"]
+DB_APP_ROLE = env("DB_APP_ROLE", "neocloud_app")
+DB_PLATFORM_ROLE = env("DB_PLATFORM_ROLE", "neocloud_platform")
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "guardian",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
+    "axes",
+    "audit",
+    "tenants",
+    "compliance",
+]
+
+MIDDLEWARE = [
+    "tenants.middleware.AuditDenialsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "tenants.middleware.ApiBodyLimitMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "tenants.middleware.RequireVerifiedOTPMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",
+]
+
+ROOT_URLCONF = "neocloud.urls"
+WSGI_APPLICATION = "neocloud.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+PASSWORD_HASHERS = (
+    ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    if env_bool("NEOCLOUD_FAST_PASSWORD_HASHER") and not PRODUCTION
+    else ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+)
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+ANONYMOUS_USER_NAME = None  # guardian: anonymous users get no object permissions
+
+# Failed sign-ins: five per username and address, then fifteen minutes' cool-off.
+AXES_FAILURE_LIMIT = int(env("AXES_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=int(env("AXES_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_LOCKOUT_CALLABLE = "tenants.console.signin_locked_out"
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+
+OTP_TOTP_ISSUER = "Neocloud"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+WHITENOISE_USE_FINDERS = True
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# API request bodies above this size get a 413 before they are read.
+API_MAX_BODY_BYTES = int(env("API_MAX_BODY_BYTES", str(1024 * 1024)))
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "tenants.authentication.BearerTokenAuthentication",
+        "tenants.authentication.VerifiedSessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PAGINATION_CLASS": "tenants.rest.Pagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "tenants.rest.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env("API_THROTTLE_ANON", "60/min"),
+        "user": env("API_THROTTLE_USER", "1200/min"),
+    },
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Neocloud API",
+    "DESCRIPTION": "Governed, multi-tenant platform for AI workflows.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env("CACHE_URL")}
+        if env("CACHE_URL")
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
+# Celery: the broker carries only work the database already decided on.
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", "filesystem://")
+if CELERY_BROKER_URL == "filesystem://":
+    _broker_dir = DATA_DIR / "broker"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {}
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ACKS_LATE = False
+CELERY_TASK_SOFT_TIME_LIMIT = 300
+CELERY_TASK_TIME_LIMIT = 360
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+
+# Audit: how often the sequencer runs, and how long an event may stay unsequenced
+# before `audit verify` calls the log broken.
+AUDIT_SEQUENCER_INTERVAL_SECONDS = float(env("AUDIT_SEQUENCER_INTERVAL_SECONDS", "5"))
+AUDIT_SEQUENCER_BATCH = int(env("AUDIT_SEQUENCER_BATCH", "1000"))
+AUDIT_MAX_UNSEQUENCED_SECONDS = int(env("AUDIT_MAX_UNSEQUENCED_SECONDS", "300"))
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_AGE = int(env("SESSION_COOKIE_AGE", str(8 * 3600)))
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if PRODUCTION:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = int(env("SECURE_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    if env_bool("SECURE_PROXY_SSL_HEADER"):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    CSRF_TRUSTED_ORIGINS = [o for o in (env("CSRF_TRUSTED_ORIGINS", "") or "").split(",") if o]
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+    "loggers": {"django.server": {"level": "INFO"}},
+}

@@ -1,0 +1,95 @@
+"""Who may do what in which tenant: memberships (one role per tenant) plus explicit
+django-guardian object permissions on a Tenant (for example a regulator's auditor given
+``audit`` on one tenant). Platform admins reach every tenant, and their presence inside
+one is audited by ``tenant_for``.
+"""
+
+from django.contrib.contenttypes.models import ContentType
+from guardian.models import UserObjectPermission
+
+from audit.log import Actor, Target, record
+
+from .db import bind_rls
+from .errors import Forbidden, NotFound, TenantSuspended
+from .models import Membership, Tenant
+from .roles import WRITE_ACTIONS, permission_codename, role_allows
+
+
+def token_of(user):
+    """The API token the request authenticated with, if any."""
+    return getattr(user, "api_token", None)
+
+
+def is_platform_admin(user) -> bool:
+    # A token is tenant-scoped, so a token never carries platform powers.
+    return bool(user and user.is_authenticated and user.is_superuser and token_of(user) is None)
+
+
+def actor_for(user) -> Actor:
+    if user is None or not user.is_authenticated:
+        return Actor.anonymous()
+    token = token_of(user)
+    if token is not None:
+        return Actor(type="token", id=str(user.pk), name=user.username, token=token.public_id)
+    return Actor(type="user", id=str(user.pk), name=user.username)
+
+
+def allowed_tenant_ids(user, action: str):
+    """Tenant ids where ``user`` may do ``action``; None means every tenant."""
+    if user is None or not user.is_authenticated:
+        return frozenset()
+    token = token_of(user)
+    if token is not None:
+        # A token reaches its own tenant only, with its own role.
+        return frozenset({token.tenant_id}) if role_allows(token.role, action) else frozenset()
+    if is_platform_admin(user):
+        return None
+    bind_rls(user_id=user.pk)
+    by_role = {
+        tenant_id for tenant_id, role in Membership.objects.filter(user=user).values_list("tenant_id", "role")
+        if role_allows(role, action)
+    }
+    granted = UserObjectPermission.objects.filter(
+        user=user,
+        permission__codename=permission_codename(action),
+        content_type=ContentType.objects.get_for_model(Tenant),
+    ).values_list("object_pk", flat=True)
+    return frozenset(by_role | {int(pk) for pk in granted})
+
+
+def role_in(user, tenant) -> str | None:
+    token = token_of(user)
+    if token is not None:
+        return token.role
+    bind_rls(user_id=user.pk, tenant_id=tenant.pk)
+    return Membership.objects.filter(user=user, tenant=tenant).values_list("role", flat=True).first()
+
+
+def tenant_for(user, slug: str, action: str = "view", *, context: dict | None = None) -> Tenant:
+    """Resolve a tenant by slug for ``user`` and bind the row-level security context to it.
+
+    Raises NotFound when the user may not see the tenant at all, and Forbidden when they
+    may see it but not do ``action`` there: a member already knows the tenant exists.
+    """
+    tenant = Tenant.objects.restrict(user, "view").filter(slug=slug).first()
+    if tenant is None:
+        raise NotFound("No such tenant.")
+    bind_rls(user_id=user.pk, tenant_id=tenant.pk)
+    if action != "view":
+        require(user, tenant, action)
+    if is_platform_admin(user):
+        record(action="platform.tenant_access", actor=actor_for(user), tenant=tenant.slug,
+               target=Target("tenant", tenant.slug), data={"action": action, **(context or {})})
+    return tenant
+
+
+def require(user, tenant: Tenant, action: str) -> None:
+    """Re-check, inside the transaction of a change, that ``user`` may do ``action``."""
+    allowed = allowed_tenant_ids(user, action)
+    if allowed is not None and tenant.pk not in allowed:
+        visible = allowed_tenant_ids(user, "view")
+        if visible is not None and tenant.pk not in visible:
+            raise NotFound("No such tenant.")
+        raise Forbidden(f"Your role in {tenant.slug} does not allow this.")
+    if action in WRITE_ACTIONS and not tenant.is_active:
+        raise TenantSuspended(f"Tenant {tenant.slug} is suspended: its members can read but not change anything.")

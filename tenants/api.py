@@ -1,0 +1,39 @@
+"""The tenant-scoped API base view: every route under /api/v1/tenants/<tenant>/ uses it."""
+
+from rest_framework import generics, status
+from rest_framework.response import Response
+
+from .access import tenant_for
+
+
+class TenantScopedMixin:
+    """Base for everything under /api/v1/tenants/<tenant>/.
+
+    Resolves the tenant through the choke point before anything else (so another
+    tenant's URL answers 404 for every method), and restricts the queryset with
+    ``Model.objects.restrict(user, action)``.
+    """
+
+    model = None
+    read_action = "view"
+    write_action = "admin"
+    tenant = None
+
+    def action_for_request(self) -> str:
+        return self.read_action if self.request.method in ("GET", "HEAD", "OPTIONS") else self.write_action
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        self.tenant = tenant_for(request.user, kwargs["tenant"], "view",
+                                 context={"method": request.method, "path": request.path})
+
+    def get_queryset(self):
+        return self.model.objects.restrict(self.request.user, self.read_action).filter(tenant=self.tenant)
+
+
+class TenantScopedAPIView(TenantScopedMixin, generics.GenericAPIView):
+    pass
+
+
+def no_content():
+    return Response(status=status.HTTP_204_NO_CONTENT)

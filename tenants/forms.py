@@ -1,0 +1,44 @@
+from django import forms
+
+from .models import Tenant
+from .roles import SERVICE_ACCOUNT_ROLES, Role
+
+
+class SignInForm(forms.Form):
+    username = forms.CharField(max_length=150, widget=forms.TextInput(attrs={"autofocus": True, "autocomplete": "username"}))
+    password = forms.CharField(widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
+
+
+class OTPForm(forms.Form):
+    otp_token = forms.RegexField(
+        label="One-time password", regex=r"^\d{6}$", max_length=6,
+        error_messages={"invalid": "Enter the 6-digit code from your authenticator app."},
+        widget=forms.TextInput(attrs={"autofocus": True, "autocomplete": "one-time-code", "inputmode": "numeric"}),
+    )
+
+
+class TenantCreateForm(forms.ModelForm):
+    class Meta:
+        model = Tenant
+        fields = ["slug", "name", "jurisdiction"]
+
+
+class MemberAddForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class MemberRoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class ServiceAccountForm(forms.Form):
+    name = forms.SlugField(max_length=64)
+    role = forms.ChoiceField(choices=[(r.value, r.label) for r in SERVICE_ACCOUNT_ROLES])
+
+
+class TokenIssueForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    expires_in_days = forms.IntegerField(min_value=1, max_value=365, initial=90)
+    service_account = forms.CharField(max_length=64, required=False,
+                                      help_text="Leave empty for a personal token.")

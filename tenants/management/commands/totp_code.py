@@ -1,0 +1,25 @@
+"""Print the current one-time password of a person's confirmed device (development only)."""
+
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django_otp.oath import TOTP
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+
+class Command(BaseCommand):
+    help = "Print the current TOTP code for a demo user (development only)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("username")
+
+    def handle(self, *args, username, **options):
+        if settings.PRODUCTION:
+            raise CommandError("totp_code is for development only; it is refused in production.")
+        device = TOTPDevice.objects.filter(user__username=username, confirmed=True).first()
+        if device is None:
+            raise CommandError(f"{username} has no confirmed TOTP device.")
+        totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
+        totp.time = time.time()
+        self.stdout.write(f"{totp.token():0{device.digits}d}")

@@ -1,0 +1,131 @@
+import hashlib
+import secrets
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from .querysets import TenantOwnedQuerySet, TenantQuerySet
+from .roles import SERVICE_ACCOUNT_ROLES, Role
+
+slug_validator = RegexValidator(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$",
+                                "Use 1 to 64 lowercase letters, digits and inner hyphens.")
+jurisdiction_validator = RegexValidator(r"^[a-z]{2}(?:-[a-z0-9]{1,8})?$",
+                                        "Use a lowercase region code such as eu, us, uk or ch-zh.")
+
+
+class Tenant(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+
+    slug = models.CharField(max_length=64, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=200)
+    jurisdiction = models.CharField(max_length=16, validators=[jurisdiction_validator],
+                                    help_text="Data-residency jurisdiction: where this tenant's data and runs may live.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["slug"]
+        permissions = [
+            ("develop_tenant", "Register and run work in the tenant"),
+            ("approve_tenant", "Decide promotions in the tenant"),
+            ("audit_tenant", "Read the tenant's audit trail"),
+            ("admin_tenant", "Administer the tenant's members and data"),
+        ]
+
+    def __str__(self):
+        return self.slug
+
+    @property
+    def is_active(self):
+        return self.status == self.Status.ACTIVE
+
+
+class Membership(models.Model):
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=32, choices=Role.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["tenant__slug", "user__username"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "user"], name="one_role_per_tenant")]
+
+    def __str__(self):
+        return f"{self.user} as {self.role} in {self.tenant}"
+
+
+class ServiceAccount(models.Model):
+    """A tenant's machine identity (a CI pipeline). What it does counts as its owner's."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="service_accounts")
+    name = models.CharField(max_length=64, validators=[slug_validator])
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="service_accounts")
+    role = models.CharField(max_length=32, choices=[(r.value, r.label) for r in SERVICE_ACCOUNT_ROLES])
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="service_account_name_unique")]
+
+    def __str__(self):
+        return f"{self.tenant}/{self.name}"
+
+
+TOKEN_PREFIX = "nct"
+
+
+def hash_token_secret(plaintext: str) -> str:
+    # Tokens carry 256 random bits, so a plain SHA-256 is enough; no slow KDF is needed.
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def new_token_plaintext() -> tuple[str, str]:
+    """Return (public id, plaintext). The public id is shown in lists and audit events."""
+    public_id = secrets.token_hex(6)
+    return public_id, f"{TOKEN_PREFIX}_{public_id}_{secrets.token_urlsafe(32)}"
+
+
+class ApiToken(models.Model):
+    """A bearer token, scoped to one tenant and one role, stored only as a hash."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="tokens")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens",
+                             help_text="The person the token acts for (a service account's owner).")
+    service_account = models.ForeignKey(ServiceAccount, on_delete=models.CASCADE, null=True, blank=True,
+                                        related_name="tokens")
+    name = models.CharField(max_length=100)
+    role = models.CharField(max_length=32, choices=Role.choices)
+    public_id = models.CharField(max_length=16, unique=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"token {self.public_id}"
+
+    @property
+    def is_live(self):
+        return self.revoked_at is None and self.expires_at > timezone.now()
+
+    @property
+    def state(self):
+        if self.revoked_at:
+            return "revoked"
+        return "live" if self.expires_at > timezone.now() else "expired"

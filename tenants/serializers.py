@@ -1,0 +1,93 @@
+from django.contrib.auth import get_user_model
+from rest_framework import serializers
+
+from .models import ApiToken, Membership, ServiceAccount, Tenant
+from .roles import SERVICE_ACCOUNT_ROLES, Role
+
+User = get_user_model()
+
+
+class TenantSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Tenant
+        fields = ["slug", "name", "jurisdiction", "status", "created_at"]
+        read_only_fields = ["status", "created_at"]
+        extra_kwargs = {"slug": {"validators": []}}
+
+
+class TenantStatusSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Tenant.Status.choices)
+
+
+class MembershipSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username", read_only=True)
+    tenant = serializers.CharField(source="tenant.slug", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["tenant", "username", "role", "created_at"]
+
+
+class MembershipGrantSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class MembershipRoleSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class MeSerializer(serializers.ModelSerializer):
+    memberships = serializers.SerializerMethodField()
+    platform_admin = serializers.BooleanField(source="is_superuser", read_only=True)
+    token = serializers.SerializerMethodField()
+
+    class Meta:
+        model = User
+        fields = ["username", "email", "platform_admin", "memberships", "token"]
+
+    def get_memberships(self, user):
+        return [{"tenant": m.tenant.slug, "role": m.role} for m in self.context["memberships"]]
+
+    def get_token(self, user):
+        token = getattr(user, "api_token", None)
+        if token is None:
+            return None
+        return {"id": token.public_id, "tenant": token.tenant.slug, "role": token.role, "expires_at": token.expires_at}
+
+
+class ServiceAccountSerializer(serializers.ModelSerializer):
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    role = serializers.ChoiceField(choices=[(r.value, r.label) for r in SERVICE_ACCOUNT_ROLES])
+
+    class Meta:
+        model = ServiceAccount
+        fields = ["name", "role", "owner", "is_active", "created_at"]
+        read_only_fields = ["is_active", "created_at"]
+        extra_kwargs = {"name": {"validators": []}}
+
+
+class ApiTokenSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    owner = serializers.CharField(source="user.username", read_only=True)
+    service_account = serializers.CharField(source="service_account.name", read_only=True, default=None)
+    state = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = ApiToken
+        fields = ["id", "name", "role", "owner", "service_account", "state", "created_at", "expires_at", "revoked_at"]
+        read_only_fields = fields
+
+
+class ApiTokenIssueSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    expires_in_days = serializers.IntegerField(min_value=1, max_value=365, default=90)
+    service_account = serializers.CharField(max_length=64, required=False, allow_blank=False)
+
+
+class IssuedTokenSerializer(ApiTokenSerializer):
+    token = serializers.CharField(read_only=True, help_text="The secret. Shown once; store it now.")
+
+    class Meta(ApiTokenSerializer.Meta):
+        fields = [*ApiTokenSerializer.Meta.fields, "token"]
+        read_only_fields = fields

@@ -1,0 +1,267 @@
+"""Domain functions: every state change of tenants, members, service accounts and tokens.
+
+Each is keyword-only, re-checks permission inside its transaction, and writes its audit
+event in that same transaction.
+"""
+
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.contrib.contenttypes.models import ContentType
+from django.db import transaction
+from django.utils import timezone
+from guardian.models import UserObjectPermission
+
+from audit.log import Actor, Target, record
+
+from .access import actor_for, is_platform_admin, require, role_in, token_of
+from .db import bind_rls
+from .errors import Conflict, Forbidden, Invalid, NotFound, TenantSuspended
+from .models import ApiToken, Membership, ServiceAccount, Tenant, hash_token_secret, new_token_plaintext
+from .roles import ACTIONS, SERVICE_ACCOUNT_ROLES, Role, permission_codename
+
+User = get_user_model()
+
+MAX_TOKEN_DAYS = 365
+DEFAULT_TOKEN_DAYS = 90
+
+
+def _require_platform_admin(actor):
+    if not is_platform_admin(actor):
+        raise Forbidden("Only a platform admin may do this.")
+
+
+def _require_known_role(role, *, field="role", allowed=tuple(Role)):
+    if role not in {str(r) for r in allowed}:
+        raise Invalid(f"Role must be one of: {', '.join(str(r) for r in allowed)}.", field=field)
+
+
+def _platform_marker(actor) -> dict:
+    return {"platform_admin": True} if is_platform_admin(actor) else {}
+
+
+# Users and platform admins -------------------------------------------------------------
+
+
+def user_create(*, actor, username: str, password: str, email: str = "", platform_admin: bool = False) -> User:
+    """Create a person's account. ``actor`` is a platform admin, or None for a command-line bootstrap."""
+    audit_actor = Actor.system("manage.py") if actor is None else actor_for(actor)
+    if actor is not None:
+        _require_platform_admin(actor)
+    with transaction.atomic():
+        if User.objects.filter(username=username).exists():
+            raise Conflict(f"A user named {username} already exists.", field="username")
+        user = User(username=username, email=email, is_superuser=platform_admin, is_staff=platform_admin)
+        user.set_password(password)
+        user.save()
+        record(action="platform_admin.create" if platform_admin else "user.create", actor=audit_actor,
+               target=Target("user", username), data={"platform_admin": platform_admin})
+    return user
+
+
+# Tenants -------------------------------------------------------------------------------
+
+
+def tenant_create(*, actor, slug: str, name: str, jurisdiction: str) -> Tenant:
+    _require_platform_admin(actor)
+    tenant = Tenant(slug=slug, name=name, jurisdiction=jurisdiction)
+    _validate(tenant)
+    with transaction.atomic():
+        if Tenant.objects.filter(slug=slug).exists():
+            raise Conflict(f"A tenant with slug {slug} already exists.", field="slug")
+        tenant.save()
+        record(action="tenant.create", actor=actor_for(actor), tenant=tenant.slug, target=Target("tenant", slug),
+               data={"name": name, "jurisdiction": jurisdiction})
+    return tenant
+
+
+def tenant_set_status(*, actor, tenant: Tenant, status: str) -> Tenant:
+    _require_platform_admin(actor)
+    if status not in Tenant.Status.values:
+        raise Invalid(f"Status must be one of: {', '.join(Tenant.Status.values)}.", field="status")
+    with transaction.atomic():
+        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        if tenant.status == status:
+            return tenant
+        previous, tenant.status = tenant.status, status
+        tenant.save(update_fields=["status"])
+        record(action="tenant.status_change", actor=actor_for(actor), tenant=tenant.slug,
+               target=Target("tenant", tenant.slug), data={"from": previous, "to": status})
+    return tenant
+
+
+def _validate(instance):
+    from django.core.exceptions import ValidationError
+
+    try:
+        instance.full_clean(validate_unique=False, validate_constraints=False)
+    except ValidationError as exc:
+        field, messages = next(iter(exc.message_dict.items()))
+        raise Invalid(messages[0], field=field) from None
+
+
+# Memberships ---------------------------------------------------------------------------
+
+
+def membership_grant(*, actor, tenant: Tenant, user: User, role: str) -> Membership:
+    """Give ``user`` a role in ``tenant``, or change the role they hold there."""
+    _require_known_role(role)
+    with transaction.atomic():
+        require(actor, tenant, "admin")
+        bind_rls(tenant_id=tenant.pk)
+        membership = Membership.objects.select_for_update().filter(tenant=tenant, user=user).first()
+        data = {"username": user.username, "role": role, **_platform_marker(actor)}
+        if membership is None:
+            membership = Membership.objects.create(tenant=tenant, user=user, role=role)
+            record(action="membership.grant", actor=actor_for(actor), tenant=tenant.slug,
+                   target=Target("membership", user.username), data=data)
+            return membership
+        if membership.role == role:
+            return membership
+        if membership.user_id == actor.pk and membership.role == Role.TENANT_ADMIN:
+            _refuse_last_admin_change(tenant, membership)
+        previous, membership.role = membership.role, role
+        membership.save(update_fields=["role"])
+        _revoke_tokens(actor=actor, tokens=ApiToken.objects.filter(tenant=tenant, user=user, service_account=None),
+                       reason="role changed")
+        record(action="membership.role_change", actor=actor_for(actor), tenant=tenant.slug,
+               target=Target("membership", user.username), data={**data, "from": previous})
+    return membership
+
+
+def _refuse_last_admin_change(tenant, membership):
+    admins = Membership.objects.filter(tenant=tenant, role=Role.TENANT_ADMIN).exclude(pk=membership.pk)
+    if not admins.exists():
+        raise Conflict(f"{membership.user.username} is the last tenant admin of {tenant.slug}; "
+                       "appoint another before stepping down.")
+
+
+def membership_revoke(*, actor, tenant: Tenant, user: User) -> None:
+    """Remove ``user`` from ``tenant``; their tokens there, and their service accounts' tokens, die with it."""
+    with transaction.atomic():
+        require(actor, tenant, "admin")
+        bind_rls(tenant_id=tenant.pk)
+        membership = Membership.objects.select_for_update().filter(tenant=tenant, user=user).first()
+        if membership is None:
+            raise NotFound(f"{user.username} is not a member of {tenant.slug}.")
+        if membership.role == Role.TENANT_ADMIN:
+            _refuse_last_admin_change(tenant, membership)
+        _revoke_tokens(actor=actor, tokens=ApiToken.objects.filter(tenant=tenant, user=user),
+                       reason="membership revoked")
+        deactivated = list(ServiceAccount.objects.filter(tenant=tenant, owner=user, is_active=True)
+                           .values_list("name", flat=True))
+        ServiceAccount.objects.filter(tenant=tenant, owner=user).update(is_active=False)
+        membership.delete()
+        record(action="membership.revoke", actor=actor_for(actor), tenant=tenant.slug,
+               target=Target("membership", user.username),
+               data={"username": user.username, "role": membership.role,
+                     "service_accounts_deactivated": deactivated, **_platform_marker(actor)})
+
+
+def object_permission_grant(*, actor, tenant: Tenant, user: User, action: str) -> None:
+    """Grant one explicit permission on one tenant (for example audit access for an external auditor)."""
+    _require_platform_admin(actor)
+    if action not in ACTIONS:
+        raise Invalid(f"Action must be one of: {', '.join(ACTIONS)}.", field="action")
+    with transaction.atomic():
+        permission = Permission.objects.get(codename=permission_codename(action),
+                                            content_type=ContentType.objects.get_for_model(Tenant))
+        _, created = UserObjectPermission.objects.get_or_create(
+            user=user, permission=permission, content_type=permission.content_type, object_pk=str(tenant.pk))
+        if created:
+            record(action="object_permission.grant", actor=actor_for(actor), tenant=tenant.slug,
+                   target=Target("user", user.username), data={"action": action})
+
+
+# Service accounts and tokens -----------------------------------------------------------
+
+
+def service_account_create(*, actor, tenant: Tenant, name: str, role: str) -> ServiceAccount:
+    """A developer (or admin) creates a pipeline identity that they own and answer for."""
+    _require_known_role(role, allowed=SERVICE_ACCOUNT_ROLES)
+    if token_of(actor) is not None:
+        raise Forbidden("Service accounts are created by a person, not with a token.")
+    account = ServiceAccount(tenant=tenant, name=name, owner=actor, role=role)
+    _validate(account)
+    with transaction.atomic():
+        require(actor, tenant, "develop" if role == Role.DEVELOPER else "admin")
+        bind_rls(tenant_id=tenant.pk)
+        if ServiceAccount.objects.filter(tenant=tenant, name=name).exists():
+            raise Conflict(f"A service account named {name} already exists in {tenant.slug}.", field="name")
+        account.save()
+        record(action="service_account.create", actor=actor_for(actor), tenant=tenant.slug,
+               target=Target("service_account", name), data={"role": role, "owner": actor.username})
+    return account
+
+
+def token_issue(*, actor, tenant: Tenant, name: str, expires_in_days: int = DEFAULT_TOKEN_DAYS,
+                service_account: ServiceAccount | None = None) -> tuple[ApiToken, str]:
+    """Issue a token and return it with its plaintext, which is never stored or shown again.
+
+    A personal token carries the issuer's current role in the tenant. A service account's
+    token carries the account's role and acts for its owner; only the owner or a tenant
+    admin may issue one.
+    """
+    if token_of(actor) is not None:
+        raise Forbidden("Tokens are issued by a person, not with another token.")
+    if not name or len(name) > 100:
+        raise Invalid("Give the token a name of 1 to 100 characters.", field="name")
+    if not isinstance(expires_in_days, int) or not 1 <= expires_in_days <= MAX_TOKEN_DAYS:
+        raise Invalid(f"Expiry must be between 1 and {MAX_TOKEN_DAYS} days.", field="expires_in_days")
+    with transaction.atomic():
+        require(actor, tenant, "view")
+        if not tenant.is_active:
+            raise TenantSuspended(f"Tenant {tenant.slug} is suspended: no new tokens are issued.")
+        bind_rls(user_id=actor.pk, tenant_id=tenant.pk)
+        if service_account is not None:
+            if service_account.tenant_id != tenant.pk or not service_account.is_active:
+                raise NotFound("No such service account.", field="service_account")
+            if service_account.owner_id != actor.pk:
+                require(actor, tenant, "admin")
+            owner, role = service_account.owner, service_account.role
+        else:
+            role = role_in(actor, tenant)
+            if role is None:
+                raise Forbidden("Platform admins use their session, not tenant tokens.")
+            owner = actor
+        public_id, plaintext = new_token_plaintext()
+        token = ApiToken.objects.create(
+            tenant=tenant, user=owner, service_account=service_account, name=name, role=role,
+            public_id=public_id, key_hash=hash_token_secret(plaintext),
+            expires_at=timezone.now() + timedelta(days=expires_in_days),
+        )
+        record(action="token.issue", actor=actor_for(actor), tenant=tenant.slug, target=Target("token", public_id),
+               data={"name": name, "role": role, "expires_at": token.expires_at.isoformat(),
+                     "service_account": service_account.name if service_account else ""})
+    return token, plaintext
+
+
+def token_revoke(*, actor, token: ApiToken) -> ApiToken:
+    """Revoke a token: its holder may, and so may a tenant admin."""
+    with transaction.atomic():
+        tenant = token.tenant
+        require(actor, tenant, "view")
+        if token.user_id != actor.pk:
+            require(actor, tenant, "admin")
+        bind_rls(tenant_id=tenant.pk)
+        _revoke_tokens(actor=actor, tokens=ApiToken.objects.filter(pk=token.pk), reason="revoked")
+        token.refresh_from_db()
+    return token
+
+
+def _revoke_tokens(*, actor, tokens, reason: str) -> None:
+    now = timezone.now()
+    for token in tokens.select_for_update().filter(revoked_at__isnull=True).select_related("tenant"):
+        token.revoked_at = now
+        token.save(update_fields=["revoked_at"])
+        record(action="token.revoke", actor=actor_for(actor), tenant=token.tenant.slug,
+               target=Target("token", token.public_id), data={"reason": reason, "name": token.name})
+
+
+def user_by_username(username: str) -> User:
+    user = User.objects.filter(username=username, is_active=True).first()
+    if user is None:
+        raise NotFound(f"No user named {username}.", field="username")
+    return user
+
