@@ -1,0 +1,291 @@
+"""Test harness on real services.
+
+The suite runs against the database named by DATABASE_URL, connected as the app role
+(no BYPASSRLS on PostgreSQL), with the owner role on the ``owner`` alias for fixtures and
+teardown. Tests commit for real (requests are atomic, a worker is another process), so
+every test that touches the database uses ``live_db``, which truncates through the owner
+alias afterwards, lifting the audit triggers only inside that transaction.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.db import connections, transaction
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK = os.environ.get("NEOCLOUD_TEST_STACK", "")
+KEEP_TABLES = {"django_migrations", "django_content_type", "auth_permission", "audit_sequencerstate"}
+
+
+def pytest_configure(config):
+    name = settings.DATABASES["default"]["NAME"]
+    if STACK not in ("postgres", "embedded") or "test" not in str(name):
+        raise pytest.UsageError(
+            "Run the suite with `make test` (or set NEOCLOUD_TEST_STACK and a DATABASE_URL whose name contains 'test'); "
+            f"refusing to run against {name}."
+        )
+
+
+def _recreate_postgres_database():
+    import psycopg
+
+    admin_url = os.environ["PG_ADMIN_URL"]
+    name = settings.DATABASES["owner"]["NAME"]
+    try:
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.exit(f"PostgreSQL is unreachable at {admin_url}: {str(exc).strip().splitlines()[0]}", returncode=3)
+    with admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_blocker):
+    with django_db_blocker.unblock():
+        if connections["owner"].vendor == "postgresql":
+            _recreate_postgres_database()
+        else:
+            db_file = Path(settings.DATABASES["owner"]["NAME"])
+            db_file.parent.mkdir(parents=True, exist_ok=True)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db_file}{suffix}").unlink(missing_ok=True)
+        call_command("migrate", verbosity=0)
+        for alias in connections:
+            connections[alias].close()
+
+
+def truncate_all():
+    """Empty every table but the schema's bookkeeping, as the owner, audit triggers lifted."""
+    from audit.appendonly import triggers_suspended
+    from audit.models import SequencerState
+
+    owner = connections["owner"]
+    tables = [t for t in owner.introspection.table_names() if t not in KEEP_TABLES]
+    with transaction.atomic(using="owner"), triggers_suspended(owner):
+        with owner.cursor() as cursor:
+            if owner.vendor == "postgresql":
+                cursor.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
+            else:
+                cursor.execute("PRAGMA defer_foreign_keys = ON")
+                for table in tables:
+                    cursor.execute(f'DELETE FROM "{table}"')
+        SequencerState.objects.using("owner").filter(pk=1).update(tree_size=0, updated_at=None)
+
+
+@pytest.fixture
+def live_db(django_db_setup, django_db_blocker):
+    """Database access with real commits; everything is truncated afterwards."""
+    from django.core.cache import cache
+
+    with django_db_blocker.unblock():
+        cache.clear()
+        try:
+            yield
+        finally:
+            for alias in ("default", "platform", "audit_side"):
+                connections[alias].close()
+            truncate_all()
+
+
+# Personas ------------------------------------------------------------------------------
+
+
+@dataclass
+class TenantPeople:
+    tenant: object
+    developer: object
+    approver: object
+    approver2: object
+    auditor: object
+    admin: object
+    admin2: object
+
+
+@dataclass
+class World:
+    a: TenantPeople
+    b: TenantPeople
+    outsider: object
+    platform_admin: object
+
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+def make_user(username, *, platform_admin=False, device=True):
+    from django.contrib.auth import get_user_model
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    user = get_user_model().objects.db_manager("owner").create_user(
+        username=username, password=PASSWORD, is_superuser=platform_admin, is_staff=platform_admin)
+    if device:
+        TOTPDevice.objects.using("owner").create(user=user, name="test authenticator", confirmed=True)
+    return user
+
+
+def make_tenant_people(slug, jurisdiction):
+    from tenants.models import Membership, Tenant
+
+    tenant = Tenant.objects.using("owner").create(slug=slug, name=slug.replace("-", " ").title(),
+                                                  jurisdiction=jurisdiction)
+    people = {}
+    for field, role in [("developer", "developer"), ("approver", "approver"), ("approver2", "approver"),
+                        ("auditor", "auditor"), ("admin", "tenant_admin"), ("admin2", "tenant_admin")]:
+        user = make_user(f"{slug}-{field}")
+        Membership.objects.using("owner").create(tenant=tenant, user=user, role=role)
+        people[field] = user
+    return TenantPeople(tenant=tenant, **people)
+
+
+@pytest.fixture
+def world(live_db):
+    """Two tenants, each with every role; an outsider; a platform admin."""
+    return World(
+        a=make_tenant_people("acme-bank", "eu"),
+        b=make_tenant_people("st-mary-hospital", "us"),
+        outsider=make_user("outsider"),
+        platform_admin=make_user("ops-admin", platform_admin=True),
+    )
+
+
+# Clients -------------------------------------------------------------------------------
+
+
+def current_totp(user):
+    from django_otp.oath import TOTP
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    device = TOTPDevice.objects.using("owner").get(user=user, confirmed=True)
+    totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
+    totp.time = time.time()
+    return f"{totp.token():06d}"
+
+
+def sign_in(client, user):
+    """A console session whose TOTP device has been verified (as after a real sign-in)."""
+    from django_otp import DEVICE_ID_SESSION_KEY
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+    device = TOTPDevice.objects.using("owner").get(user=user, confirmed=True)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    session.save()
+    return client
+
+
+def issue_token(user, tenant, *, name="ci", service_account=None, days=30):
+    from tenants.services import token_issue
+
+    return token_issue(actor=user, tenant=tenant, name=name, expires_in_days=days,
+                       service_account=service_account)[1]
+
+
+class ApiClient:
+    """A thin JSON client over Django's test client, with a bearer token or a session."""
+
+    def __init__(self, client, token=None):
+        self.client = client
+        self.headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
+
+    def _call(self, method, path, data=None, **extra):
+        kwargs = {**self.headers, **extra}
+        if data is not None:
+            kwargs.setdefault("content_type", "application/json")
+            kwargs["data"] = data
+        return getattr(self.client, method)(path, **kwargs)
+
+    def get(self, path, **extra):
+        return self._call("get", path, **extra)
+
+    def post(self, path, data=None, **extra):
+        return self._call("post", path, data if data is not None else {}, **extra)
+
+    def patch(self, path, data=None, **extra):
+        return self._call("patch", path, data if data is not None else {}, **extra)
+
+    def put(self, path, data=None, **extra):
+        return self._call("put", path, data if data is not None else {}, **extra)
+
+    def delete(self, path, **extra):
+        return self._call("delete", path, **extra)
+
+
+@pytest.fixture
+def api(client):
+    """api(user_or_token) -> ApiClient: a token string, or a user for an OTP-verified session."""
+
+    def make(who=None):
+        from django.test import Client
+
+        if who is None:
+            return ApiClient(Client())
+        if isinstance(who, str):
+            return ApiClient(Client(), token=who)
+        return ApiClient(sign_in(Client(), who))
+
+    return make
+
+
+# A real Celery worker ------------------------------------------------------------------
+
+
+def _broker_reachable():
+    url = settings.CELERY_BROKER_URL
+    if url.startswith("redis://"):
+        import redis
+
+        try:
+            connection = redis.Redis.from_url(url, socket_connect_timeout=3)
+            connection.ping()
+            connection.flushdb()
+        except redis.RedisError as exc:
+            pytest.fail(f"Redis is unreachable at {url}: {exc}. The worker tests need it; they do not skip.")
+
+
+@pytest.fixture(scope="module")
+def celery_worker(django_db_setup, tmp_path_factory):
+    """A real `celery worker` subprocess with embedded beat, on the test database and broker."""
+    _broker_reachable()
+    workdir = tmp_path_factory.mktemp("worker")
+    log_path = workdir / "worker.log"
+    env = dict(os.environ, AUDIT_SEQUENCER_INTERVAL_SECONDS="0.5", PYTHONUNBUFFERED="1")
+    command = [str(Path(sys.executable).parent / "celery"), "-A", "neocloud", "worker", "--beat",
+               "--pool", "solo", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+               "--schedule", str(workdir / "beat-schedule"), "--hostname", f"test-{os.getpid()}@localhost"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace")
+        if " ready." in text:
+            break
+        if process.poll() is not None:
+            pytest.fail(f"The Celery worker exited early:\n{text[-3000:]}")
+        time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail(f"The Celery worker did not become ready:\n{log_path.read_text(errors='replace')[-3000:]}")
+    yield process, log_path
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def wait_for(predicate, *, timeout=30.0, interval=0.2, message="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
