@@ -7,6 +7,7 @@ PG_PORT ?= 5432
 PG_SUPERUSER_URL ?= postgresql://postgres@$(PG_HOST):$(PG_PORT)/postgres
 TEST_DB ?= neocloud_test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
+PYTEST_ARGS ?=
 
 .PHONY: run test install install-test browser pg-roles test-postgres test-embedded clean
 
@@ -48,16 +49,16 @@ test-postgres: install-test browser pg-roles
 	PLATFORM_DATABASE_URL=postgresql://neocloud_platform@$(PG_HOST):$(PG_PORT)/$(TEST_DB) \
 	PG_ADMIN_URL=postgresql://neocloud_owner@$(PG_HOST):$(PG_PORT)/postgres \
 	CELERY_BROKER_URL=$(REDIS_TEST_URL) \
-	NEOCLOUD_DATA_DIR=$(CURDIR)/var/test-postgres NEOCLOUD_TEST_STACK=postgres NEOCLOUD_FAST_PASSWORD_HASHER=1 \
-	$(BIN)/pytest
+	NEOCLOUD_DATA_DIR=$(CURDIR)/var/$(TEST_DB)-postgres NEOCLOUD_TEST_STACK=postgres NEOCLOUD_FAST_PASSWORD_HASHER=1 \
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The tests marked `embedded`, on a file-backed SQLite database and the filesystem broker.
 test-embedded: install-test browser
-	rm -rf $(CURDIR)/var/test-embedded
-	DATABASE_URL=sqlite:///$(CURDIR)/var/test-embedded/$(TEST_DB).sqlite3 \
+	rm -rf $(CURDIR)/var/$(TEST_DB)-embedded
+	DATABASE_URL=sqlite:///$(CURDIR)/var/$(TEST_DB)-embedded/$(TEST_DB).sqlite3 \
 	CELERY_BROKER_URL=filesystem:// \
-	NEOCLOUD_DATA_DIR=$(CURDIR)/var/test-embedded NEOCLOUD_TEST_STACK=embedded NEOCLOUD_FAST_PASSWORD_HASHER=1 \
-	$(BIN)/pytest -m embedded
+	NEOCLOUD_DATA_DIR=$(CURDIR)/var/$(TEST_DB)-embedded NEOCLOUD_TEST_STACK=embedded NEOCLOUD_FAST_PASSWORD_HASHER=1 \
+	$(BIN)/pytest -m embedded $(PYTEST_ARGS)
 
 test: test-postgres test-embedded
 
