@@ -47,7 +47,7 @@ test-postgres: install-test browser pg-roles
 	DATABASE_URL=postgresql://neocloud_app@$(PG_HOST):$(PG_PORT)/$(TEST_DB) \
 	OWNER_DATABASE_URL=postgresql://neocloud_owner@$(PG_HOST):$(PG_PORT)/$(TEST_DB) \
 	PLATFORM_DATABASE_URL=postgresql://neocloud_platform@$(PG_HOST):$(PG_PORT)/$(TEST_DB) \
-	PG_ADMIN_URL=postgresql://neocloud_owner@$(PG_HOST):$(PG_PORT)/postgres \
+	PG_ADMIN_URL=postgresql://neocloud_owner@$(PG_HOST):$(PG_PORT)/postgres PG_SUPERUSER_URL=$(PG_SUPERUSER_URL) \
 	CELERY_BROKER_URL=$(REDIS_TEST_URL) \
 	NEOCLOUD_DATA_DIR=$(CURDIR)/var/$(TEST_DB)-postgres NEOCLOUD_TEST_STACK=postgres NEOCLOUD_FAST_PASSWORD_HASHER=1 \
 	$(BIN)/pytest $(PYTEST_ARGS)
