@@ -246,6 +246,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": "/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "RoleEnum": "tenants.roles.Role",
+        "ServiceAccountRoleEnum": "tenants.roles.SERVICE_ACCOUNT_ROLE_CHOICES",
+    },
 }
 
 CACHES = {

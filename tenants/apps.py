@@ -7,6 +7,6 @@ class TenantsConfig(AppConfig):
     def ready(self):
         from django.db.models.signals import post_migrate
 
-        from . import db
+        from . import db, schema  # noqa: F401  (schema registers OpenAPI extensions)
 
         post_migrate.connect(db.apply_role_grants, sender=self)

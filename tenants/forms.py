@@ -1,7 +1,7 @@
 from django import forms
 
 from .models import Tenant
-from .roles import SERVICE_ACCOUNT_ROLES, Role
+from .roles import SERVICE_ACCOUNT_ROLE_CHOICES, Role
 
 
 class SignInForm(forms.Form):
@@ -34,7 +34,7 @@ class MemberRoleForm(forms.Form):
 
 class ServiceAccountForm(forms.Form):
     name = forms.SlugField(max_length=64)
-    role = forms.ChoiceField(choices=[(r.value, r.label) for r in SERVICE_ACCOUNT_ROLES])
+    role = forms.ChoiceField(choices=SERVICE_ACCOUNT_ROLE_CHOICES)
 
 
 class TokenIssueForm(forms.Form):

@@ -7,7 +7,7 @@ from django.db import models
 from django.utils import timezone
 
 from .querysets import TenantOwnedQuerySet, TenantQuerySet
-from .roles import SERVICE_ACCOUNT_ROLES, Role
+from .roles import SERVICE_ACCOUNT_ROLE_CHOICES, Role
 
 slug_validator = RegexValidator(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$",
                                 "Use 1 to 64 lowercase letters, digits and inner hyphens.")
@@ -68,7 +68,7 @@ class ServiceAccount(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="service_accounts")
     name = models.CharField(max_length=64, validators=[slug_validator])
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="service_accounts")
-    role = models.CharField(max_length=32, choices=[(r.value, r.label) for r in SERVICE_ACCOUNT_ROLES])
+    role = models.CharField(max_length=32, choices=SERVICE_ACCOUNT_ROLE_CHOICES)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
 

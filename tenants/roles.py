@@ -28,6 +28,7 @@ ROLE_ACTIONS = {
 
 # Service accounts run pipelines; they never approve or administer.
 SERVICE_ACCOUNT_ROLES = (Role.DEVELOPER, Role.AUDITOR)
+SERVICE_ACCOUNT_ROLE_CHOICES = [(role.value, role.label) for role in SERVICE_ACCOUNT_ROLES]
 
 
 def role_allows(role: str, action: str) -> bool:

@@ -1,8 +1,9 @@
 from django.contrib.auth import get_user_model
+from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
 from .models import ApiToken, Membership, ServiceAccount, Tenant
-from .roles import SERVICE_ACCOUNT_ROLES, Role
+from .roles import SERVICE_ACCOUNT_ROLE_CHOICES, Role
 
 User = get_user_model()
 
@@ -46,9 +47,14 @@ class MeSerializer(serializers.ModelSerializer):
         model = User
         fields = ["username", "email", "platform_admin", "memberships", "token"]
 
+    @extend_schema_field(inline_serializer("MeMembership", {"tenant": serializers.CharField(),
+                                                            "role": serializers.CharField()}, many=True))
     def get_memberships(self, user):
         return [{"tenant": m.tenant.slug, "role": m.role} for m in self.context["memberships"]]
 
+    @extend_schema_field(inline_serializer("MeToken", {
+        "id": serializers.CharField(), "tenant": serializers.CharField(), "role": serializers.CharField(),
+        "expires_at": serializers.DateTimeField()}, allow_null=True))
     def get_token(self, user):
         token = getattr(user, "api_token", None)
         if token is None:
@@ -58,7 +64,7 @@ class MeSerializer(serializers.ModelSerializer):
 
 class ServiceAccountSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username", read_only=True)
-    role = serializers.ChoiceField(choices=[(r.value, r.label) for r in SERVICE_ACCOUNT_ROLES])
+    role = serializers.ChoiceField(choices=SERVICE_ACCOUNT_ROLE_CHOICES)
 
     class Meta:
         model = ServiceAccount

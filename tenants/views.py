@@ -139,19 +139,24 @@ class ServiceAccountDetailView(TenantScopedAPIView, generics.RetrieveAPIView):
         return super().get_queryset().select_related("owner")
 
 
-class TokenListView(TenantScopedAPIView, generics.ListAPIView):
+class TokensMixin:
     """Your own tokens here; a tenant admin sees everyone's."""
 
     model = ApiToken
     serializer_class = ApiTokenSerializer
-    filterset_class = ApiTokenFilter
 
     def get_queryset(self):
         tokens = super().get_queryset().select_related("user", "service_account")
+        if self.tenant is None:
+            return tokens
         admin_of = allowed_tenant_ids(self.request.user, "admin")
         if admin_of is not None and self.tenant.pk not in admin_of:
             tokens = tokens.filter(user=self.request.user)
         return tokens
+
+
+class TokenListView(TokensMixin, TenantScopedAPIView, generics.ListAPIView):
+    filterset_class = ApiTokenFilter
 
     @extend_schema(request=ApiTokenIssueSerializer, responses={201: IssuedTokenSerializer})
     def post(self, request, tenant):
@@ -170,7 +175,7 @@ class TokenListView(TenantScopedAPIView, generics.ListAPIView):
         return Response(IssuedTokenSerializer(token).data, status=status.HTTP_201_CREATED)
 
 
-class TokenDetailView(TokenListView):
+class TokenDetailView(TokensMixin, TenantScopedAPIView):
     http_method_names = ["get", "delete", "head", "options"]
 
     def get_object(self):
