@@ -2,7 +2,7 @@ from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
-from .models import ApiToken, Membership, ServiceAccount, Tenant
+from .models import ApiToken, Membership, ServiceAccount, Tenant, slug_validator
 from .roles import SERVICE_ACCOUNT_ROLE_CHOICES, Role
 
 User = get_user_model()
@@ -13,7 +13,8 @@ class TenantSerializer(serializers.ModelSerializer):
         model = Tenant
         fields = ["slug", "name", "jurisdiction", "status", "created_at"]
         read_only_fields = ["status", "created_at"]
-        extra_kwargs = {"slug": {"validators": []}}
+        # Uniqueness is the domain function's to decide (a 409, not a 400).
+        extra_kwargs = {"slug": {"validators": [slug_validator]}}
 
 
 class TenantStatusSerializer(serializers.Serializer):
@@ -70,7 +71,7 @@ class ServiceAccountSerializer(serializers.ModelSerializer):
         model = ServiceAccount
         fields = ["name", "role", "owner", "is_active", "created_at"]
         read_only_fields = ["is_active", "created_at"]
-        extra_kwargs = {"name": {"validators": []}}
+        extra_kwargs = {"name": {"validators": [slug_validator]}}
 
 
 class ApiTokenSerializer(serializers.ModelSerializer):
