@@ -119,7 +119,7 @@ def membership_grant(*, actor, tenant: Tenant, user: User, role: str) -> Members
             return membership
         if membership.role == role:
             return membership
-        if membership.user_id == actor.pk and membership.role == Role.TENANT_ADMIN:
+        if membership.role == Role.TENANT_ADMIN:
             _refuse_last_admin_change(tenant, membership)
         previous, membership.role = membership.role, role
         membership.save(update_fields=["role"])
