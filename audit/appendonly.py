@@ -90,6 +90,18 @@ class MakeAppendOnly(migrations.operations.base.Operation):
         return (self.__class__.__qualname__, [self.table], {})
 
 
+def _set_triggers(connection, tables, *, enabled: bool):
+    with connection.cursor() as cursor:
+        for table in tables:
+            if connection.vendor == "postgresql":
+                state = "ENABLE ALWAYS" if enabled else "DISABLE"
+                for trigger in (f"{table}_no_change", f"{table}_no_truncate"):
+                    cursor.execute(f"ALTER TABLE {table} {state} TRIGGER {trigger}")
+            else:
+                for statement in (_sqlite_create if enabled else _sqlite_drop)(table):
+                    cursor.execute(statement)
+
+
 @contextmanager
 def triggers_suspended(connection, tables=APPEND_ONLY_TABLES):
     """Lift the append-only triggers for the enclosing transaction only.
@@ -100,23 +112,8 @@ def triggers_suspended(connection, tables=APPEND_ONLY_TABLES):
     """
     if not connection.in_atomic_block:
         raise RuntimeError("triggers_suspended must run inside a transaction")
-    vendor = connection.vendor
-    with connection.cursor() as cursor:
-        for table in tables:
-            if vendor == "postgresql":
-                cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER {table}_no_change")
-                cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER {table}_no_truncate")
-            else:
-                for statement in _sqlite_drop(table):
-                    cursor.execute(statement)
+    _set_triggers(connection, tables, enabled=False)
     try:
         yield
     finally:
-        with connection.cursor() as cursor:
-            for table in tables:
-                if vendor == "postgresql":
-                    cursor.execute(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_no_change")
-                    cursor.execute(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_no_truncate")
-                else:
-                    for statement in _sqlite_create(table):
-                        cursor.execute(statement)
+        _set_triggers(connection, tables, enabled=True)

@@ -259,6 +259,16 @@ def _revoke_tokens(*, actor, tokens, reason: str) -> None:
                target=Target("token", token.public_id), data={"reason": reason, "name": token.name})
 
 
+def service_account_named(*, actor, tenant: Tenant, name: str | None) -> ServiceAccount | None:
+    """The tenant's service account called ``name`` as ``actor`` may see it (None for no name)."""
+    if not name:
+        return None
+    account = ServiceAccount.objects.restrict(actor, "view").filter(tenant=tenant, name=name).first()
+    if account is None:
+        raise NotFound("No such service account.", field="service_account")
+    return account
+
+
 def user_by_username(username: str) -> User:
     user = User.objects.filter(username=username, is_active=True).first()
     if user is None:

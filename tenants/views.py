@@ -163,12 +163,8 @@ class TokenListView(TokensMixin, TenantScopedAPIView, generics.ListAPIView):
         serializer = ApiTokenIssueSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        account = None
-        if data.get("service_account"):
-            account = ServiceAccount.objects.restrict(request.user, "view").filter(
-                tenant=self.tenant, name=data["service_account"]).first()
-            if account is None:
-                raise NotFound("No such service account.", field="service_account")
+        account = services.service_account_named(actor=request.user, tenant=self.tenant,
+                                                 name=data.get("service_account"))
         token, plaintext = services.token_issue(actor=request.user, tenant=self.tenant, name=data["name"],
                                                 expires_in_days=data["expires_in_days"], service_account=account)
         token.token = plaintext

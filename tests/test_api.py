@@ -176,7 +176,7 @@ def test_the_last_tenant_admin_cannot_be_removed(world, api):
 
 def test_a_token_is_shown_once_and_stored_only_as_a_hash(world, api):
     client = api(world.a.developer)
-    response = client.post(f"/api/v1/tenants/acme-bank/tokens/", {"name": "laptop", "expires_in_days": 7})
+    response = client.post("/api/v1/tenants/acme-bank/tokens/", {"name": "laptop", "expires_in_days": 7})
     assert response.status_code == 201, response.content
     plaintext = response.json()["token"]
     assert plaintext.startswith("nct_")
