@@ -251,9 +251,12 @@ def _broker_reachable():
             pytest.fail(f"Redis is unreachable at {url}: {exc}. The worker tests need it; they do not skip.")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def celery_worker(django_db_setup, tmp_path_factory):
-    """A real `celery worker` subprocess with embedded beat, on the test database and broker."""
+    """A real `celery worker` subprocess with embedded beat, on the test database and broker.
+
+    Beat sequences the audit log every half second from then on, so modules that inspect
+    unsequenced events run before the first module that asks for the worker."""
     _broker_reachable()
     workdir = tmp_path_factory.mktemp("worker")
     log_path = workdir / "worker.log"

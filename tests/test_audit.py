@@ -185,3 +185,23 @@ def test_verify_exits_non_zero_with_one_sentence(live_db):
     assert result.returncode != 0
     assert result.stderr.strip().startswith("CommandError: Audit log is not intact at sequence number 0")
     assert "Traceback" not in result.stderr
+
+
+def test_verify_catches_an_edit_made_with_the_trigger_dropped_and_restored(live_db):
+    from audit.appendonly import create_statements, drop_statements
+
+    record_events(4)
+    sequence_pending()
+    owner = connections["owner"]
+    victim = AuditLeaf.objects.using("owner").get(position=2).event_id
+    with transaction.atomic(using="owner"), owner.cursor() as cursor:
+        for statement in drop_statements(owner.vendor, "audit_auditevent"):
+            cursor.execute(statement)
+        cursor.execute("UPDATE audit_auditevent SET actor_name = %s WHERE id = %s", ["mallory", victim])
+        for statement in create_statements(owner.vendor, "audit_auditevent"):
+            cursor.execute(statement)
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(using="owner"):
+        with owner.cursor() as cursor:  # the trigger is back
+            cursor.execute("UPDATE audit_auditevent SET actor_name = 'x'")
+    with pytest.raises(CommandError, match="at sequence number 2: "):
+        call_command("audit", "verify")
