@@ -13,6 +13,9 @@ ACTIONS = {
     "user.create": "A user account was created.",
     "object_permission.grant": "A platform admin granted a user an explicit permission on a tenant.",
     "object_permission.revoke": "A platform admin withdrew an explicit permission on a tenant.",
+    "gpu_flavor.create": "A platform admin added a GPU flavor.",
+    "gpu_flavor.update": "A platform admin changed a GPU flavor's description, billing weight or availability.",
+    "tenant_quota.set": "A platform admin set a tenant's GPU quota for one flavor.",
     # tenant scope
     "membership.grant": "A user was given a role in a tenant.",
     "membership.role_change": "A member's role in a tenant changed.",

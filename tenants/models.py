@@ -129,3 +129,44 @@ class ApiToken(models.Model):
         if self.revoked_at:
             return "revoked"
         return "live" if self.expires_at > timezone.now() else "expired"
+
+
+class GpuFlavor(models.Model):
+    """A kind of GPU the platform offers: a whole device (h100-80gb) or a MIG slice
+    (h100-1g.10gb). Platform-wide; managed by platform admins."""
+
+    name = models.CharField(max_length=64, unique=True, validators=[RegexValidator(
+        r"^[a-z0-9](?:[a-z0-9.-]{0,62}[a-z0-9])?$", "Use lowercase letters, digits, '.' and '-', like h100-1g.10gb.")])
+    description = models.CharField(max_length=200, blank=True)
+    memory_gb = models.PositiveIntegerField(help_text="Device memory per unit, in GB.")
+    billing_weight = models.DecimalField(max_digits=8, decimal_places=3,
+                                         help_text="Chargeback weight per GPU-hour relative to 1.0.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.CheckConstraint(condition=models.Q(billing_weight__gt=0), name="gpu_flavor_weight_positive")]
+
+    def __str__(self):
+        return self.name
+
+
+class TenantQuota(models.Model):
+    """A tenant's GPU quota for one flavor, as Kueue models it: ``nominal`` devices are the
+    tenant's own; up to ``borrowing_limit`` more may be borrowed from idle capacity."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="quotas")
+    flavor = models.ForeignKey(GpuFlavor, on_delete=models.PROTECT, related_name="quotas")
+    nominal = models.PositiveIntegerField()
+    borrowing_limit = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["flavor__name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "flavor"], name="one_quota_per_tenant_flavor")]
+
+    def __str__(self):
+        return f"{self.tenant} {self.flavor}: {self.nominal}+{self.borrowing_limit}"

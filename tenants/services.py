@@ -18,7 +18,16 @@ from audit.log import Actor, Target, record
 from .access import actor_for, is_platform_admin, require, role_in, token_of
 from .db import bind_rls
 from .errors import Conflict, Forbidden, Invalid, NotFound, TenantSuspended
-from .models import ApiToken, Membership, ServiceAccount, Tenant, hash_token_secret, new_token_plaintext
+from .models import (
+    ApiToken,
+    GpuFlavor,
+    Membership,
+    ServiceAccount,
+    Tenant,
+    TenantQuota,
+    hash_token_secret,
+    new_token_plaintext,
+)
 from .roles import ACTIONS, SERVICE_ACCOUNT_ROLES, Role, permission_codename
 
 User = get_user_model()
@@ -275,3 +284,60 @@ def user_by_username(username: str) -> User:
         raise NotFound(f"No user named {username}.", field="username")
     return user
 
+
+
+# GPU flavors and quotas (platform admins only; tenants read their own quotas) -----------
+
+
+def gpu_flavor_create(*, actor, name: str, memory_gb: int, billing_weight, description: str = "") -> GpuFlavor:
+    _require_platform_admin(actor)
+    flavor = GpuFlavor(name=name, memory_gb=memory_gb, billing_weight=billing_weight, description=description)
+    _validate(flavor)
+    with transaction.atomic():
+        if GpuFlavor.objects.filter(name=name).exists():
+            raise Conflict(f"A GPU flavor named {name} already exists.", field="name")
+        flavor.save()
+        record(action="gpu_flavor.create", actor=actor_for(actor), target=Target("gpu_flavor", name),
+               data={"memory_gb": memory_gb, "billing_weight": str(flavor.billing_weight), "description": description})
+    return flavor
+
+
+def gpu_flavor_update(*, actor, flavor: GpuFlavor, **changes) -> GpuFlavor:
+    """Change a flavor's description, billing weight or whether it is offered. Its name and
+    memory size are what specs and quotas refer to, so they never change."""
+    _require_platform_admin(actor)
+    allowed = {"description", "billing_weight", "is_active"}
+    if set(changes) - allowed:
+        field = sorted(set(changes) - allowed)[0]
+        raise Invalid(f"{field} cannot be changed; create a new flavor instead.", field=field)
+    with transaction.atomic():
+        flavor = GpuFlavor.objects.select_for_update().get(pk=flavor.pk)
+        before = {key: str(getattr(flavor, key)) for key in changes}
+        for key, value in changes.items():
+            setattr(flavor, key, value)
+        _validate(flavor)
+        flavor.save(update_fields=list(changes) or None)
+        record(action="gpu_flavor.update", actor=actor_for(actor), target=Target("gpu_flavor", flavor.name),
+               data={"from": before, "to": {key: str(value) for key, value in changes.items()}})
+    return flavor
+
+
+def tenant_quota_set(*, actor, tenant: Tenant, flavor: GpuFlavor, nominal: int, borrowing_limit: int = 0) -> TenantQuota:
+    """Set a tenant's quota for one flavor. Platform admins only: a tenant admin cannot raise
+    their own tenant's quota."""
+    _require_platform_admin(actor)
+    for field, value in (("nominal", nominal), ("borrowing_limit", borrowing_limit)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise Invalid(f"{field} must be a whole number of GPUs, 0 or more.", field=field)
+    with transaction.atomic():
+        bind_rls(tenant_id=tenant.pk)
+        quota = TenantQuota.objects.select_for_update().filter(tenant=tenant, flavor=flavor).first()
+        before = None if quota is None else {"nominal": quota.nominal, "borrowing_limit": quota.borrowing_limit}
+        if quota is None:
+            quota = TenantQuota(tenant=tenant, flavor=flavor)
+        quota.nominal, quota.borrowing_limit, quota.updated_at = nominal, borrowing_limit, timezone.now()
+        quota.save()
+        record(action="tenant_quota.set", actor=actor_for(actor), tenant=tenant.slug,
+               target=Target("tenant_quota", flavor.name),
+               data={"from": before, "to": {"nominal": nominal, "borrowing_limit": borrowing_limit}})
+    return quota
