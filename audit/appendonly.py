@@ -51,6 +51,18 @@ def _pg_drop(table):
     return [f"DROP TRIGGER IF EXISTS {table}_no_change ON {table}", f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}"]
 
 
+def immutable_row_statements(vendor, table):
+    """Triggers that refuse UPDATE only: rows that may be written once and never changed
+    (workflow versions), but may go with their tenant."""
+    if vendor == "postgresql":
+        return [PG_FUNCTION,
+                f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} "
+                f"FOR EACH ROW EXECUTE FUNCTION audit_reject_change()",
+                f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_no_update"]
+    return [f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, 'table {table} is append-only: UPDATE refused'); END"]
+
+
 def create_statements(vendor, table):
     if vendor == "postgresql":
         return [PG_FUNCTION, *_pg_create(table)]
@@ -64,30 +76,37 @@ def drop_statements(vendor, table):
 
 
 class MakeAppendOnly(migrations.operations.base.Operation):
-    """Migration operation: install the append-only triggers on one table."""
+    """Migration operation: install the append-only triggers on one table.
+
+    ``updates_only=True`` refuses UPDATE but not DELETE (see immutable_row_statements)."""
 
     reduces_to_sql = True
     reversible = True
 
-    def __init__(self, table):
+    def __init__(self, table, updates_only=False):
         self.table = table
+        self.updates_only = updates_only
 
     def state_forwards(self, app_label, state):
         pass
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        for statement in create_statements(schema_editor.connection.vendor, self.table):
+        vendor = schema_editor.connection.vendor
+        statements = immutable_row_statements if self.updates_only else create_statements
+        for statement in statements(vendor, self.table):
             schema_editor.execute(statement)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         for statement in drop_statements(schema_editor.connection.vendor, self.table):
             schema_editor.execute(statement)
+        schema_editor.execute(f"DROP TRIGGER IF EXISTS {self.table}_no_update"
+                              + (f" ON {self.table}" if schema_editor.connection.vendor == "postgresql" else ""))
 
     def describe(self):
-        return f"Make {self.table} append-only"
+        return f"Make {self.table} {'immutable' if self.updates_only else 'append-only'}"
 
     def deconstruct(self):
-        return (self.__class__.__qualname__, [self.table], {})
+        return (self.__class__.__qualname__, [self.table], {"updates_only": True} if self.updates_only else {})
 
 
 def _set_triggers(connection, tables, *, enabled: bool):

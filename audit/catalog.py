@@ -24,6 +24,9 @@ ACTIONS = {
     "service_account.deactivate": "A service account was deactivated.",
     "token.issue": "An API token was issued.",
     "token.revoke": "An API token was revoked.",
+    "workflow.create": "A workflow was created by registering its first version.",
+    "workflow_version.register": "An immutable workflow version was registered.",
+    "artifact.register": "An artifact was registered and its bytes checked into the store.",
     # authentication
     "auth.login": "A person signed in with a password and a verified one-time password.",
     "auth.login_failed": "A sign-in failed: wrong username or password.",

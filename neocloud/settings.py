@@ -129,6 +129,7 @@ INSTALLED_APPS = [
     "axes",
     "audit",
     "tenants",
+    "workflows",
     "compliance",
 ]
 

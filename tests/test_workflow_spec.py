@@ -12,6 +12,7 @@ FLAVORS = {"h100-80gb", "h100-1g.10gb"}
 DIGEST = "sha256:" + "ab" * 32
 
 GOOD = f"""
+name: fraud-detector
 description: Fraud model fine-tune
 base_model: {{name: llama-3-8b, digest: "{DIGEST}"}}
 parameters: {{learning_rate: 0.0002, epochs: 3, tag: nightly}}
@@ -118,19 +119,19 @@ def test_a_step_needs_a_command_or_an_image():
 
 
 def test_yaml_errors_give_line_and_column():
-    [(path, reason)] = problems("steps:\n  - name: a\n    command: [x\n")
+    [(path, reason)] = problems("name: w\nsteps:\n  - name: a\n    command: [x\n")
     assert path == "$" and reason.startswith("not valid YAML or JSON (line ")
 
 
 def test_yaml_aliases_are_refused():
-    text = "steps:\n  - &s {name: a, command: [x]}\n  - *s\n"
+    text = "name: w\nsteps:\n  - &s {name: a, command: [x]}\n  - *s\n"
     [(path, reason)] = problems(text)
     assert path == "$" and "aliases are not allowed" in reason
 
 
 @pytest.mark.parametrize("text", ["[]", "just a string", "", "42"])
 def test_a_spec_must_be_a_mapping(text):
-    assert problems(text) == [("$", "the spec must be a mapping with a 'steps' list")]
+    assert problems(text) == [("$", "the spec must be a mapping with a 'name' and a 'steps' list")]
 
 
 def test_every_problem_is_reported_at_once():
@@ -147,3 +148,13 @@ def test_the_published_json_schema_matches_the_validator():
 
     published = json.loads((Path(__file__).resolve().parent.parent / "docs" / "workflow-spec.schema.json").read_text())
     assert published == SCHEMA
+
+
+def test_json_text_is_read_as_json_not_yaml():
+    document = parse('{"name": "w", "parameters": {"big": 1e+20}, "steps": [{"name": "a", "command": ["x"]}]}')
+    assert document["parameters"]["big"] == 1e20
+
+
+def test_json_nan_is_refused():
+    [(path, reason)] = problems('{"name": "w", "parameters": {"x": NaN}, "steps": [{"name": "a", "command": ["x"]}]}')
+    assert path == "$" and "NaN is not a number JSON allows" in reason

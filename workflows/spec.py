@@ -6,6 +6,7 @@ GPU flavors). Every problem carries a JSON path such as ``$.steps[1].gpu.count``
 plain reason.
 """
 
+import json
 from dataclasses import dataclass
 
 import jsonschema
@@ -24,8 +25,9 @@ SCHEMA = {
     "title": "Neocloud workflow spec",
     "type": "object",
     "additionalProperties": False,
-    "required": ["steps"],
+    "required": ["name", "steps"],
     "properties": {
+        "name": _name,
         "description": {"type": "string", "maxLength": 2000},
         "base_model": {
             "type": "object",
@@ -131,22 +133,44 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
-def parse(raw: bytes | str) -> dict:
-    """Parse YAML or JSON (JSON is YAML) within the size limit."""
-    data = raw.encode() if isinstance(raw, str) else raw
-    if len(data) > SPEC_MAX_BYTES:
-        raise SpecInvalid([SpecProblem("$", f"the spec is {len(data)} bytes; the limit is {SPEC_MAX_BYTES}")])
+def _reject_constant(name):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _parse_json(text: str):
     try:
-        document = yaml.load(data.decode("utf-8"), Loader=_NoAliasLoader)  # noqa: S506 (a safe loader)
-    except UnicodeDecodeError:
-        raise SpecInvalid([SpecProblem("$", "the spec is not UTF-8 text")]) from None
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise SpecInvalid([SpecProblem("$", f"not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}")]) from None
+    except ValueError as exc:
+        raise SpecInvalid([SpecProblem("$", f"not valid JSON: {exc}")]) from None
+
+
+def _parse_yaml(text: str):
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a safe loader, without aliases)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecInvalid([SpecProblem("$", f"not valid YAML or JSON{where}: {problem}")]) from None
+
+
+def parse(raw: bytes | str | dict) -> dict:
+    """Parse a spec from JSON or YAML text (or take a parsed object) within the size limit."""
+    if isinstance(raw, dict):
+        raw = json.dumps(raw)
+    data = raw.encode() if isinstance(raw, str) else raw
+    if len(data) > SPEC_MAX_BYTES:
+        raise SpecInvalid([SpecProblem("$", f"the spec is {len(data)} bytes; the limit is {SPEC_MAX_BYTES}")])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecInvalid([SpecProblem("$", "the spec is not UTF-8 text")]) from None
+    # JSON first: YAML 1.1 would read some JSON numbers (1e+20) as strings.
+    document = _parse_json(text) if text.lstrip().startswith(("{", "[")) else _parse_yaml(text)
     if not isinstance(document, dict):
-        raise SpecInvalid([SpecProblem("$", "the spec must be a mapping with a 'steps' list")])
+        raise SpecInvalid([SpecProblem("$", "the spec must be a mapping with a 'name' and a 'steps' list")])
     return document
 
 

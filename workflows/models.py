@@ -1,0 +1,120 @@
+"""Workflows, their immutable versions, stage pointers, and artifacts."""
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from tenants.models import Tenant, slug_validator
+from tenants.querysets import TenantOwnedQuerySet
+
+
+class Stage(models.TextChoices):
+    DEVELOPMENT = "development", "Development"
+    STAGING = "staging", "Staging"
+    PRODUCTION = "production", "Production"
+
+
+class ArtifactKind(models.TextChoices):
+    MODEL = "model"
+    DATASET = "dataset"
+    METRICS = "metrics"
+    CONTAINER = "container"
+    SPEC = "spec"
+    OTHER = "other"
+
+
+class Artifact(models.Model):
+    """A named, content-addressed object a tenant brings: a model directory, a dataset,
+    metrics, an image reference, a spec. Its bytes live in the artifact store by digest."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="artifacts")
+    name = models.CharField(max_length=64, validators=[slug_validator])
+    kind = models.CharField(max_length=16, choices=ArtifactKind.choices)
+    digest = models.CharField(max_length=71)  # sha256:<64 hex>
+    size_bytes = models.BigIntegerField()
+    region = models.CharField(max_length=16)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    stored_at = models.DateTimeField(null=True, blank=True, help_text="When the server received and checked the bytes.")
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "-created_at"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name", "digest"], name="artifact_name_digest_unique")]
+
+    def __str__(self):
+        return f"{self.name}@{self.digest[:19]}"
+
+
+class Workflow(models.Model):
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="workflows")
+    name = models.CharField(max_length=64)
+    description = models.CharField(max_length=2000, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="workflow_name_unique")]
+
+    def __str__(self):
+        return f"{self.tenant}/{self.name}"
+
+
+class WorkflowVersion(models.Model):
+    """One registered version. The database refuses any UPDATE of a stored row."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    spec = models.JSONField()
+    spec_canonical = models.TextField()
+    digest = models.CharField(max_length=71, help_text="sha256 over RFC 8785 JSON of the spec and its artifact digests.")
+    artifact_digests = models.JSONField(default=list)
+    uses_images = models.BooleanField(default=False)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["workflow", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "number"], name="version_number_unique"),
+            models.UniqueConstraint(fields=["workflow", "digest"], name="version_digest_unique"),
+        ]
+
+    def __str__(self):
+        return f"{self.workflow} v{self.number}"
+
+
+class VersionArtifact(models.Model):
+    """Which artifacts a version references (written once, with the version)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    version = models.ForeignKey(WorkflowVersion, on_delete=models.CASCADE, related_name="artifact_links")
+    artifact = models.ForeignKey(Artifact, on_delete=models.PROTECT, related_name="version_links")
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["version", "artifact"], name="version_artifact_unique")]
+
+
+class StagePointer(models.Model):
+    """The current version of a workflow in one stage; moved only by promotions."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="stage_pointers")
+    stage = models.CharField(max_length=16, choices=Stage.choices)
+    version = models.ForeignKey(WorkflowVersion, on_delete=models.PROTECT, related_name="+")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["workflow", "stage"]
+        constraints = [models.UniqueConstraint(fields=["workflow", "stage"], name="one_version_per_stage")]

@@ -1,0 +1,85 @@
+"""Domain functions for workflows and versions."""
+
+from django.db import transaction
+from django.db.models import Max
+
+from audit.log import Target, record
+from tenants.access import actor_for, require
+from tenants.db import bind_rls
+from tenants.errors import Invalid
+from tenants.models import GpuFlavor, Tenant
+
+from .digests import version_digest
+from .models import Artifact, VersionArtifact, Workflow, WorkflowVersion
+from .spec import SpecInvalid, parse, uses_images, validate
+
+MAX_ARTIFACTS_PER_VERSION = 100
+
+
+class SpecRejected(Invalid):
+    code = "invalid_spec"
+
+    def __init__(self, problems):
+        self.problems = problems
+        first = problems[0]
+        super().__init__(f"{first.path}: {first.reason}")
+
+    @property
+    def fields(self):
+        fields = {}
+        for problem in self.problems:
+            fields.setdefault(problem.path, []).append(problem.reason)
+        return fields
+
+
+def _spec_document(spec) -> dict:
+    """A spec arrives as YAML/JSON text or as a parsed object; both meet the size limit."""
+    try:
+        return parse(spec)
+    except SpecInvalid as exc:
+        raise SpecRejected(exc.problems) from None
+
+
+def workflow_version_register(*, actor, tenant: Tenant, spec, artifact_digests=(),
+                              description: str | None = None) -> tuple[WorkflowVersion, bool]:
+    """Register a version of the workflow the spec names; return (version, created).
+
+    Identical content (same spec, same artifacts) returns the existing version.
+    """
+    document = _spec_document(spec)
+    digests = list(dict.fromkeys(artifact_digests))
+    if len(digests) > MAX_ARTIFACTS_PER_VERSION:
+        raise Invalid(f"A version may reference at most {MAX_ARTIFACTS_PER_VERSION} artifacts.", field="artifacts")
+    with transaction.atomic():
+        require(actor, tenant, "develop")
+        bind_rls(tenant_id=tenant.pk)
+        known = set(GpuFlavor.objects.filter(is_active=True).values_list("name", flat=True))
+        try:
+            validate(document, known_flavors=known)
+        except SpecInvalid as exc:
+            raise SpecRejected(exc.problems) from None
+        artifacts = {a.digest: a for a in Artifact.objects.filter(tenant=tenant, digest__in=digests)}
+        for index, digest in enumerate(digests):
+            if digest not in artifacts:
+                raise Invalid(f"No artifact with digest {digest} in {tenant.slug}.", field=f"artifacts[{index}]")
+        digest, canonical = version_digest(document, digests)
+        workflow, created_workflow = Workflow.objects.get_or_create(
+            tenant=tenant, name=document["name"],
+            defaults={"created_by": actor, "description": document.get("description", "")})
+        if created_workflow:
+            record(action="workflow.create", actor=actor_for(actor), tenant=tenant.slug,
+                   target=Target("workflow", workflow.name))
+        workflow = Workflow.objects.select_for_update().get(pk=workflow.pk)
+        existing = workflow.versions.filter(digest=digest).first()
+        if existing is not None:
+            return existing, False
+        number = (workflow.versions.aggregate(top=Max("number"))["top"] or 0) + 1
+        version = WorkflowVersion.objects.create(
+            tenant=tenant, workflow=workflow, number=number, spec=document, spec_canonical=canonical,
+            digest=digest, artifact_digests=sorted(digests), uses_images=uses_images(document), created_by=actor)
+        VersionArtifact.objects.bulk_create(
+            [VersionArtifact(tenant=tenant, version=version, artifact=artifacts[d]) for d in digests])
+        record(action="workflow_version.register", actor=actor_for(actor), tenant=tenant.slug,
+               target=Target("workflow_version", f"{workflow.name}@{number}"),
+               data={"digest": digest, "artifacts": sorted(digests), "uses_images": version.uses_images})
+    return version, True
