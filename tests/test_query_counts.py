@@ -1,0 +1,179 @@
+"""Query counts of the list endpoints, pinned.
+
+Each list is read at N rows and at 3N rows, with a bearer token and with an OTP-verified
+session of world.a's tenant admin: the number of queries must not grow with the rows
+(no N+1), and it must be exactly the pinned number, so a new query per request shows up
+in review.
+
+The numbers are PostgreSQL's: there the choke point also binds the row-level security
+context (``SELECT set_config(...)``), which the embedded SQLite stack skips, so this
+module is not marked ``embedded`` and fails loudly on any other database.
+"""
+
+import itertools
+import secrets
+from datetime import timedelta
+
+import pytest
+from django.db import connections, transaction
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from tests.conftest import issue_token, sign_in
+
+ON_POSTGRES = connections["default"].vendor == "postgresql"
+
+N = 10  # 3N = 30 still fits on one page (the default page is 50), so every row is rendered
+
+# (endpoint, way in) -> queries on the default connection for one request. Observed on
+# PostgreSQL; the same at N and at 3N rows. How they add up:
+# - a session costs 3 before the view (session, user, OTP device); a bearer token 4 inside
+#   the request's transaction (set token_hash, the token with its user and tenant, set
+#   user/tenant, the holder's membership);
+# - BEGIN and COMMIT (ATOMIC_REQUESTS): 2;
+# - each ``allowed_tenant_ids`` of a session: 3 (set user, memberships, guardian grants),
+#   and none for a token; the tenant-scoped views ask it 2 times (tenant_for, restrict),
+#   the tokens list 3 (also "admin"), the tenant audit list 3 (require "audit", then
+#   events_visible_to), plus 2 for the tenant itself in tenant_for (lookup, set tenant);
+# - the page: COUNT and SELECT, 2, whatever the rows (select_related keeps it so).
+PINNED = {
+    ("tenants", "token"): 8,
+    ("tenants", "session"): 10,
+    ("members", "token"): 10,
+    ("members", "session"): 15,
+    ("service-accounts", "token"): 10,
+    ("service-accounts", "session"): 15,
+    ("tokens", "token"): 10,
+    ("tokens", "session"): 18,
+    ("tenant-audit-events", "token"): 10,
+    ("tenant-audit-events", "session"): 18,
+    ("audit-events", "token"): 8,
+    ("audit-events", "session"): 10,
+}
+
+_serial = itertools.count()
+
+
+def _tenant_slug(world):
+    return world.a.tenant.slug
+
+
+# Growing each list through the owner alias -------------------------------------------
+
+
+def add_tenants(world, k):
+    """k more tenants where world.a's admin is a tenant admin."""
+    from tenants.models import Membership, Tenant
+
+    for _ in range(k):
+        i = next(_serial)
+        tenant = Tenant.objects.using("owner").create(slug=f"extra-{i}", name=f"Extra {i}", jurisdiction="eu")
+        Membership.objects.using("owner").create(tenant=tenant, user=world.a.admin, role="tenant_admin")
+
+
+def add_members(world, k):
+    from django.contrib.auth import get_user_model
+
+    from tenants.models import Membership
+
+    users = get_user_model().objects.db_manager("owner")
+    for _ in range(k):
+        user = users.create_user(username=f"extra-member-{next(_serial)}", password=None)
+        Membership.objects.using("owner").create(tenant=world.a.tenant, user=user, role="developer")
+
+
+def add_service_accounts(world, k):
+    from tenants.models import ServiceAccount
+
+    owners = itertools.cycle([world.a.developer, world.a.admin, world.a.admin2])
+    for _ in range(k):
+        ServiceAccount.objects.using("owner").create(tenant=world.a.tenant, name=f"svc-{next(_serial)}",
+                                                     owner=next(owners), role="developer")
+
+
+def add_tokens(world, k):
+    """k more tokens in world.a, of several holders, every other one a service account's."""
+    from tenants.models import ApiToken, ServiceAccount, hash_token_secret, new_token_plaintext
+
+    holders = itertools.cycle([world.a.developer, world.a.approver, world.a.auditor, world.a.admin2])
+    for index in range(k):
+        holder = next(holders)
+        account = None
+        if index % 2:
+            account = ServiceAccount.objects.using("owner").create(
+                tenant=world.a.tenant, name=f"pipeline-{next(_serial)}", owner=holder, role="developer")
+        public_id, plaintext = new_token_plaintext()
+        ApiToken.objects.using("owner").create(
+            tenant=world.a.tenant, user=holder, service_account=account, name=f"extra-{index}",
+            role="developer", public_id=public_id, key_hash=hash_token_secret(plaintext),
+            expires_at=timezone.now() + timedelta(days=30))
+
+
+def add_audit_events(world, k):
+    """k more events in world.a's trail, sequenced (so each has its leaf)."""
+    from audit.log import Actor, Target, record
+    from audit.sequencer import sequence_pending
+
+    with transaction.atomic(using="owner"):
+        for _ in range(k):
+            record(action="membership.grant", actor=Actor(type="user", id="1", name="someone"),
+                   tenant=world.a.tenant.slug, target=Target("membership", f"m-{next(_serial)}"),
+                   data={"note": secrets.token_hex(4)}, using="owner")
+    sequence_pending()
+
+
+ENDPOINTS = {
+    "tenants": (lambda w: "/api/v1/tenants/", add_tenants),
+    "members": (lambda w: f"/api/v1/tenants/{_tenant_slug(w)}/members/", add_members),
+    "service-accounts": (lambda w: f"/api/v1/tenants/{_tenant_slug(w)}/service-accounts/", add_service_accounts),
+    "tokens": (lambda w: f"/api/v1/tenants/{_tenant_slug(w)}/tokens/", add_tokens),
+    "tenant-audit-events": (lambda w: f"/api/v1/tenants/{_tenant_slug(w)}/audit/events/", add_audit_events),
+    "audit-events": (lambda w: "/api/v1/audit/events/", add_audit_events),
+}
+
+
+def client_for(world, way):
+    if way == "token":
+        return Client(headers={"authorization": f"Bearer {issue_token(world.a.admin, world.a.tenant)}"})
+    return sign_in(Client(), world.a.admin)
+
+
+def measure(client, path):
+    with CaptureQueriesContext(connections["default"]) as captured:
+        response = client.get(path)
+    assert response.status_code == 200, response.content[:500]
+    return len(captured), response.json(), [q["sql"] for q in captured.captured_queries]
+
+
+def growth(endpoint, way):
+    """How many of the added rows the caller sees: a token reaches only its own tenant."""
+    return 0 if (endpoint, way) == ("tenants", "token") else 1
+
+
+@pytest.mark.parametrize("way", ["token", "session"])
+@pytest.mark.parametrize("endpoint", list(ENDPOINTS))
+def test_list_query_count_is_flat_and_pinned(world, endpoint, way):
+    assert ON_POSTGRES, "the query counts are pinned for PostgreSQL: run this module with `make test-postgres`"
+    path_for, add_rows = ENDPOINTS[endpoint]
+    path = path_for(world)
+    client = client_for(world, way)
+
+    _, body, _ = measure(client, path)  # warms per-process caches (content types, ...)
+    start = body["count"]
+    add_rows(world, max(N - start, 0))
+    at_n, body_n, sql_n = measure(client, path)
+    add_rows(world, 2 * N)
+    at_3n, body_3n, sql_3n = measure(client, path)
+
+    rows_n, rows_3n = body_n["count"], body_3n["count"]
+    if growth(endpoint, way):
+        assert rows_n == max(N, start) and rows_3n == rows_n + 2 * N, (rows_n, rows_3n)
+        assert len(body_3n["results"]) == rows_3n  # every row rendered on the page
+    else:
+        assert rows_n == rows_3n == 1
+    assert at_n == at_3n, (
+        f"{endpoint} as {way}: {at_n} queries at {rows_n} rows but {at_3n} at {rows_3n} rows (N+1?)\n"
+        + "\n".join(sql_3n))
+    assert at_n == PINNED[(endpoint, way)], (
+        f"{endpoint} as {way} runs {at_n} queries, pinned at {PINNED[(endpoint, way)]}:\n" + "\n".join(sql_n))
