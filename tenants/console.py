@@ -4,6 +4,7 @@ import segno
 from django.contrib import messages
 from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.mixins import LoginRequiredMixin
+from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -38,9 +39,14 @@ def _safe_next(request):
 
 
 def signin_locked_out(request, credentials, *args, **kwargs):
-    """django-axes calls this when an address and username have failed too often."""
+    """django-axes calls this when an address and username have failed too often.
+
+    The sign-in view calls it, and AxesMiddleware calls it again for the same request:
+    the refusal is recorded once."""
     username = (credentials or {}).get("username", "") if isinstance(credentials, dict) else ""
-    record_denial(action="auth.locked_out", actor=Actor.anonymous(username), target=Target("user", username))
+    if not getattr(request, "neocloud_lockout_recorded", False):
+        request.neocloud_lockout_recorded = True
+        record_denial(action="auth.locked_out", actor=Actor.anonymous(username), target=Target("user", username))
     return render(request, "auth/locked_out.html", status=429)
 
 
@@ -242,6 +248,11 @@ class _TenantAction(TenantConsoleMixin, View):
             try:
                 result = self.perform(request, form.cleaned_data if form else {}, **kwargs)
             except DomainError as exc:
+                if exc.status == 403:  # a refusal, not a mistake in the form
+                    record_denial(actor=actor_for(request.user), tenant=self.tenant.slug,
+                                  target=Target("route", request.path[:150]),
+                                  data={"method": request.method, "status": 403, "code": exc.code})
+                    raise PermissionDenied(exc.detail)
                 if form is None:
                     messages.error(request, exc.detail)
                     return redirect("tenant", tenant=self.tenant.slug)
@@ -298,12 +309,8 @@ class TokenIssueView(_TenantAction):
     form_class, form_key = TokenIssueForm, "token"
 
     def perform(self, request, data):
-        account = None
-        if data["service_account"]:
-            account = ServiceAccount.objects.restrict(request.user, "view").filter(
-                tenant=self.tenant, name=data["service_account"]).first()
-            if account is None:
-                raise NotFound("No such service account.", field="service_account")
+        account = services.service_account_named(actor=request.user, tenant=self.tenant,
+                                                 name=data["service_account"])
         token, plaintext = services.token_issue(actor=request.user, tenant=self.tenant, name=data["name"],
                                                 expires_in_days=data["expires_in_days"], service_account=account)
         return {"token": token, "plaintext": plaintext}

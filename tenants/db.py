@@ -26,6 +26,16 @@ USER_MATCH = "user_id = nullif(current_setting('app.user_id', true), '')::bigint
 
 
 class MigrateAsOwnerRouter:
+    """Migrations run on the owner alias only. Writes go through the app role unless the
+    caller names another alias: Django would otherwise save a new row through whatever
+    alias its related objects were loaded from, outside the caller's transaction."""
+
+    def db_for_write(self, model, **hints):
+        return "default"
+
+    def allow_relation(self, obj1, obj2, **hints):
+        return True  # every alias is the same database, under a different role
+
     def allow_migrate(self, db, app_label, model_name=None, **hints):
         return db == OWNER_ALIAS
 

@@ -2,7 +2,7 @@ from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
-from .models import ApiToken, Membership, ServiceAccount, Tenant, slug_validator
+from .models import ApiToken, GpuFlavor, Membership, ServiceAccount, Tenant, TenantQuota, slug_validator
 from .roles import SERVICE_ACCOUNT_ROLE_CHOICES, Role
 
 User = get_user_model()
@@ -98,3 +98,27 @@ class IssuedTokenSerializer(ApiTokenSerializer):
     class Meta(ApiTokenSerializer.Meta):
         fields = [*ApiTokenSerializer.Meta.fields, "token"]
         read_only_fields = fields
+
+
+class GpuFlavorSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = GpuFlavor
+        fields = ["name", "description", "memory_gb", "billing_weight", "is_active", "created_at"]
+        read_only_fields = ["is_active", "created_at"]
+        extra_kwargs = {"name": {"validators": []}}
+
+
+class GpuFlavorChangeSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = GpuFlavor
+        fields = ["description", "billing_weight", "is_active"]
+        extra_kwargs = {field: {"required": False} for field in fields}
+
+
+class TenantQuotaSerializer(serializers.ModelSerializer):
+    flavor = serializers.CharField(source="flavor.name", read_only=True)
+
+    class Meta:
+        model = TenantQuota
+        fields = ["flavor", "nominal", "borrowing_limit", "updated_at"]
+        read_only_fields = ["updated_at"]

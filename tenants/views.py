@@ -11,16 +11,19 @@ from .api import TenantScopedAPIView, no_content
 from .db import bind_rls
 from .errors import NotFound
 from .filters import ApiTokenFilter, MembershipFilter
-from .models import ApiToken, Membership, ServiceAccount, Tenant
+from .models import ApiToken, GpuFlavor, Membership, ServiceAccount, Tenant, TenantQuota
 from .serializers import (
     ApiTokenIssueSerializer,
     ApiTokenSerializer,
+    GpuFlavorChangeSerializer,
+    GpuFlavorSerializer,
     IssuedTokenSerializer,
     MembershipGrantSerializer,
     MembershipRoleSerializer,
     MembershipSerializer,
     MeSerializer,
     ServiceAccountSerializer,
+    TenantQuotaSerializer,
     TenantSerializer,
     TenantStatusSerializer,
 )
@@ -187,3 +190,71 @@ class TokenDetailView(TokensMixin, TenantScopedAPIView):
         services.token_revoke(actor=request.user, token=self.get_object())
         return no_content()
 
+
+
+class GpuFlavorList(generics.ListAPIView):
+    """The platform's GPU flavors; platform admins add them."""
+
+    serializer_class = GpuFlavorSerializer
+    queryset = GpuFlavor.objects.all()
+    filterset_fields = ["is_active"]
+
+    def post(self, request):
+        serializer = GpuFlavorSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        flavor = services.gpu_flavor_create(actor=request.user, **serializer.validated_data)
+        return Response(GpuFlavorSerializer(flavor).data, status=status.HTTP_201_CREATED)
+
+
+class GpuFlavorDetail(APIView):
+    serializer_class = GpuFlavorSerializer
+
+    def _flavor(self, name):
+        flavor = GpuFlavor.objects.filter(name=name).first()
+        if flavor is None:
+            raise NotFound("No such GPU flavor.")
+        return flavor
+
+    def get(self, request, flavor):
+        return Response(GpuFlavorSerializer(self._flavor(flavor)).data)
+
+    @extend_schema(request=GpuFlavorChangeSerializer, responses=GpuFlavorSerializer)
+    def patch(self, request, flavor):
+        serializer = GpuFlavorChangeSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        updated = services.gpu_flavor_update(actor=request.user, flavor=self._flavor(flavor), **serializer.validated_data)
+        return Response(GpuFlavorSerializer(updated).data)
+
+
+class TenantQuotaList(TenantScopedAPIView, generics.ListAPIView):
+    """The tenant's GPU quota per flavor: nominal devices, and how many more it may borrow."""
+
+    model = TenantQuota
+    serializer_class = TenantQuotaSerializer
+
+    def get_queryset(self):
+        return super().get_queryset().select_related("flavor")
+
+
+class TenantQuotaDetail(TenantScopedAPIView):
+    """PUT sets the quota for one flavor (platform admins only)."""
+
+    model = TenantQuota
+    serializer_class = TenantQuotaSerializer
+    http_method_names = ["get", "put", "head", "options"]
+
+    def get(self, request, tenant, flavor):
+        quota = self.get_queryset().select_related("flavor").filter(flavor__name=flavor).first()
+        if quota is None:
+            raise NotFound("This tenant has no quota for that flavor.")
+        return Response(TenantQuotaSerializer(quota).data)
+
+    def put(self, request, tenant, flavor):
+        serializer = TenantQuotaSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        gpu_flavor = GpuFlavor.objects.filter(name=flavor).first()
+        if gpu_flavor is None:
+            raise NotFound("No such GPU flavor.")
+        quota = services.tenant_quota_set(actor=request.user, tenant=self.tenant, flavor=gpu_flavor,
+                                          **serializer.validated_data)
+        return Response(TenantQuotaSerializer(quota).data)

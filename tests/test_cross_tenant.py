@@ -96,6 +96,9 @@ PATH_VALUES = {
     "username": lambda scene: scene.world.a.developer.username,
     "account": lambda scene: scene.account.name,
     "token_id": lambda scene: scene.token.public_id,
+    "flavor": lambda scene: scene.flavor.name,
+    "workflow": lambda scene: scene.version.workflow.name,
+    "number": lambda scene: scene.version.number,
 }
 
 
@@ -125,6 +128,8 @@ def api_payload(scene, name, method):
         ("api-service-account-list", "POST"): {"name": "intruder", "role": "developer"},
         ("api-token-list", "POST"): {"name": "intruder", "expires_in_days": 1,
                                      "service_account": scene.account.name},
+        ("api-quota-detail", "PUT"): {"nominal": 512, "borrowing_limit": 512},
+        ("api-version-list", "POST"): {"spec": {**scene.version.spec, "description": "intruder"}},
     }.get((name, method), {})
 
 
@@ -147,6 +152,8 @@ class Scene:
     account: object  # a service account in world.a
     token: object  # a live token of world.a (the service account's)
     foreign_token: str  # world.b's admin's bearer token (plaintext)
+    flavor: object  # a GPU flavor world.a holds a quota for
+    version: object  # version 1 of a workflow in world.a
 
 
 def on_default(obj):
@@ -166,16 +173,28 @@ def scene(world):
     token, _ = token_issue(actor=developer, tenant=tenant, name="pipeline",
                            expires_in_days=30, service_account=account)
     issue_token(world.a.admin, world.a.tenant, name="a-admin-laptop")
+    from tenants.services import gpu_flavor_create, tenant_quota_set
+    from workflows.services import workflow_version_register
+
+    admin = on_default(world.platform_admin)
+    flavor = gpu_flavor_create(actor=admin, name="h100-80gb", memory_gb=80, billing_weight="1.0")
+    tenant_quota_set(actor=admin, tenant=tenant, flavor=flavor, nominal=8, borrowing_limit=4)
+    version, _ = workflow_version_register(actor=developer, tenant=tenant, spec={
+        "name": "fraud-detector",
+        "steps": [{"name": "train", "command": ["python", "train.py"], "gpu": {"flavor": "h100-80gb", "count": 1}}]})
     return Scene(world=world, account=account, token=token,
-                 foreign_token=issue_token(world.b.admin, world.b.tenant, name="b-admin-laptop"))
+                 foreign_token=issue_token(world.b.admin, world.b.tenant, name="b-admin-laptop"),
+                 flavor=flavor, version=version)
 
 
 def tenant_rows():
     """Every row of the tenant tables, read as the owner (no row-level security)."""
-    from tenants.models import ApiToken, Membership, ServiceAccount, Tenant
+    from tenants.models import ApiToken, Membership, ServiceAccount, Tenant, TenantQuota
+    from workflows.models import Artifact, StagePointer, VersionArtifact, Workflow, WorkflowVersion
 
-    return {model._meta.db_table: list(model.objects.using("owner").order_by("pk").values())
-            for model in (Tenant, Membership, ServiceAccount, ApiToken)}
+    models = (Tenant, Membership, ServiceAccount, ApiToken, TenantQuota,
+              Workflow, WorkflowVersion, VersionArtifact, Artifact, StagePointer)
+    return {model._meta.db_table: list(model.objects.using("owner").order_by("pk").values()) for model in models}
 
 
 # Ways in: who asks, and how.

@@ -37,12 +37,14 @@ def json_changes(old, new, path="$") -> list[dict]:
 
 
 def version_diff(old, new) -> dict:
+    """Changes from ``old`` to ``new``; ``old`` None means from nothing (a first version)."""
+    old_spec, old_artifacts = (old.spec, set(old.artifact_digests)) if old else ({}, set())
     return {
-        "from": {"number": old.number, "digest": old.digest},
+        "from": {"number": old.number, "digest": old.digest} if old else None,
         "to": {"number": new.number, "digest": new.digest},
-        "spec": json_changes(old.spec, new.spec),
+        "spec": json_changes(old_spec, new.spec),
         "artifacts": {
-            "added": sorted(set(new.artifact_digests) - set(old.artifact_digests)),
-            "removed": sorted(set(old.artifact_digests) - set(new.artifact_digests)),
+            "added": sorted(set(new.artifact_digests) - old_artifacts),
+            "removed": sorted(old_artifacts - set(new.artifact_digests)),
         },
     }

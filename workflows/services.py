@@ -41,12 +41,15 @@ def _spec_document(spec) -> dict:
 
 
 def workflow_version_register(*, actor, tenant: Tenant, spec, artifact_digests=(),
-                              description: str | None = None) -> tuple[WorkflowVersion, bool]:
+                              workflow_name: str | None = None) -> tuple[WorkflowVersion, bool]:
     """Register a version of the workflow the spec names; return (version, created).
 
-    Identical content (same spec, same artifacts) returns the existing version.
+    Identical content (same spec, same artifacts) returns the existing version. With
+    ``workflow_name``, the spec must name that workflow.
     """
     document = _spec_document(spec)
+    if workflow_name is not None and document.get("name") != workflow_name:
+        raise Invalid(f"The spec names workflow '{document.get('name')}', not '{workflow_name}'.", field="spec.name")
     digests = list(dict.fromkeys(artifact_digests))
     if len(digests) > MAX_ARTIFACTS_PER_VERSION:
         raise Invalid(f"A version may reference at most {MAX_ARTIFACTS_PER_VERSION} artifacts.", field="artifacts")

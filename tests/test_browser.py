@@ -1,0 +1,164 @@
+"""The console in a real browser: headless Chromium (Debian's package) driven by Playwright,
+against pytest-django's live server on the test database. Real django-otp, no mocks."""
+
+import re
+import time
+from base64 import b32decode
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSWORD, ROOT, current_totp, issue_token, make_user
+
+pytestmark = [pytest.mark.browser, pytest.mark.embedded]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = ROOT / "docs" / "img" / "console.png"
+VIEWPORT = {"width": 1280, "height": 900}
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture
+def transactional_db(live_db):
+    """live_server asks for pytest-django's transactional_db, whose flush as the app role would
+    fail (append-only audit tables, row-level security). live_db commits for real and truncates
+    as the owner afterwards, which is what a live server needs."""
+    yield
+
+
+@pytest.fixture
+def open_page(monkeypatch):
+    """open_page() -> a Playwright page in headless Chromium at 1280x900.
+
+    The browser starts inside the test, so a missing Chromium fails the test itself."""
+    # Playwright's sync API keeps an event loop on this thread; the test's own ORM calls
+    # (fixtures, reading results as the owner) are plain synchronous code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    started = {}
+
+    def open_page():
+        if not CHROMIUM.exists():
+            pytest.fail("Chromium is not installed at /usr/bin/chromium; install the Debian package chromium "
+                        "(make test does this).", pytrace=False)
+        from playwright.sync_api import sync_playwright
+
+        started["playwright"] = sync_playwright().start()
+        started["browser"] = started["playwright"].chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = started["browser"].new_context(viewport=VIEWPORT)
+        context.set_default_timeout(TIMEOUT_MS)
+        return context.new_page()
+
+    yield open_page
+    if "browser" in started:
+        started["browser"].close()
+    if "playwright" in started:
+        started["playwright"].stop()
+
+
+def totp_for_secret(secret):
+    from django_otp.oath import TOTP
+
+    totp = TOTP(b32decode(secret), step=30, t0=0, digits=6, drift=0)
+    totp.time = time.time()
+    return f"{totp.token():06d}"
+
+
+def sign_in_with_password(page, base_url, username):
+    page.goto(f"{base_url}/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    with page.expect_navigation():
+        page.click("button:has-text('Continue')")
+
+
+def test_a_new_tenant_admin_enrols_in_the_browser_and_adds_a_member(world, live_server, open_page):
+    page = open_page()
+    from tenants.models import ApiToken, Membership
+
+    dana = make_user("dana-admin", device=False)
+    Membership.objects.using("owner").create(tenant=world.a.tenant, user=dana, role="tenant_admin")
+    base = live_server.url
+
+    sign_in_with_password(page, base, dana.username)
+    page.wait_for_url(re.compile(r"/login/enrol/"))
+    assert page.locator(".qr svg").count() == 1, "the QR code is an inline SVG"
+    secret = page.locator("#totp-secret").inner_text().strip()
+    assert re.fullmatch(r"[A-Z2-7]{32}", secret)
+    page.fill("#id_otp_token", totp_for_secret(secret))
+    page.click("button:has-text('Confirm device')")
+
+    page.wait_for_url(f"{base}/")
+    assert page.locator("h1").inner_text() == "Tenants"
+    tenant_link = page.locator("#tenant-list a", has_text=world.a.tenant.slug)
+    assert tenant_link.count() == 1
+    assert "dana-admin" in page.locator(".topbar .who").inner_text()
+
+    tenant_link.click()
+    page.wait_for_url(f"{base}/t/{world.a.tenant.slug}/")
+    members = page.locator("#members tbody tr")
+    assert members.count() == 7
+    assert page.locator(f'#members tr[data-username="{world.outsider.username}"]').count() == 0
+
+    form = page.locator("#member-add")
+    form.locator("#id_username").fill(world.outsider.username)
+    form.locator("#id_role").select_option("developer")
+    with page.expect_navigation():
+        form.locator("button:has-text('Add member')").click()
+
+    assert page.url == f"{base}/t/{world.a.tenant.slug}/"
+    row = page.locator(f'#members tr[data-username="{world.outsider.username}"]')
+    row.wait_for()
+    assert row.locator("td.role").inner_text() == "Developer"
+    assert page.locator("#members tbody tr").count() == 8
+    assert f"{world.outsider.username} is now developer" in page.locator(".messages").inner_text()
+    assert Membership.objects.using("owner").get(tenant=world.a.tenant, user=world.outsider).role == "developer"
+
+    # A service account and tokens, so the page shows what a tenant admin works with.
+    issue_token(world.a.developer, world.a.tenant, name="laptop")
+    account_form = page.locator("form[action$='/service-accounts/']")
+    account_form.locator("input[name=name]").fill("audit-export")
+    account_form.locator("select[name=role]").select_option("auditor")
+    with page.expect_navigation():
+        account_form.locator("button:has-text('Create service account')").click()
+    assert page.locator("td", has_text="audit-export").count() == 1
+    token_form = page.locator("form[action$='/tokens/']")
+    token_form.locator("input[name=name]").fill("ci-pipeline")
+    token_form.locator("input[name=service_account]").fill("audit-export")
+    with page.expect_navigation():
+        token_form.locator("button:has-text('Issue token')").click()
+    issued = page.locator("#issued-token")
+    plaintext = issued.inner_text().strip()
+    assert plaintext.startswith("nct_")
+    token = ApiToken.objects.using("owner").get(tenant=world.a.tenant, name="ci-pipeline")
+
+    page.goto(f"{base}/t/{world.a.tenant.slug}/")
+    assert page.locator("#issued-token").count() == 0
+    assert plaintext not in page.content()
+    assert page.locator(f"code:has-text('{token.public_id}')").count() == 1
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)  # members, service accounts and tokens
+    assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_a_person_with_a_confirmed_device_signs_in_with_password_and_totp(world, live_server, open_page):
+    page = open_page()
+    base = live_server.url
+    user = world.a.developer
+
+    sign_in_with_password(page, base, user.username)
+    page.wait_for_url(re.compile(r"/login/verify/"))
+    assert page.locator("h1").inner_text() == "One-time password"
+    page.fill("#id_otp_token", current_totp(user))
+    page.click("button:has-text('Verify')")
+
+    page.wait_for_url(f"{base}/")
+    assert page.locator("#tenant-list a", has_text=world.a.tenant.slug).count() == 1
+    assert page.locator("#tenant-list a", has_text=world.b.tenant.slug).count() == 0
+    assert user.username in page.locator(".topbar .who").inner_text()
+
+    from audit.models import AuditEvent
+
+    assert AuditEvent.objects.using("owner").filter(action="auth.login", actor_name=user.username).count() == 1
