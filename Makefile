@@ -9,7 +9,7 @@ TEST_DB ?= neocloud_test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
 
-.PHONY: run test install install-test browser pg-roles test-postgres test-embedded clean
+.PHONY: run test install install-test browser pg-roles test-postgres test-embedded screenshot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ test-embedded: install-test browser
 	$(BIN)/pytest -m embedded $(PYTEST_ARGS)
 
 test: test-postgres test-embedded
+
+# Refresh the README's console picture from the browser test.
+screenshot:
+	$(MAKE) test-embedded TEST_DB=neocloud_screenshot NEOCLOUD_SCREENSHOT=$(CURDIR)/docs/img/console.png \
+	  PYTEST_ARGS="tests/test_browser.py"
 
 clean:
 	rm -rf $(VENV) var

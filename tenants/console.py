@@ -226,9 +226,9 @@ class TenantView(TenantConsoleMixin, View):
             "tokens": tokens,
             "is_admin": self.can("admin"),
             "can_audit": self.can("audit"),
-            "member_form": forms.get("member") or MemberAddForm(),
-            "account_form": forms.get("account") or ServiceAccountForm(),
-            "token_form": forms.get("token") or TokenIssueForm(),
+            "member_form": forms.get("member") or MemberAddForm(auto_id="member_%s"),
+            "account_form": forms.get("account") or ServiceAccountForm(auto_id="account_%s"),
+            "token_form": forms.get("token") or TokenIssueForm(auto_id="token_%s"),
             "role_form": MemberRoleForm(),
             "issued": issued,
         }
@@ -243,7 +243,7 @@ class _TenantAction(TenantConsoleMixin, View):
     form_key = None
 
     def post(self, request, tenant, **kwargs):
-        form = self.form_class(request.POST) if self.form_class else None
+        form = self.form_class(request.POST, auto_id=f"{self.form_key}_%s") if self.form_class else None
         if form is None or form.is_valid():
             try:
                 result = self.perform(request, form.cleaned_data if form else {}, **kwargs)

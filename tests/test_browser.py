@@ -1,6 +1,7 @@
 """The console in a real browser: headless Chromium (Debian's package) driven by Playwright,
 against pytest-django's live server on the test database. Real django-otp, no mocks."""
 
+import os
 import re
 import time
 from base64 import b32decode
@@ -15,7 +16,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOT = ROOT / "docs" / "img" / "console.png"
+# `make screenshot` points this at docs/img/console.png to refresh the README picture.
+SCREENSHOT = Path(os.environ.get("NEOCLOUD_SCREENSHOT", ROOT / "var" / "screenshots" / "console.png"))
 VIEWPORT = {"width": 1280, "height": 900}
 TIMEOUT_MS = 15_000
 
@@ -102,8 +104,8 @@ def test_a_new_tenant_admin_enrols_in_the_browser_and_adds_a_member(world, live_
     assert page.locator(f'#members tr[data-username="{world.outsider.username}"]').count() == 0
 
     form = page.locator("#member-add")
-    form.locator("#id_username").fill(world.outsider.username)
-    form.locator("#id_role").select_option("developer")
+    form.locator("#member_username").fill(world.outsider.username)
+    form.locator("#member_role").select_option("developer")
     with page.expect_navigation():
         form.locator("button:has-text('Add member')").click()
 

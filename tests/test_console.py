@@ -286,7 +286,7 @@ def test_adding_an_unknown_username_shows_the_error_next_to_the_username_field(w
     before = Membership.objects.using("owner").count()
     response = member_add(client, world.a.tenant, "nobody-by-that-name")
     assert response.status_code == 400
-    assert '<p class="field-error" id="id_username-error">No user named nobody-by-that-name.</p>' in text(response)
+    assert '<p class="field-error" id="member_username-error">No user named nobody-by-that-name.</p>' in text(response)
     assert 'value="nobody-by-that-name"' in text(response), "the form keeps what was typed"
     assert Membership.objects.using("owner").count() == before
     assert not events("membership.grant").exists()
