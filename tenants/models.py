@@ -1,8 +1,9 @@
 import hashlib
 import secrets
+from decimal import Decimal
 
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.utils import timezone
 
@@ -140,7 +141,7 @@ class GpuFlavor(models.Model):
     description = models.CharField(max_length=200, blank=True)
     memory_gb = models.PositiveIntegerField(help_text="Device memory per unit, in GB.")
     billing_weight = models.DecimalField(max_digits=8, decimal_places=3,
-                                         help_text="Chargeback weight per GPU-hour relative to 1.0.")
+                                         validators=[MinValueValidator(Decimal("0.001"))], help_text="Chargeback weight per GPU-hour relative to 1.0.")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
 
