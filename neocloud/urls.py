@@ -17,5 +17,6 @@ api_v1 = [
 urlpatterns = [
     path("api/v1/", include(api_v1)),
     *tenant_urls.console_urlpatterns,
+    *workflow_urls.console_urlpatterns,
     *compliance_urls.console_urlpatterns,
 ]

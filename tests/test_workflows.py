@@ -137,3 +137,21 @@ def test_a_version_is_read_by_number_and_unknown_numbers_are_404(developer):
     assert developer.get(f"{VERSIONS}1/").json()["spec"]["steps"][1]["gpu"] == {"flavor": "h100-80gb", "count": 2}
     assert_error(developer.get(f"{VERSIONS}9/"), 404, "not_found")
     assert_error(developer.get("/api/v1/tenants/acme-bank/workflows/nope/versions/"), 404, "not_found")
+
+
+def test_console_shows_workflows_versions_digest_and_diff(developer, world, client):
+    from .conftest import sign_in
+
+    model = make_artifact(world)
+    developer.post(VERSIONS, {"spec": SPEC})
+    developer.post(VERSIONS, {"spec": SPEC.replace("count: 2", "count: 4"), "artifacts": [model.digest]})
+    sign_in(client, world.a.auditor)
+    listing = client.get("/t/acme-bank/workflows/").content.decode()
+    assert 'href="/t/acme-bank/workflows/fraud-detector/"' in listing
+    page = client.get("/t/acme-bank/workflows/fraud-detector/v2/").content.decode()
+    version = WorkflowVersion.objects.using("owner").get(number=2)
+    assert f'<code id="version-digest">{version.digest}</code>' in page
+    assert "$.steps.train.gpu.count" in page and 'data-artifact="base-model"' in page
+    detail = client.get("/t/acme-bank/workflows/fraud-detector/").content.decode()
+    assert "v1" in detail and "v2" in detail
+    assert client.get("/t/acme-bank/workflows/fraud-detector/v7/").status_code == 404
