@@ -284,6 +284,11 @@ CELERY_TASK_SOFT_TIME_LIMIT = 300
 CELERY_TASK_TIME_LIMIT = 360
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
+# Artifacts: where their bytes live, and how big an upload may be.
+ARTIFACT_STORE = env("ARTIFACT_STORE", "workflows.store.FileStore")
+ARTIFACT_MAX_BYTES = int(env("ARTIFACT_MAX_BYTES", str(10 * 1024**3)))
+SIGNATURE_BUNDLE_MAX_BYTES = int(env("SIGNATURE_BUNDLE_MAX_BYTES", str(1024 * 1024)))
+
 # Audit: how often the sequencer runs, and how long an event may stay unsequenced
 # before `audit verify` calls the log broken.
 AUDIT_SEQUENCER_INTERVAL_SECONDS = float(env("AUDIT_SEQUENCER_INTERVAL_SECONDS", "5"))

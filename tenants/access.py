@@ -5,6 +5,7 @@ one is audited by ``tenant_for``.
 """
 
 from django.contrib.contenttypes.models import ContentType
+from django.db import transaction
 from guardian.models import UserObjectPermission
 
 from audit.log import Actor, Target, record
@@ -44,11 +45,10 @@ def allowed_tenant_ids(user, action: str):
         return frozenset({token.tenant_id}) if role_allows(token.role, action) else frozenset()
     if is_platform_admin(user):
         return None
-    bind_rls(user_id=user.pk)
-    by_role = {
-        tenant_id for tenant_id, role in Membership.objects.filter(user=user).values_list("tenant_id", "role")
-        if role_allows(role, action)
-    }
+    with transaction.atomic(savepoint=False):  # the context and the read in one transaction
+        bind_rls(user_id=user.pk)
+        roles = list(Membership.objects.filter(user=user).values_list("tenant_id", "role"))
+    by_role = {tenant_id for tenant_id, role in roles if role_allows(role, action)}
     granted = UserObjectPermission.objects.filter(
         user=user,
         permission__codename=permission_codename(action),
@@ -61,8 +61,9 @@ def role_in(user, tenant) -> str | None:
     token = token_of(user)
     if token is not None:
         return token.role
-    bind_rls(user_id=user.pk, tenant_id=tenant.pk)
-    return Membership.objects.filter(user=user, tenant=tenant).values_list("role", flat=True).first()
+    with transaction.atomic(savepoint=False):
+        bind_rls(user_id=user.pk, tenant_id=tenant.pk)
+        return Membership.objects.filter(user=user, tenant=tenant).values_list("role", flat=True).first()
 
 
 def tenant_for(user, slug: str, action: str = "view", *, context: dict | None = None) -> Tenant:
@@ -74,12 +75,13 @@ def tenant_for(user, slug: str, action: str = "view", *, context: dict | None = 
     tenant = Tenant.objects.restrict(user, "view").filter(slug=slug).first()
     if tenant is None:
         raise NotFound("No such tenant.")
-    bind_rls(user_id=user.pk, tenant_id=tenant.pk)
-    if action != "view":
-        require(user, tenant, action)
-    if is_platform_admin(user):
-        record(action="platform.tenant_access", actor=actor_for(user), tenant=tenant.slug,
-               target=Target("tenant", tenant.slug), data={"action": action, **(context or {})})
+    with transaction.atomic(savepoint=False):
+        bind_rls(user_id=user.pk, tenant_id=tenant.pk)
+        if action != "view":
+            require(user, tenant, action)
+        if is_platform_admin(user):
+            record(action="platform.tenant_access", actor=actor_for(user), tenant=tenant.slug,
+                   target=Target("tenant", tenant.slug), data={"action": action, **(context or {})})
     return tenant
 
 

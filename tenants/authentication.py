@@ -1,5 +1,6 @@
 """API authentication: bearer tokens for machines and people, and OTP-verified sessions."""
 
+from django.db import transaction
 from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
@@ -25,8 +26,14 @@ class BearerTokenAuthentication(BaseAuthentication):
         if not credentials.startswith(f"{TOKEN_PREFIX}_") or len(credentials) > 200:
             raise exceptions.AuthenticationFailed("That is not a Neocloud API token.", code="invalid_token")
         key_hash = hash_token_secret(credentials)
-        bind_rls(token_hash=key_hash)
-        token = (ApiToken.objects.select_related("user", "tenant").filter(key_hash=key_hash).first())
+        # The lookup and its row-level security context share one transaction, even in a
+        # view that streams its body outside the request's transaction.
+        with transaction.atomic(savepoint=False):
+            bind_rls(token_hash=key_hash)
+            token = ApiToken.objects.select_related("user", "tenant").filter(key_hash=key_hash).first()
+            if token is not None:
+                bind_rls(user_id=token.user_id, tenant_id=token.tenant_id)
+                entitled = self._holder_still_entitled(token)
         if token is None:
             raise exceptions.AuthenticationFailed("Unknown API token.", code="invalid_token")
         if token.revoked_at is not None:
@@ -36,8 +43,7 @@ class BearerTokenAuthentication(BaseAuthentication):
         user = token.user
         if not user.is_active:
             raise exceptions.AuthenticationFailed("The token's owner is no longer active.", code="invalid_token")
-        bind_rls(user_id=user.pk, tenant_id=token.tenant_id)
-        if not self._holder_still_entitled(token):
+        if not entitled:
             raise exceptions.AuthenticationFailed("The token's holder no longer holds its role.", code="invalid_token")
         user.api_token = token
         return user, token

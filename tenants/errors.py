@@ -42,3 +42,19 @@ class Conflict(DomainError):
 class Invalid(DomainError):
     status = 400
     code = "invalid"
+
+
+class TooLarge(DomainError):
+    status = 413
+    code = "too_large"
+
+
+def clean_or_invalid(instance, *, exclude=()) -> None:
+    """Run a model's field validation; the first problem becomes an Invalid naming its field."""
+    from django.core.exceptions import ValidationError
+
+    try:
+        instance.clean_fields(exclude=list(exclude))
+    except ValidationError as exc:
+        field, messages = next(iter(exc.message_dict.items()))
+        raise Invalid(messages[0], field=field) from None

@@ -17,23 +17,30 @@ class AuditDenialsMiddleware:
 
 
 class ApiBodyLimitMiddleware:
-    """413 with a JSON error for API bodies over API_MAX_BODY_BYTES, before they are read."""
+    """413 with a JSON error for API bodies over API_MAX_BODY_BYTES, before they are read.
+
+    A view marked ``streams_body = True`` (artifact uploads) enforces its own limit while
+    it streams."""
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
-        if request.path.startswith("/api/"):
-            try:
-                length = int(request.META.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                length = 0
-            if length > settings.API_MAX_BODY_BYTES:
-                from .rest import json_error
-
-                return json_error(413, "body_too_large",
-                                  f"The request body is larger than {settings.API_MAX_BODY_BYTES} bytes.")
         return self.get_response(request)
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        if not request.path.startswith("/api/") or getattr(view_func, "streams_body", False):
+            return None
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > settings.API_MAX_BODY_BYTES:
+            from .rest import json_error
+
+            return json_error(413, "body_too_large",
+                              f"The request body is larger than {settings.API_MAX_BODY_BYTES} bytes.")
+        return None
 
 
 OTP_OPEN_PATHS = ("login", "login-verify", "login-enrol", "logout")

@@ -17,7 +17,7 @@ from audit.log import Actor, Target, record
 
 from .access import actor_for, is_platform_admin, require, role_in, token_of
 from .db import bind_rls
-from .errors import Conflict, Forbidden, Invalid, NotFound, TenantSuspended
+from .errors import Conflict, Forbidden, Invalid, NotFound, TenantSuspended, clean_or_invalid
 from .models import (
     ApiToken,
     GpuFlavor,
@@ -75,7 +75,7 @@ def user_create(*, actor, username: str, password: str, email: str = "", platfor
 def tenant_create(*, actor, slug: str, name: str, jurisdiction: str) -> Tenant:
     _require_platform_admin(actor)
     tenant = Tenant(slug=slug, name=name, jurisdiction=jurisdiction)
-    _validate(tenant)
+    clean_or_invalid(tenant)
     with transaction.atomic():
         if Tenant.objects.filter(slug=slug).exists():
             raise Conflict(f"A tenant with slug {slug} already exists.", field="slug")
@@ -98,16 +98,6 @@ def tenant_set_status(*, actor, tenant: Tenant, status: str) -> Tenant:
         record(action="tenant.status_change", actor=actor_for(actor), tenant=tenant.slug,
                target=Target("tenant", tenant.slug), data={"from": previous, "to": status})
     return tenant
-
-
-def _validate(instance):
-    from django.core.exceptions import ValidationError
-
-    try:
-        instance.full_clean(validate_unique=False, validate_constraints=False)
-    except ValidationError as exc:
-        field, messages = next(iter(exc.message_dict.items()))
-        raise Invalid(messages[0], field=field) from None
 
 
 # Memberships ---------------------------------------------------------------------------
@@ -192,7 +182,7 @@ def service_account_create(*, actor, tenant: Tenant, name: str, role: str) -> Se
     if token_of(actor) is not None:
         raise Forbidden("Service accounts are created by a person, not with a token.")
     account = ServiceAccount(tenant=tenant, name=name, owner=actor, role=role)
-    _validate(account)
+    clean_or_invalid(account)
     with transaction.atomic():
         require(actor, tenant, "develop" if role == Role.DEVELOPER else "admin")
         bind_rls(tenant_id=tenant.pk)
@@ -292,7 +282,7 @@ def user_by_username(username: str) -> User:
 def gpu_flavor_create(*, actor, name: str, memory_gb: int, billing_weight, description: str = "") -> GpuFlavor:
     _require_platform_admin(actor)
     flavor = GpuFlavor(name=name, memory_gb=memory_gb, billing_weight=billing_weight, description=description)
-    _validate(flavor)
+    clean_or_invalid(flavor)
     with transaction.atomic():
         if GpuFlavor.objects.filter(name=name).exists():
             raise Conflict(f"A GPU flavor named {name} already exists.", field="name")
@@ -315,7 +305,7 @@ def gpu_flavor_update(*, actor, flavor: GpuFlavor, **changes) -> GpuFlavor:
         before = {key: str(getattr(flavor, key)) for key in changes}
         for key, value in changes.items():
             setattr(flavor, key, value)
-        _validate(flavor)
+        clean_or_invalid(flavor)
         flavor.save(update_fields=list(changes) or None)
         record(action="gpu_flavor.update", actor=actor_for(actor), target=Target("gpu_flavor", flavor.name),
                data={"from": before, "to": {key: str(value) for key, value in changes.items()}})

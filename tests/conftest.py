@@ -8,6 +8,7 @@ alias afterwards, lifting the audit triggers only inside that transaction.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -93,6 +94,15 @@ def live_db(django_db_setup, django_db_blocker):
             for alias in ("default", "platform", "audit_side"):
                 connections[alias].close()
             truncate_all()
+            shutil.rmtree(Path(settings.DATA_DIR) / "artifacts", ignore_errors=True)
+
+
+@pytest.fixture
+def transactional_db(live_db):
+    """live_server asks for pytest-django's transactional_db, whose flush as the app role would
+    fail (append-only audit tables, row-level security). live_db commits for real and truncates
+    as the owner afterwards, which is what a live server needs."""
+    yield
 
 
 # Personas ------------------------------------------------------------------------------

@@ -23,14 +23,6 @@ TIMEOUT_MS = 15_000
 
 
 @pytest.fixture
-def transactional_db(live_db):
-    """live_server asks for pytest-django's transactional_db, whose flush as the app role would
-    fail (append-only audit tables, row-level security). live_db commits for real and truncates
-    as the owner afterwards, which is what a live server needs."""
-    yield
-
-
-@pytest.fixture
 def open_page(monkeypatch):
     """open_page() -> a Playwright page in headless Chromium at 1280x900.
 

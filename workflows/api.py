@@ -1,17 +1,21 @@
 """Workflow API: thin views over the choke point and the domain functions."""
 
+from django.db import transaction
 from django.db.models import Max, Prefetch
+from django.http import FileResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
 from rest_framework.response import Response
 
 from tenants.api import TenantScopedAPIView
+from tenants.db import bind_rls
 from tenants.errors import Invalid, NotFound
 
 from . import services
 from .diff import version_diff
-from .models import StagePointer, Workflow, WorkflowVersion
-from .serializers import VersionRegisterSerializer, VersionSerializer, WorkflowSerializer
+from .models import Artifact, StagePointer, Workflow, WorkflowVersion
+from .serializers import ArtifactSerializer, VersionRegisterSerializer, VersionSerializer, WorkflowSerializer
+from .store import get_store
 
 
 class _Workflows:
@@ -94,3 +98,63 @@ class VersionDiff(_InWorkflow):
         else:
             base = version.workflow.versions.filter(number__lt=number).order_by("-number").first()
         return Response(version_diff(base, version))
+
+
+class ArtifactList(TenantScopedAPIView, generics.ListAPIView):
+    model = Artifact
+    serializer_class = ArtifactSerializer
+    filterset_fields = ["name", "kind", "digest"]
+
+    def get_queryset(self):
+        return super().get_queryset().select_related("created_by")
+
+
+class ArtifactUpload(TenantScopedAPIView):
+    """``PUT`` the bytes of an artifact (a file, or a model directory as a tar archive) with
+    ``?digest=sha256:…&kind=model&region=eu`` and a Content-Length. The server streams them
+    to the store, hashes them, and refuses a digest mismatch, a truncated upload or one over
+    the size limit. Identical bytes under the same name answer 200 with the existing record."""
+
+    http_method_names = ["get", "put", "head", "options"]
+    serializer_class = ArtifactSerializer
+
+    def get(self, request, tenant, name):
+        # This view runs outside the request's transaction (for PUT); reads need one, so the
+        # row-level security context holds while they run.
+        with transaction.atomic():
+            bind_rls(user_id=request.user.pk, tenant_id=self.tenant.pk)
+            artifacts = list(Artifact.objects.restrict(request.user, "view").filter(
+                tenant=self.tenant, name=name).select_related("created_by"))
+        if not artifacts:
+            raise NotFound("No such artifact.")
+        return Response(ArtifactSerializer(artifacts, many=True).data)
+
+    @extend_schema(request={"application/octet-stream": bytes}, responses={201: ArtifactSerializer},
+                   parameters=[OpenApiParameter("digest", str, required=True), OpenApiParameter("kind", str, required=True),
+                               OpenApiParameter("region", str, required=True)])
+    def put(self, request, tenant, name):
+        length = request.META.get("CONTENT_LENGTH") or ""
+        if not length.isdigit():
+            raise Invalid("Send a Content-Length with the upload.", field="content", code="length_required")
+        params = request.query_params
+        artifact, created = services.artifact_upload(
+            actor=request.user, tenant=self.tenant, name=name, kind=params.get("kind", ""),
+            region=params.get("region", ""), digest=params.get("digest", ""), declared_size=int(length),
+            stream=request._request)
+        return Response(ArtifactSerializer(artifact).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class ArtifactContent(TenantScopedAPIView):
+    """Download an artifact's bytes (tenant-scoped; the digest is in the ETag)."""
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    def get(self, request, tenant, name, digest):
+        artifact = Artifact.objects.restrict(request.user, "view").filter(
+            tenant=self.tenant, name=name, digest=digest, stored_at__isnull=False).first()
+        if artifact is None:
+            raise NotFound("No such artifact.")
+        response = FileResponse(get_store().open(artifact.digest), as_attachment=True, filename=artifact.name,
+                                content_type="application/octet-stream")
+        response["ETag"] = f'"{artifact.digest}"'
+        response["Content-Length"] = str(artifact.size_bytes)
+        return response

@@ -1,17 +1,22 @@
 """Domain functions for workflows and versions."""
 
+import re
+
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from audit.log import Target, record
 from tenants.access import actor_for, require
 from tenants.db import bind_rls
-from tenants.errors import Invalid
+from tenants.errors import Invalid, TooLarge, clean_or_invalid
 from tenants.models import GpuFlavor, Tenant
 
 from .digests import version_digest
 from .models import Artifact, VersionArtifact, Workflow, WorkflowVersion
 from .spec import SpecInvalid, parse, uses_images, validate
+from .store import UploadRefused, get_store
 
 MAX_ARTIFACTS_PER_VERSION = 100
 
@@ -86,3 +91,54 @@ def workflow_version_register(*, actor, tenant: Tenant, spec, artifact_digests=(
                target=Target("workflow_version", f"{workflow.name}@{number}"),
                data={"digest": digest, "artifacts": sorted(digests), "uses_images": version.uses_images})
     return version, True
+
+
+# Artifacts ------------------------------------------------------------------------------
+
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def _in_jurisdiction(region: str, jurisdiction: str) -> bool:
+    return region == jurisdiction or region.startswith(f"{jurisdiction}-")
+
+
+def artifact_upload(*, actor, tenant: Tenant, name: str, kind: str, region: str, digest: str,
+                    declared_size: int, stream) -> tuple[Artifact, bool]:
+    """Receive an artifact's bytes into the store and register it; return (artifact, created).
+
+    The stream is read outside any database transaction (an upload may take minutes); the
+    permission check runs before it and again, with the write, after it.
+    """
+    probe = Artifact(tenant=tenant, name=name, kind=kind, region=region, digest=digest, size_bytes=declared_size,
+                     created_by=actor)
+    clean_or_invalid(probe, exclude=["tenant", "created_by", "digest", "size_bytes"])
+    if not DIGEST_RE.match(digest or ""):
+        raise Invalid("A digest is 'sha256:' followed by 64 lowercase hex digits.", field="digest")
+    if not _in_jurisdiction(region, tenant.jurisdiction):
+        raise Invalid(f"Region {region} is outside {tenant.slug}'s jurisdiction ({tenant.jurisdiction}).",
+                      field="region")
+    with transaction.atomic():
+        require(actor, tenant, "develop")
+        bind_rls(tenant_id=tenant.pk)
+        existing = Artifact.objects.filter(tenant=tenant, name=name, digest=digest, stored_at__isnull=False).first()
+    if existing is not None:
+        return existing, False
+    try:
+        received = get_store().receive(stream, declared_size=declared_size, expected_digest=digest,
+                                       max_bytes=settings.ARTIFACT_MAX_BYTES)
+    except UploadRefused as exc:
+        error = TooLarge if exc.code == "too_large" else Invalid
+        raise error(str(exc), field="content", code=exc.code) from None
+    with transaction.atomic():
+        require(actor, tenant, "develop")
+        bind_rls(tenant_id=tenant.pk)
+        artifact, created = Artifact.objects.get_or_create(
+            tenant=tenant, name=name, digest=received.digest,
+            defaults={"kind": kind, "region": region, "size_bytes": received.size, "created_by": actor,
+                      "stored_at": timezone.now()})
+        if created:
+            record(action="artifact.register", actor=actor_for(actor), tenant=tenant.slug,
+                   target=Target("artifact", f"{name}@{received.digest}"),
+                   data={"kind": kind, "region": region, "size_bytes": received.size})
+    return artifact, created
+

@@ -1,6 +1,14 @@
+from django.db import transaction
 from django.urls import path
 
 from . import api, console
+
+def streaming(view_class):
+    """A view that reads its body as a stream, outside the request's transaction."""
+    view = transaction.non_atomic_requests(view_class.as_view())
+    view.streams_body = True
+    return view
+
 
 api_urlpatterns = [
     path("tenants/<slug:tenant>/workflows/", api.WorkflowList.as_view(), name="api-workflow-list"),
@@ -11,6 +19,10 @@ api_urlpatterns = [
          name="api-version-detail"),
     path("tenants/<slug:tenant>/workflows/<str:workflow>/versions/<int:number>/diff/", api.VersionDiff.as_view(),
          name="api-version-diff"),
+    path("tenants/<slug:tenant>/artifacts/", api.ArtifactList.as_view(), name="api-artifact-list"),
+    path("tenants/<slug:tenant>/artifacts/<slug:name>/", streaming(api.ArtifactUpload), name="api-artifact-upload"),
+    path("tenants/<slug:tenant>/artifacts/<slug:name>/<str:digest>/content", api.ArtifactContent.as_view(),
+         name="api-artifact-content"),
 ]
 
 console_urlpatterns = [
