@@ -27,6 +27,8 @@ ACTIONS = {
     "workflow.create": "A workflow was created by registering its first version.",
     "workflow_version.register": "An immutable workflow version was registered.",
     "artifact.register": "An artifact was registered and its bytes checked into the store.",
+    "trust_config.update": "A tenant admin changed the tenant's trust configuration for signatures.",
+    "signature.verify": "A signature was verified against the tenant's trust configuration (outcome says how).",
     # authentication
     "auth.login": "A person signed in with a password and a verified one-time password.",
     "auth.login_failed": "A sign-in failed: wrong username or password.",

@@ -191,6 +191,14 @@ def scene(world):
     artifact, _ = artifact_upload(actor=developer, tenant=tenant, name="base-model", kind="model", region="eu",
                                   digest="sha256:" + hashlib.sha256(weights).hexdigest(),
                                   declared_size=len(weights), stream=io.BytesIO(weights))
+    from workflows import signing
+    from workflows.store import get_store
+    from workflows.trust import signature_attach, trust_config_update
+
+    private_pem, public_pem = signing.generate_key_pair()
+    trust_config_update(actor=on_default(world.a.admin), tenant=tenant, public_keys={"ci": public_pem.decode()})
+    bundle = signing.sign_path(get_store().path_for(artifact.digest), private_key_pem=private_pem)
+    assert signature_attach(actor=developer, tenant=tenant, artifact=artifact, bundle=bundle.encode()).verified
     version, _ = workflow_version_register(actor=developer, tenant=tenant, artifact_digests=[artifact.digest], spec={
         "name": "fraud-detector",
         "steps": [{"name": "train", "command": ["python", "train.py"], "gpu": {"flavor": "h100-80gb", "count": 1}}]})
@@ -204,8 +212,10 @@ def tenant_rows():
     from tenants.models import ApiToken, Membership, ServiceAccount, Tenant, TenantQuota
     from workflows.models import Artifact, StagePointer, VersionArtifact, Workflow, WorkflowVersion
 
-    models = (Tenant, Membership, ServiceAccount, ApiToken, TenantQuota,
-              Workflow, WorkflowVersion, VersionArtifact, Artifact, StagePointer)
+    from workflows.models import Signature, TrustConfiguration, Verification
+
+    models = (Tenant, Membership, ServiceAccount, ApiToken, TenantQuota, Workflow, WorkflowVersion,
+              VersionArtifact, Artifact, StagePointer, TrustConfiguration, Signature, Verification)
     return {model._meta.db_table: list(model.objects.using("owner").order_by("pk").values()) for model in models}
 
 

@@ -1,5 +1,6 @@
 """Workflow API: thin views over the choke point and the domain functions."""
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Max, Prefetch
 from django.http import FileResponse
@@ -11,10 +12,18 @@ from tenants.api import TenantScopedAPIView
 from tenants.db import bind_rls
 from tenants.errors import Invalid, NotFound
 
-from . import services
+from . import services, trust
 from .diff import version_diff
-from .models import Artifact, StagePointer, Workflow, WorkflowVersion
-from .serializers import ArtifactSerializer, VersionRegisterSerializer, VersionSerializer, WorkflowSerializer
+from .models import Artifact, ArtifactLayout, Signature, StagePointer, Workflow, WorkflowVersion
+from .serializers import (
+    ArtifactSerializer,
+    SignatureSerializer,
+    TrustConfigurationSerializer,
+    VerificationSerializer,
+    VersionRegisterSerializer,
+    VersionSerializer,
+    WorkflowSerializer,
+)
 from .store import get_store
 
 
@@ -116,8 +125,10 @@ class ArtifactUpload(TenantScopedAPIView):
     the size limit. Identical bytes under the same name answer 200 with the existing record."""
 
     http_method_names = ["get", "put", "head", "options"]
+    model = Artifact
     serializer_class = ArtifactSerializer
 
+    @extend_schema(operation_id="tenants_artifacts_by_name", responses=ArtifactSerializer(many=True))
     def get(self, request, tenant, name):
         # This view runs outside the request's transaction (for PUT); reads need one, so the
         # row-level security context holds while they run.
@@ -137,22 +148,109 @@ class ArtifactUpload(TenantScopedAPIView):
         if not length.isdigit():
             raise Invalid("Send a Content-Length with the upload.", field="content", code="length_required")
         params = request.query_params
+        is_archive = request.content_type == "application/x-tar"
         artifact, created = services.artifact_upload(
             actor=request.user, tenant=self.tenant, name=name, kind=params.get("kind", ""),
             region=params.get("region", ""), digest=params.get("digest", ""), declared_size=int(length),
-            stream=request._request)
+            stream=request._request, layout=ArtifactLayout.DIRECTORY if is_archive else ArtifactLayout.FILE)
         return Response(ArtifactSerializer(artifact).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
-class ArtifactContent(TenantScopedAPIView):
+class _OneArtifact(TenantScopedAPIView):
+    model = Artifact
+
+    def artifact(self) -> Artifact:
+        with transaction.atomic():  # some of these views run outside the request's transaction
+            bind_rls(user_id=self.request.user.pk, tenant_id=self.tenant.pk)
+            artifact = Artifact.objects.restrict(self.request.user, "view").filter(
+                tenant=self.tenant, name=self.kwargs["name"], digest=self.kwargs["digest"],
+                stored_at__isnull=False).first()
+        if artifact is None:
+            raise NotFound("No such artifact.")
+        return artifact
+
+
+class ArtifactDetail(_OneArtifact):
+    """One artifact with its signatures and their latest verification."""
+
+    serializer_class = ArtifactSerializer
+
+    def get(self, request, tenant, name, digest):
+        artifact = self.artifact()
+        signatures = Signature.objects.restrict(request.user, "view").filter(artifact=artifact).select_related(
+            "uploaded_by").prefetch_related("verifications")
+        return Response({**ArtifactSerializer(artifact).data,
+                         "signatures": SignatureSerializer(signatures, many=True).data})
+
+
+class SignatureList(_OneArtifact):
+    """POST a Sigstore bundle (the JSON document as the body) to attach and verify it: 201
+    when it verifies, 422 ``signature_not_verified`` with the reason when it does not (the
+    bundle and the failed verification are kept on record either way)."""
+
+    serializer_class = SignatureSerializer
+
+    def get(self, request, tenant, name, digest):
+        with transaction.atomic():
+            bind_rls(user_id=request.user.pk, tenant_id=self.tenant.pk)
+            signatures = list(Signature.objects.restrict(request.user, "view").filter(artifact=self.artifact())
+                              .select_related("uploaded_by").prefetch_related("verifications"))
+        return Response(SignatureSerializer(signatures, many=True).data)
+
+    @extend_schema(request={"application/json": dict}, responses={201: VerificationSerializer})
+    def post(self, request, tenant, name, digest):
+        # Read one byte past the limit, never more: the domain function refuses what is over it.
+        bundle = request._request.read(settings.SIGNATURE_BUNDLE_MAX_BYTES + 1)
+        verification = trust.signature_attach(actor=request.user, tenant=self.tenant, artifact=self.artifact(),
+                                              bundle=bundle)
+        return _verification_response(verification, status.HTTP_201_CREATED)
+
+
+class ArtifactVerify(_OneArtifact):
+    """Verify every signature of the artifact again; 200 if any verifies, else 422."""
+
+    serializer_class = VerificationSerializer
+
+    @extend_schema(request=None, responses={200: VerificationSerializer(many=True)})
+    def post(self, request, tenant, name, digest):
+        verifications = trust.artifact_verify(actor=request.user, tenant=self.tenant, artifact=self.artifact())
+        body = {"verified": any(v.verified for v in verifications),
+                "verifications": VerificationSerializer(verifications, many=True).data}
+        if not body["verified"]:
+            reason = verifications[0].reason if verifications else "The artifact has no signature."
+            body = {"code": "signature_not_verified", "detail": reason, **body}
+        return Response(body, status=status.HTTP_200_OK if body["verified"] else 422)
+
+
+def _verification_response(verification, success_status):
+    body = {"verification": VerificationSerializer(verification).data}
+    if verification.verified:
+        return Response(body, status=success_status)
+    return Response({"code": "signature_not_verified", "detail": verification.reason, **body}, status=422)
+
+
+class TrustConfigurationView(TenantScopedAPIView):
+    """The tenant's trust configuration; tenant admins replace any part of it with PUT."""
+
+    serializer_class = TrustConfigurationSerializer
+    http_method_names = ["get", "put", "head", "options"]
+
+    def get(self, request, tenant):
+        return Response(TrustConfigurationSerializer(trust.trust_config_of(self.tenant)).data)
+
+    def put(self, request, tenant):
+        serializer = TrustConfigurationSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        config = trust.trust_config_update(actor=request.user, tenant=self.tenant, **serializer.validated_data)
+        return Response(TrustConfigurationSerializer(config).data)
+
+
+class ArtifactContent(_OneArtifact):
     """Download an artifact's bytes (tenant-scoped; the digest is in the ETag)."""
 
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
     def get(self, request, tenant, name, digest):
-        artifact = Artifact.objects.restrict(request.user, "view").filter(
-            tenant=self.tenant, name=name, digest=digest, stored_at__isnull=False).first()
-        if artifact is None:
-            raise NotFound("No such artifact.")
+        artifact = self.artifact()
         response = FileResponse(get_store().open(artifact.digest), as_attachment=True, filename=artifact.name,
                                 content_type="application/octet-stream")
         response["ETag"] = f'"{artifact.digest}"'

@@ -23,6 +23,11 @@ class ArtifactKind(models.TextChoices):
     OTHER = "other"
 
 
+class ArtifactLayout(models.TextChoices):
+    FILE = "file"
+    DIRECTORY = "directory"  # stored as a deterministic tar archive; signatures cover the files
+
+
 class Artifact(models.Model):
     """A named, content-addressed object a tenant brings: a model directory, a dataset,
     metrics, an image reference, a spec. Its bytes live in the artifact store by digest."""
@@ -30,6 +35,7 @@ class Artifact(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="artifacts")
     name = models.CharField(max_length=64, validators=[slug_validator])
     kind = models.CharField(max_length=16, choices=ArtifactKind.choices)
+    layout = models.CharField(max_length=16, choices=ArtifactLayout.choices, default=ArtifactLayout.FILE)
     digest = models.CharField(max_length=71)  # sha256:<64 hex>
     size_bytes = models.BigIntegerField()
     region = models.CharField(max_length=16)
@@ -118,3 +124,55 @@ class StagePointer(models.Model):
     class Meta:
         ordering = ["workflow", "stage"]
         constraints = [models.UniqueConstraint(fields=["workflow", "stage"], name="one_version_per_stage")]
+
+
+class TrustConfiguration(models.Model):
+    """What a tenant accepts as a signature: public keys by key id, enterprise CA roots with the
+    certificate identities (SANs) allowed under them, and Sigstore identities with issuers."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="trust_configuration")
+    public_keys = models.JSONField(default=dict)  # key id -> PEM
+    ca_roots = models.JSONField(default=list)  # PEM certificates
+    allowed_identities = models.JSONField(default=list)  # certificate SANs
+    sigstore_identities = models.JSONField(default=list)  # [identity, issuer] pairs
+    revision = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+
+class Signature(models.Model):
+    """A Sigstore bundle attached to an artifact, with the time the platform received it
+    (certificate bundles carry no trusted time, so every re-verification uses this one)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    artifact = models.ForeignKey(Artifact, on_delete=models.CASCADE, related_name="signatures")
+    bundle = models.TextField()
+    bundle_digest = models.CharField(max_length=71)
+    received_at = models.DateTimeField()
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-received_at"]
+
+
+class Verification(models.Model):
+    """One verification of one signature: when, by whom, how, and why (never changed)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    artifact = models.ForeignKey(Artifact, on_delete=models.CASCADE, related_name="verifications")
+    signature = models.ForeignKey(Signature, on_delete=models.CASCADE, related_name="verifications")
+    verified = models.BooleanField()
+    mode = models.CharField(max_length=16, blank=True)
+    identity = models.CharField(max_length=500, blank=True)
+    reason = models.TextField()
+    trust_revision = models.PositiveIntegerField()
+    performed_by = models.CharField(max_length=150)
+    performed_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-performed_at", "-id"]

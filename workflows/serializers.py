@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from .models import Artifact, StagePointer, Workflow, WorkflowVersion
+from .models import Artifact, Signature, StagePointer, TrustConfiguration, Verification, Workflow, WorkflowVersion
 
 
 class WorkflowSerializer(serializers.ModelSerializer):
@@ -48,5 +48,38 @@ class ArtifactSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Artifact
-        fields = ["name", "kind", "digest", "size_bytes", "region", "created_by", "created_at", "stored_at"]
+        fields = ["name", "kind", "layout", "digest", "size_bytes", "region", "created_by", "created_at", "stored_at"]
         read_only_fields = fields
+
+
+class VerificationSerializer(serializers.ModelSerializer):
+    signature = serializers.IntegerField(source="signature_id", read_only=True)
+
+    class Meta:
+        model = Verification
+        fields = ["signature", "verified", "mode", "identity", "reason", "trust_revision", "performed_by",
+                  "performed_at"]
+        read_only_fields = fields
+
+
+class SignatureSerializer(serializers.ModelSerializer):
+    uploaded_by = serializers.CharField(source="uploaded_by.username", read_only=True)
+    latest_verification = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Signature
+        fields = ["id", "bundle_digest", "received_at", "uploaded_by", "latest_verification"]
+        read_only_fields = fields
+
+    def get_latest_verification(self, signature) -> dict | None:
+        latest = max(signature.verifications.all(), key=lambda v: (v.performed_at, v.pk), default=None)
+        return VerificationSerializer(latest).data if latest else None
+
+
+class TrustConfigurationSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TrustConfiguration
+        fields = ["public_keys", "ca_roots", "allowed_identities", "sigstore_identities", "revision", "updated_at"]
+        read_only_fields = ["revision", "updated_at"]
+        extra_kwargs = {f: {"required": False} for f in ["public_keys", "ca_roots", "allowed_identities",
+                                                          "sigstore_identities"]}

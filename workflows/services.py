@@ -14,7 +14,7 @@ from tenants.errors import Invalid, TooLarge, clean_or_invalid
 from tenants.models import GpuFlavor, Tenant
 
 from .digests import version_digest
-from .models import Artifact, VersionArtifact, Workflow, WorkflowVersion
+from .models import Artifact, ArtifactLayout, VersionArtifact, Workflow, WorkflowVersion
 from .spec import SpecInvalid, parse, uses_images, validate
 from .store import UploadRefused, get_store
 
@@ -103,14 +103,14 @@ def _in_jurisdiction(region: str, jurisdiction: str) -> bool:
 
 
 def artifact_upload(*, actor, tenant: Tenant, name: str, kind: str, region: str, digest: str,
-                    declared_size: int, stream) -> tuple[Artifact, bool]:
+                    declared_size: int, stream, layout: str = ArtifactLayout.FILE) -> tuple[Artifact, bool]:
     """Receive an artifact's bytes into the store and register it; return (artifact, created).
 
     The stream is read outside any database transaction (an upload may take minutes); the
     permission check runs before it and again, with the write, after it.
     """
     probe = Artifact(tenant=tenant, name=name, kind=kind, region=region, digest=digest, size_bytes=declared_size,
-                     created_by=actor)
+                     created_by=actor, layout=layout)
     clean_or_invalid(probe, exclude=["tenant", "created_by", "digest", "size_bytes"])
     if not DIGEST_RE.match(digest or ""):
         raise Invalid("A digest is 'sha256:' followed by 64 lowercase hex digits.", field="digest")
@@ -135,10 +135,10 @@ def artifact_upload(*, actor, tenant: Tenant, name: str, kind: str, region: str,
         artifact, created = Artifact.objects.get_or_create(
             tenant=tenant, name=name, digest=received.digest,
             defaults={"kind": kind, "region": region, "size_bytes": received.size, "created_by": actor,
-                      "stored_at": timezone.now()})
+                      "layout": layout, "stored_at": timezone.now()})
         if created:
             record(action="artifact.register", actor=actor_for(actor), tenant=tenant.slug,
                    target=Target("artifact", f"{name}@{received.digest}"),
-                   data={"kind": kind, "region": region, "size_bytes": received.size})
+                   data={"kind": kind, "region": region, "size_bytes": received.size, "layout": layout})
     return artifact, created
 

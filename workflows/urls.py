@@ -4,7 +4,8 @@ from django.urls import path
 from . import api, console
 
 def streaming(view_class):
-    """A view that reads its body as a stream, outside the request's transaction."""
+    """A view that runs outside the request's transaction: it streams its body, or it
+    commits work (a stored verification) that must stay even when it answers an error."""
     view = transaction.non_atomic_requests(view_class.as_view())
     view.streams_body = True
     return view
@@ -21,8 +22,15 @@ api_urlpatterns = [
          name="api-version-diff"),
     path("tenants/<slug:tenant>/artifacts/", api.ArtifactList.as_view(), name="api-artifact-list"),
     path("tenants/<slug:tenant>/artifacts/<slug:name>/", streaming(api.ArtifactUpload), name="api-artifact-upload"),
+    path("tenants/<slug:tenant>/artifacts/<slug:name>/<str:digest>/", api.ArtifactDetail.as_view(),
+         name="api-artifact-detail"),
     path("tenants/<slug:tenant>/artifacts/<slug:name>/<str:digest>/content", api.ArtifactContent.as_view(),
          name="api-artifact-content"),
+    path("tenants/<slug:tenant>/artifacts/<slug:name>/<str:digest>/signatures/", streaming(api.SignatureList),
+         name="api-artifact-signatures"),
+    path("tenants/<slug:tenant>/artifacts/<slug:name>/<str:digest>/verify/", streaming(api.ArtifactVerify),
+         name="api-artifact-verify"),
+    path("tenants/<slug:tenant>/trust/", api.TrustConfigurationView.as_view(), name="api-trust"),
 ]
 
 console_urlpatterns = [

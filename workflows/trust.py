@@ -1,0 +1,195 @@
+"""Trust configuration, signatures and their verification (domain functions).
+
+Tenants sign on their side; the platform only verifies, against the tenant's trust
+configuration, and stores every verification with its reason. Verification reads the
+artifact's bytes, which can take a while, so it runs outside any database transaction.
+"""
+
+import hashlib
+import json
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from audit.log import Target, record
+from tenants.access import actor_for, require
+from tenants.db import bind_rls
+from tenants.errors import Invalid, TooLarge
+from tenants.models import Tenant
+
+from . import signing
+from .models import Artifact, ArtifactLayout, Signature, TrustConfiguration, Verification
+from .store import get_store
+
+MAX_TRUST_ENTRIES = 100
+
+
+def _fingerprint(pem: str) -> str:
+    return "sha256:" + hashlib.sha256(pem.strip().encode()).hexdigest()[:16]
+
+
+def _check_public_keys(public_keys) -> dict[str, str]:
+    if not isinstance(public_keys, dict) or len(public_keys) > MAX_TRUST_ENTRIES:
+        raise Invalid("public_keys maps key ids to PEM public keys.", field="public_keys")
+    for key_id, pem in public_keys.items():
+        if not isinstance(key_id, str) or not key_id.strip() or len(key_id) > 100 or not isinstance(pem, str):
+            raise Invalid("Each key needs an id of 1 to 100 characters and a PEM text.", field="public_keys")
+        try:
+            serialization.load_pem_public_key(pem.encode())
+        except (ValueError, TypeError):
+            raise Invalid(f"Key {key_id} is not a PEM public key.", field=f"public_keys.{key_id}") from None
+    return public_keys
+
+
+def _check_ca_roots(ca_roots) -> list[str]:
+    if not isinstance(ca_roots, list) or len(ca_roots) > MAX_TRUST_ENTRIES:
+        raise Invalid("ca_roots is a list of PEM certificates.", field="ca_roots")
+    for index, pem in enumerate(ca_roots):
+        try:
+            certificate = x509.load_pem_x509_certificate(pem.encode())
+            is_ca = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except (ValueError, TypeError, AttributeError, x509.ExtensionNotFound):
+            is_ca = None
+        if not is_ca:
+            raise Invalid("Not a PEM CA certificate (it needs basicConstraints CA:TRUE).", field=f"ca_roots[{index}]")
+    return ca_roots
+
+
+def _check_strings(values, field) -> list:
+    if not isinstance(values, list) or len(values) > MAX_TRUST_ENTRIES or not all(
+            isinstance(v, str) and 0 < len(v) <= 500 for v in values):
+        raise Invalid(f"{field} is a list of non-empty strings.", field=field)
+    return values
+
+
+def _check_sigstore_identities(pairs) -> list[list[str]]:
+    if not isinstance(pairs, list) or len(pairs) > MAX_TRUST_ENTRIES or not all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(v, str) and v for v in p) for p in pairs):
+        raise Invalid("sigstore_identities is a list of [identity, issuer] pairs.", field="sigstore_identities")
+    return [list(p) for p in pairs]
+
+
+def trust_config_of(tenant: Tenant) -> TrustConfiguration:
+    return TrustConfiguration.objects.filter(tenant=tenant).first() or TrustConfiguration(tenant=tenant)
+
+
+def trust_config_update(*, actor, tenant: Tenant, public_keys=None, ca_roots=None, allowed_identities=None,
+                        sigstore_identities=None) -> TrustConfiguration:
+    """Replace the given parts of a tenant's trust configuration (tenant admins)."""
+    changes = {}
+    if public_keys is not None:
+        changes["public_keys"] = _check_public_keys(public_keys)
+    if ca_roots is not None:
+        changes["ca_roots"] = _check_ca_roots(ca_roots)
+    if allowed_identities is not None:
+        changes["allowed_identities"] = _check_strings(allowed_identities, "allowed_identities")
+    if sigstore_identities is not None:
+        changes["sigstore_identities"] = _check_sigstore_identities(sigstore_identities)
+    with transaction.atomic():
+        require(actor, tenant, "admin")
+        bind_rls(tenant_id=tenant.pk)
+        config = TrustConfiguration.objects.select_for_update().filter(tenant=tenant).first() \
+            or TrustConfiguration(tenant=tenant)
+        for field, value in changes.items():
+            setattr(config, field, value)
+        config.revision += 1
+        config.updated_at = timezone.now()
+        config.save()
+        record(action="trust_config.update", actor=actor_for(actor), tenant=tenant.slug,
+               target=Target("trust_configuration", tenant.slug),
+               data={"revision": config.revision,
+                     "public_keys": {k: _fingerprint(v) for k, v in config.public_keys.items()},
+                     "ca_roots": [_fingerprint(pem) for pem in config.ca_roots],
+                     "allowed_identities": config.allowed_identities,
+                     "sigstore_identities": config.sigstore_identities})
+    return config
+
+
+def _library_trust(config: TrustConfiguration) -> signing.TrustConfig:
+    return signing.TrustConfig(
+        public_keys=dict(config.public_keys), ca_roots=list(config.ca_roots),
+        allowed_identities=list(config.allowed_identities),
+        sigstore_identities=[tuple(p) for p in config.sigstore_identities])
+
+
+@contextmanager
+def _artifact_on_disk(artifact: Artifact):
+    """The path verification reads: the stored file, or a directory unpacked from its archive."""
+    stored = get_store().path_for(artifact.digest)
+    if artifact.layout == ArtifactLayout.FILE:
+        yield stored
+        return
+    from .archive import unpack_archive
+
+    with tempfile.TemporaryDirectory(prefix="neocloud-verify-") as scratch:
+        target = Path(scratch) / artifact.name
+        unpack_archive(stored, target)
+        yield target
+
+
+def _verify_and_record(*, actor, tenant, artifact, signature, config) -> Verification:
+    try:
+        with _artifact_on_disk(artifact) as path:
+            result = signing.verify_path(path, signature.bundle, trust=_library_trust(config),
+                                         received_at=signature.received_at,
+                                         max_bundle_bytes=settings.SIGNATURE_BUNDLE_MAX_BYTES)
+    except ValueError as exc:  # an archive the platform will not unpack
+        result = signing.VerificationResult(verified=False, mode=None, identity="", reason=str(exc), digest="",
+                                            signed_at=None)
+    with transaction.atomic():
+        bind_rls(tenant_id=tenant.pk)
+        verification = Verification.objects.create(
+            tenant=tenant, artifact=artifact, signature=signature, verified=result.verified,
+            mode=result.mode.value if result.mode else "", identity=result.identity[:500], reason=result.reason,
+            trust_revision=config.revision, performed_by=actor.username)
+        record(action="signature.verify", actor=actor_for(actor), tenant=tenant.slug,
+               target=Target("artifact", f"{artifact.name}@{artifact.digest}"),
+               outcome="success" if result.verified else "failed",
+               data={"signature": signature.pk, "verified": result.verified, "mode": verification.mode,
+                     "identity": verification.identity, "reason": result.reason,
+                     "trust_revision": config.revision})
+    return verification
+
+
+def signature_attach(*, actor, tenant: Tenant, artifact: Artifact, bundle: bytes) -> Verification:
+    """Store a bundle for an artifact and verify it at once; return the verification.
+
+    A bundle over the size limit or not JSON is refused and nothing is stored. Any other
+    bundle is stored with its verification, verified or not, so the reason stays on record.
+    """
+    if len(bundle) > settings.SIGNATURE_BUNDLE_MAX_BYTES:
+        raise TooLarge(f"The bundle is {len(bundle)} bytes; the limit is {settings.SIGNATURE_BUNDLE_MAX_BYTES}.",
+                       field="bundle", code="bundle_too_large")
+    try:
+        document = json.loads(bundle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Invalid(f"The bundle is not valid JSON: {exc}.", field="bundle", code="malformed_bundle") from None
+    if not isinstance(document, dict) or "mediaType" not in document:
+        raise Invalid("The bundle is not a Sigstore bundle (it has no mediaType).", field="bundle",
+                      code="malformed_bundle")
+    with transaction.atomic():
+        require(actor, tenant, "develop")
+        bind_rls(tenant_id=tenant.pk)
+        signature = Signature.objects.create(
+            tenant=tenant, artifact=artifact, bundle=bundle.decode(), received_at=timezone.now(),
+            bundle_digest="sha256:" + hashlib.sha256(bundle).hexdigest(), uploaded_by=actor)
+        config = trust_config_of(tenant)
+    return _verify_and_record(actor=actor, tenant=tenant, artifact=artifact, signature=signature, config=config)
+
+
+def artifact_verify(*, actor, tenant: Tenant, artifact: Artifact) -> list[Verification]:
+    """Verify every signature of an artifact again, against today's trust configuration and
+    each bundle's original receipt time."""
+    with transaction.atomic():
+        require(actor, tenant, "view")
+        bind_rls(tenant_id=tenant.pk)
+        signatures = list(Signature.objects.filter(artifact=artifact).order_by("received_at"))
+        config = trust_config_of(tenant)
+    return [_verify_and_record(actor=actor, tenant=tenant, artifact=artifact, signature=s, config=config)
+            for s in signatures]
