@@ -209,6 +209,16 @@ class TenantConsoleMixin(LoginRequiredMixin):
         allowed = allowed_tenant_ids(self.request.user, action)
         return allowed is None or self.tenant.pk in allowed
 
+    def refuse_if_forbidden(self, exc: DomainError):
+        """A 403 from a domain function is a refusal, not a mistake in a form: record it and
+        answer with the 403 page."""
+        if exc.status == 403:
+            request = self.request
+            record_denial(actor=actor_for(request.user), tenant=self.tenant.slug,
+                          target=Target("route", request.path[:150]),
+                          data={"method": request.method, "status": 403, "code": exc.code})
+            raise PermissionDenied(exc.detail) from None
+
 
 class TenantView(TenantConsoleMixin, View):
     def get(self, request, tenant, forms=None, issued=None, status=200):
@@ -248,11 +258,7 @@ class _TenantAction(TenantConsoleMixin, View):
             try:
                 result = self.perform(request, form.cleaned_data if form else {}, **kwargs)
             except DomainError as exc:
-                if exc.status == 403:  # a refusal, not a mistake in the form
-                    record_denial(actor=actor_for(request.user), tenant=self.tenant.slug,
-                                  target=Target("route", request.path[:150]),
-                                  data={"method": request.method, "status": 403, "code": exc.code})
-                    raise PermissionDenied(exc.detail)
+                self.refuse_if_forbidden(exc)
                 if form is None:
                     messages.error(request, exc.detail)
                     return redirect("tenant", tenant=self.tenant.slug)

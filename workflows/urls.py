@@ -38,4 +38,6 @@ console_urlpatterns = [
     path("t/<slug:tenant>/workflows/<str:workflow>/", console.WorkflowPage.as_view(), name="workflow"),
     path("t/<slug:tenant>/workflows/<str:workflow>/v<int:number>/", console.VersionPage.as_view(),
          name="workflow-version"),
+    path("t/<slug:tenant>/artifacts/", console.ArtifactListPage.as_view(), name="artifacts"),
+    path("t/<slug:tenant>/trust/", console.TrustPage.as_view(), name="trust"),
 ]
