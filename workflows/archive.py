@@ -14,7 +14,6 @@ so both the CLI and the server use it.
 from __future__ import annotations
 
 import os
-import stat
 import tarfile
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -44,8 +43,9 @@ def pack_directory(path: Path, out: BinaryIO) -> None:
             _add_entry(archive, relative, absolute, is_directory)
 
 
-def _walk(root: Path, relative: PurePosixPath = PurePosixPath()):
+def _walk(root: Path, relative: PurePosixPath | None = None):
     """(relative name, absolute path, is directory) for everything below `root`, links refused."""
+    relative = relative or PurePosixPath()
     with os.scandir(root / relative) as scan:
         entries = list(scan)
     for entry in entries:

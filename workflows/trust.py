@@ -129,7 +129,7 @@ def _artifact_on_disk(artifact: Artifact):
 
     with tempfile.TemporaryDirectory(prefix="neocloud-verify-") as scratch:
         target = Path(scratch) / artifact.name
-        unpack_archive(stored, target)
+        unpack_archive(stored, target, max_total_bytes=settings.ARTIFACT_MAX_BYTES)
         yield target
 
 
