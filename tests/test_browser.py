@@ -9,46 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PASSWORD, ROOT, current_totp, issue_token, make_user
+from tests.conftest import ROOT, current_totp, issue_token, make_user, sign_in_with_password
 
 pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # `make screenshot` points this at docs/img/console.png to refresh the README picture.
 SCREENSHOT = Path(os.environ.get("NEOCLOUD_SCREENSHOT", ROOT / "var" / "screenshots" / "console.png"))
-VIEWPORT = {"width": 1280, "height": 900}
-TIMEOUT_MS = 15_000
-
-
-@pytest.fixture
-def open_page(monkeypatch):
-    """open_page() -> a Playwright page in headless Chromium at 1280x900.
-
-    The browser starts inside the test, so a missing Chromium fails the test itself."""
-    # Playwright's sync API keeps an event loop on this thread; the test's own ORM calls
-    # (fixtures, reading results as the owner) are plain synchronous code.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    started = {}
-
-    def open_page():
-        if not CHROMIUM.exists():
-            pytest.fail("Chromium is not installed at /usr/bin/chromium; install the Debian package chromium "
-                        "(make test does this).", pytrace=False)
-        from playwright.sync_api import sync_playwright
-
-        started["playwright"] = sync_playwright().start()
-        started["browser"] = started["playwright"].chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = started["browser"].new_context(viewport=VIEWPORT)
-        context.set_default_timeout(TIMEOUT_MS)
-        return context.new_page()
-
-    yield open_page
-    if "browser" in started:
-        started["browser"].close()
-    if "playwright" in started:
-        started["playwright"].stop()
 
 
 def totp_for_secret(secret):
@@ -57,14 +23,6 @@ def totp_for_secret(secret):
     totp = TOTP(b32decode(secret), step=30, t0=0, digits=6, drift=0)
     totp.time = time.time()
     return f"{totp.token():06d}"
-
-
-def sign_in_with_password(page, base_url, username):
-    page.goto(f"{base_url}/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    with page.expect_navigation():
-        page.click("button:has-text('Continue')")
 
 
 def test_a_new_tenant_admin_enrols_in_the_browser_and_adds_a_member(world, live_server, open_page):

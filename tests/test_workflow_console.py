@@ -10,8 +10,7 @@ from audit.models import AuditEvent
 from workflows import signing
 from workflows.models import TrustConfiguration
 
-from .conftest import current_totp, issue_token, sign_in
-from .test_browser import open_page, sign_in_with_password  # noqa: F401  (open_page is a fixture)
+from .conftest import current_totp, issue_token, sign_in, sign_in_with_password
 
 pytestmark = pytest.mark.embedded
 
