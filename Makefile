@@ -28,6 +28,7 @@ install-test: $(VENV)/.installed-test
 
 run: install
 	$(BIN)/python manage.py migrate --verbosity 0
+	$(BIN)/python manage.py platform_keys init
 	$(BIN)/python manage.py seed_demo
 	$(BIN)/python scripts/devserver.py
 

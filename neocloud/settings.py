@@ -74,6 +74,18 @@ else:
 
 DEBUG = env_bool("NEOCLOUD_DEBUG") and not PRODUCTION
 
+# The platform's signing identity (audit.keys): a keyring encrypted under a key-encryption
+# key. `make run` creates both under the data dir; production must provide them.
+if PRODUCTION:
+    for _name in ("PLATFORM_KEK_FILE", "PLATFORM_KEYRING_FILE"):
+        if not os.environ.get(_name):
+            raise ImproperlyConfigured(f"{_name} must name a file in production (see docs/operators.md).")
+    PLATFORM_KEK_FILE = Path(os.environ["PLATFORM_KEK_FILE"])
+    PLATFORM_KEYRING_FILE = Path(os.environ["PLATFORM_KEYRING_FILE"])
+else:
+    PLATFORM_KEK_FILE = Path(env("PLATFORM_KEK_FILE", str(DATA_DIR / "platform-kek")))
+    PLATFORM_KEYRING_FILE = Path(env("PLATFORM_KEYRING_FILE", str(DATA_DIR / "platform-keyring.json")))
+
 
 def _database(url):
     config = dj_database_url.parse(url)

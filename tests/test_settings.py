@@ -20,6 +20,18 @@ PRODUCTION = {
 }
 
 
+@pytest.fixture(autouse=True)
+def platform_keys(tmp_path):
+    """A production configuration carries the platform's KEK and keyring."""
+    from audit.keys import Keyring, read_kek, write_new_kek
+
+    kek, keyring = tmp_path / "kek", tmp_path / "keyring.json"
+    write_new_kek(kek)
+    Keyring.create(keyring, read_kek(kek))
+    PRODUCTION.update(PLATFORM_KEK_FILE=str(kek), PLATFORM_KEYRING_FILE=str(keyring))
+    return kek, keyring
+
+
 def manage(*args, env=None, tmp_path=None):
     clean = {k: v for k, v in os.environ.items()
              if not k.endswith("DATABASE_URL") and k not in ("SECRET_KEY", "ALLOWED_HOSTS", "NEOCLOUD_ENV")}
@@ -35,6 +47,24 @@ def test_production_refuses_to_start_without_a_required_setting(missing):
     assert result.returncode == 2
     assert result.stderr == f"neocloud: {missing} must be set in production (or {missing}_FILE naming a file that holds it).\n"
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("missing", ["PLATFORM_KEK_FILE", "PLATFORM_KEYRING_FILE"])
+def test_production_refuses_to_start_without_its_signing_identity(missing):
+    result = manage("check", env={k: v for k, v in PRODUCTION.items() if k != missing})
+    assert result.returncode == 2
+    assert result.stderr == f"neocloud: {missing} must name a file in production (see docs/operators.md).\n"
+
+
+def test_production_refuses_a_keyring_that_does_not_decrypt(platform_keys, tmp_path):
+    from audit.keys import write_new_kek
+
+    other = tmp_path / "other-kek"
+    write_new_kek(other)
+    result = manage("check", env={**PRODUCTION, "PLATFORM_KEK_FILE": str(other)})
+    assert result.returncode == 2
+    assert result.stderr.startswith("neocloud: Platform key platform-") and "does not decrypt" in result.stderr
+    assert result.stderr.count("\n") == 1
 
 
 def test_correct_production_configuration_passes_deploy_checks():
