@@ -112,3 +112,28 @@ def test_download_returns_the_bytes_with_the_digest_as_etag(developer):
     assert response["ETag"] == f'"{DIGEST}"'
     listed = developer.get("/api/v1/tenants/acme-bank/artifacts/?kind=model").json()["results"]
     assert [(a["name"], a["digest"]) for a in listed] == [("weights", DIGEST)]
+
+
+def metrics_upload(client, payload: bytes):
+    digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+    return upload(client, payload, name="eval-scores", digest=digest, kind="metrics")
+
+
+def test_a_metrics_artifact_of_named_numbers_is_accepted(developer):
+    response = metrics_upload(developer, b'{"auc": 0.931, "recall_at_1pct_fpr": 0.42, "n": 120000}')
+    assert response.status_code == 201, response.content
+    assert response.json()["kind"] == "metrics"
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b'[0.9]', "it must be a non-empty object"),
+    (b'{"auc": "high"}', """'auc' is "high", not a finite number"""),
+    (b'{"auc": true}', "'auc' is true, not a finite number"),
+    (b'{"auc": NaN}', "NaN is not a number"),
+    (b'{"auc": 0.9', "it is not valid JSON"),
+])
+def test_a_metrics_artifact_that_is_not_named_numbers_is_refused(developer, payload, reason):
+    body = assert_error(metrics_upload(developer, payload), 400, "invalid_metrics")
+    assert body["detail"].startswith("A metrics artifact is a JSON object of named numbers: ")
+    assert reason in body["detail"]
+    assert not Artifact.objects.using("owner").exists() and store_files() == []

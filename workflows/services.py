@@ -14,7 +14,8 @@ from tenants.errors import Invalid, TooLarge, clean_or_invalid
 from tenants.models import GpuFlavor, Tenant
 
 from .digests import version_digest
-from .models import Artifact, ArtifactLayout, VersionArtifact, Workflow, WorkflowVersion
+from .metrics import check_metrics_file
+from .models import Artifact, ArtifactKind, ArtifactLayout, VersionArtifact, Workflow, WorkflowVersion
 from .spec import SpecInvalid, parse, uses_images, validate
 from .store import UploadRefused, get_store
 
@@ -125,7 +126,8 @@ def artifact_upload(*, actor, tenant: Tenant, name: str, kind: str, region: str,
         return existing, False
     try:
         received = get_store().receive(stream, declared_size=declared_size, expected_digest=digest,
-                                       max_bytes=settings.ARTIFACT_MAX_BYTES)
+                                       max_bytes=settings.ARTIFACT_MAX_BYTES,
+                                       check=check_metrics_file if kind == ArtifactKind.METRICS else None)
     except UploadRefused as exc:
         error = TooLarge if exc.code == "too_large" else Invalid
         raise error(str(exc), field="content", code=exc.code) from None

@@ -50,8 +50,11 @@ class FileStore:
     def open(self, digest: str):
         return self.path_for(digest).open("rb")
 
-    def receive(self, stream, *, declared_size: int, expected_digest: str, max_bytes: int) -> Received:
-        """Stream ``declared_size`` bytes from ``stream`` into the store, checking as it goes."""
+    def receive(self, stream, *, declared_size: int, expected_digest: str, max_bytes: int,
+                check=None) -> Received:
+        """Stream ``declared_size`` bytes from ``stream`` into the store, checking as it goes.
+
+        ``check(path)`` may refuse the complete bytes (UploadRefused) before they are kept."""
         if declared_size > max_bytes:
             raise UploadRefused("too_large", f"The upload is {declared_size} bytes; the limit is {max_bytes}.")
         target = self.path_for(expected_digest)
@@ -75,6 +78,8 @@ class FileStore:
                                         f"The bytes hash to {digest}, not the declared {expected_digest}.")
                 temporary.flush()
                 os.fsync(temporary.fileno())
+                if check is not None:
+                    check(Path(temporary.name))
             except BaseException:
                 temporary.close()
                 os.unlink(temporary.name)

@@ -1,0 +1,36 @@
+"""Metrics artifacts: a JSON object of named numbers (evaluation results a promotion reads)."""
+
+import json
+import math
+from pathlib import Path
+
+from .store import UploadRefused
+
+METRICS_MAX_BYTES = 1024 * 1024
+METRIC_NAME_MAX = 200
+
+
+def _refuse(reason: str):
+    raise UploadRefused("invalid_metrics", f"A metrics artifact is a JSON object of named numbers: {reason}.")
+
+
+def check_metrics_file(path: Path) -> None:
+    """Raise UploadRefused unless ``path`` holds a JSON object mapping names to finite numbers."""
+    if path.stat().st_size > METRICS_MAX_BYTES:
+        _refuse(f"this one is over {METRICS_MAX_BYTES} bytes")
+    try:
+        document = json.loads(path.read_bytes(), parse_constant=lambda name: _refuse(f"{name} is not a number"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _refuse(f"it is not valid JSON ({exc})")
+    if not isinstance(document, dict) or not document:
+        _refuse("it must be a non-empty object")
+    for name, value in document.items():
+        if not name or len(name) > METRIC_NAME_MAX:
+            _refuse(f"metric names are 1 to {METRIC_NAME_MAX} characters")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            _refuse(f"'{name}' is {json.dumps(value)}, not a finite number")
+
+
+def read_metrics(path: Path) -> dict[str, float]:
+    check_metrics_file(path)
+    return json.loads(path.read_bytes())
