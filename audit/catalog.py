@@ -27,6 +27,7 @@ ACTIONS = {
     "workflow.create": "A workflow was created by registering its first version.",
     "workflow_version.register": "An immutable workflow version was registered.",
     "artifact.register": "An artifact was registered and its bytes checked into the store.",
+    "artifact.file_upload": "One file of a model directory was uploaded, to be assembled later.",
     "trust_config.update": "A tenant admin changed the tenant's trust configuration for signatures.",
     "signature.verify": "A signature was verified against the tenant's trust configuration (outcome says how).",
     # authentication

@@ -132,6 +132,7 @@ def api_payload(scene, name, method):
                                      "service_account": scene.account.name},
         ("api-quota-detail", "PUT"): {"nominal": 512, "borrowing_limit": 512},
         ("api-version-list", "POST"): {"spec": {**scene.version.spec, "description": "intruder"}},
+        ("api-artifact-upload", "POST"): {"files": {"config.json": scene.artifact.digest}},
     }.get((name, method), {})
 
 
@@ -212,10 +213,10 @@ def tenant_rows():
     from tenants.models import ApiToken, Membership, ServiceAccount, Tenant, TenantQuota
     from workflows.models import Artifact, StagePointer, VersionArtifact, Workflow, WorkflowVersion
 
-    from workflows.models import Signature, TrustConfiguration, Verification
+    from workflows.models import Blob, Signature, TrustConfiguration, Verification
 
     models = (Tenant, Membership, ServiceAccount, ApiToken, TenantQuota, Workflow, WorkflowVersion,
-              VersionArtifact, Artifact, StagePointer, TrustConfiguration, Signature, Verification)
+              VersionArtifact, Artifact, StagePointer, TrustConfiguration, Signature, Verification, Blob)
     return {model._meta.db_table: list(model.objects.using("owner").order_by("pk").values()) for model in models}
 
 

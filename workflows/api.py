@@ -12,11 +12,12 @@ from tenants.api import TenantScopedAPIView
 from tenants.db import bind_rls
 from tenants.errors import Invalid, NotFound
 
-from . import services, trust
+from . import blobs, services, trust
 from .diff import version_diff
 from .models import Artifact, ArtifactLayout, Signature, StagePointer, Workflow, WorkflowVersion
 from .serializers import (
     ArtifactSerializer,
+    AssembleSerializer,
     SignatureSerializer,
     TrustConfigurationSerializer,
     VerificationSerializer,
@@ -124,7 +125,7 @@ class ArtifactUpload(TenantScopedAPIView):
     to the store, hashes them, and refuses a digest mismatch, a truncated upload or one over
     the size limit. Identical bytes under the same name answer 200 with the existing record."""
 
-    http_method_names = ["get", "put", "head", "options"]
+    http_method_names = ["get", "put", "post", "head", "options"]
     model = Artifact
     serializer_class = ArtifactSerializer
 
@@ -154,6 +155,37 @@ class ArtifactUpload(TenantScopedAPIView):
             region=params.get("region", ""), digest=params.get("digest", ""), declared_size=int(length),
             stream=request._request, layout=ArtifactLayout.DIRECTORY if is_archive else ArtifactLayout.FILE)
         return Response(ArtifactSerializer(artifact).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @extend_schema(request=AssembleSerializer, responses={201: ArtifactSerializer},
+                   parameters=[OpenApiParameter("digest", str, required=True), OpenApiParameter("kind", str, required=True),
+                               OpenApiParameter("region", str, required=True)])
+    def post(self, request, tenant, name):
+        """Assemble a model directory from files uploaded one by one; ``digest`` is the digest
+        of its deterministic archive (``neocloud`` computes it)."""
+        serializer = AssembleSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        params = request.query_params
+        artifact, created = blobs.artifact_assemble(
+            actor=request.user, tenant=self.tenant, name=name, kind=params.get("kind", ""),
+            region=params.get("region", ""), digest=params.get("digest", ""), files=serializer.validated_data["files"])
+        return Response(ArtifactSerializer(artifact).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class BlobUpload(TenantScopedAPIView):
+    """``PUT`` one file of a model directory (raw bytes, with a Content-Length); it is kept
+    for this tenant until a directory is assembled from it."""
+
+    http_method_names = ["put", "options"]
+
+    @extend_schema(request={"application/octet-stream": bytes}, responses={201: dict})
+    def put(self, request, tenant, digest):
+        length = request.META.get("CONTENT_LENGTH") or ""
+        if not length.isdigit():
+            raise Invalid("Send a Content-Length with the upload.", field="content", code="length_required")
+        blob, created = blobs.blob_upload(actor=request.user, tenant=self.tenant, digest=digest,
+                                          declared_size=int(length), stream=request._request)
+        return Response({"digest": blob.digest, "size_bytes": blob.size_bytes},
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 class _OneArtifact(TenantScopedAPIView):

@@ -176,3 +176,20 @@ class Verification(models.Model):
 
     class Meta:
         ordering = ["-performed_at", "-id"]
+
+
+class Blob(models.Model):
+    """One file of a model directory uploaded on its own, before the directory is assembled.
+    Recorded per tenant: a tenant may assemble only bytes it uploaded itself, so knowing a
+    digest never gives access to another tenant's content."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    digest = models.CharField(max_length=71)
+    size_bytes = models.BigIntegerField()
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "digest"], name="blob_per_tenant_unique")]

@@ -83,3 +83,8 @@ class TrustConfigurationSerializer(serializers.ModelSerializer):
         read_only_fields = ["revision", "updated_at"]
         extra_kwargs = {f: {"required": False} for f in ["public_keys", "ca_roots", "allowed_identities",
                                                           "sigstore_identities"]}
+
+
+class AssembleSerializer(serializers.Serializer):
+    files = serializers.DictField(child=serializers.CharField(), allow_empty=False,
+                                  help_text="Relative path -> sha256 digest of each file, uploaded first to /blobs/.")

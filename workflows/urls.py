@@ -31,6 +31,7 @@ api_urlpatterns = [
     path("tenants/<slug:tenant>/artifacts/<slug:name>/<str:digest>/verify/", streaming(api.ArtifactVerify),
          name="api-artifact-verify"),
     path("tenants/<slug:tenant>/trust/", api.TrustConfigurationView.as_view(), name="api-trust"),
+    path("tenants/<slug:tenant>/blobs/<str:digest>", streaming(api.BlobUpload), name="api-blob-upload"),
 ]
 
 console_urlpatterns = [
