@@ -9,19 +9,18 @@ import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from django.conf import settings
 from django.db import transaction
 
 from audit.log import Target, record
 from tenants.access import actor_for, require
 from tenants.db import bind_rls
-from tenants.errors import Invalid, TooLarge
+from tenants.errors import Invalid
 from tenants.models import Tenant
 
 from .archive import DEFAULT_MAX_MEMBERS, pack_directory
 from .models import ArtifactLayout, Blob
-from .services import DIGEST_RE, artifact_upload
-from .store import UploadRefused, get_store
+from .services import DIGEST_RE, artifact_upload, receive_bytes
+from .store import get_store
 
 
 def blob_upload(*, actor, tenant: Tenant, digest: str, declared_size: int, stream) -> tuple[Blob, bool]:
@@ -34,12 +33,7 @@ def blob_upload(*, actor, tenant: Tenant, digest: str, declared_size: int, strea
         existing = Blob.objects.filter(tenant=tenant, digest=digest).first()
     if existing is not None:
         return existing, False
-    try:
-        received = get_store().receive(stream, declared_size=declared_size, expected_digest=digest,
-                                       max_bytes=settings.ARTIFACT_MAX_BYTES)
-    except UploadRefused as exc:
-        error = TooLarge if exc.code == "too_large" else Invalid
-        raise error(str(exc), field="content", code=exc.code) from None
+    received = receive_bytes(stream, declared_size=declared_size, digest=digest)
     with transaction.atomic():
         require(actor, tenant, "develop")
         bind_rls(tenant_id=tenant.pk)

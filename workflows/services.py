@@ -103,6 +103,16 @@ def _in_jurisdiction(region: str, jurisdiction: str) -> bool:
     return region == jurisdiction or region.startswith(f"{jurisdiction}-")
 
 
+def receive_bytes(stream, *, declared_size: int, digest: str, check=None):
+    """Stream bytes into the store; the store's refusals become API errors on ``content``."""
+    try:
+        return get_store().receive(stream, declared_size=declared_size, expected_digest=digest,
+                                   max_bytes=settings.ARTIFACT_MAX_BYTES, check=check)
+    except UploadRefused as exc:
+        error = TooLarge if exc.code == "too_large" else Invalid
+        raise error(str(exc), field="content", code=exc.code) from None
+
+
 def artifact_upload(*, actor, tenant: Tenant, name: str, kind: str, region: str, digest: str,
                     declared_size: int, stream, layout: str = ArtifactLayout.FILE) -> tuple[Artifact, bool]:
     """Receive an artifact's bytes into the store and register it; return (artifact, created).
@@ -124,13 +134,8 @@ def artifact_upload(*, actor, tenant: Tenant, name: str, kind: str, region: str,
         existing = Artifact.objects.filter(tenant=tenant, name=name, digest=digest, stored_at__isnull=False).first()
     if existing is not None:
         return existing, False
-    try:
-        received = get_store().receive(stream, declared_size=declared_size, expected_digest=digest,
-                                       max_bytes=settings.ARTIFACT_MAX_BYTES,
-                                       check=check_metrics_file if kind == ArtifactKind.METRICS else None)
-    except UploadRefused as exc:
-        error = TooLarge if exc.code == "too_large" else Invalid
-        raise error(str(exc), field="content", code=exc.code) from None
+    received = receive_bytes(stream, declared_size=declared_size, digest=digest,
+                             check=check_metrics_file if kind == ArtifactKind.METRICS else None)
     with transaction.atomic():
         require(actor, tenant, "develop")
         bind_rls(tenant_id=tenant.pk)
