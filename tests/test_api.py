@@ -320,3 +320,18 @@ def test_openapi_schema_and_docs_are_served_without_a_cdn(world, api):
     assert docs.status_code == 200
     html = docs.content.decode()
     assert "swagger-ui" in html and "cdn" not in html.lower() and "https://" not in html
+
+
+def test_an_explicit_audit_grant_lets_an_external_auditor_read_one_tenants_trail(world, api):
+    from tenants.services import object_permission_grant
+
+    object_permission_grant(actor=world.platform_admin, tenant=world.a.tenant, user=world.outsider, action="audit")
+    regulator = api(world.outsider)
+    assert [t["slug"] for t in regulator.get("/api/v1/tenants/").json()["results"]] == ["acme-bank"]
+    events = regulator.get("/api/v1/tenants/acme-bank/audit/events/")
+    assert events.status_code == 200 and events.json()["count"] >= 1
+    assert_error(regulator.post(members_url(world.a.tenant), {"username": "outsider", "role": "tenant_admin"}),
+                 403, "permission_denied")
+    assert_error(regulator.get("/api/v1/tenants/st-mary-hospital/audit/events/"), 404, "not_found")
+    [grant] = AuditEvent.objects.using("owner").filter(action="object_permission.grant")
+    assert (grant.tenant, grant.target_id, grant.data) == ("acme-bank", "outsider", {"action": "audit"})
