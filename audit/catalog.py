@@ -29,6 +29,7 @@ ACTIONS = {
     "artifact.register": "An artifact was registered and its bytes checked into the store.",
     "artifact.file_upload": "One file of a model directory was uploaded, to be assembled later.",
     "trust_config.update": "A tenant admin changed the tenant's trust configuration for signatures.",
+    "policy.decide": "A policy was evaluated and its decision stored (outcome: success allow, denied deny, failed engine error).",
     "signature.verify": "A signature was verified against the tenant's trust configuration (outcome says how).",
     # authentication
     "auth.login": "A person signed in with a password and a verified one-time password.",

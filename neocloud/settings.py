@@ -141,6 +141,7 @@ INSTALLED_APPS = [
     "axes",
     "audit",
     "tenants",
+    "policies",
     "workflows",
     "compliance",
 ]
@@ -300,12 +301,30 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 ARTIFACT_STORE = env("ARTIFACT_STORE", "workflows.store.FileStore")
 ARTIFACT_MAX_BYTES = int(env("ARTIFACT_MAX_BYTES", str(10 * 1024**3)))
 SIGNATURE_BUNDLE_MAX_BYTES = int(env("SIGNATURE_BUNDLE_MAX_BYTES", str(1024 * 1024)))
+# The S3 store (ARTIFACT_STORE=workflows.store.S3Store); docs/operators.md, "Artifact store".
+ARTIFACT_S3_BUCKET = env("ARTIFACT_S3_BUCKET")
+ARTIFACT_S3_ENDPOINT_URL = env("ARTIFACT_S3_ENDPOINT_URL")  # unset: AWS; else MinIO, Ceph, ...
+ARTIFACT_S3_REGION = env("ARTIFACT_S3_REGION")
+ARTIFACT_S3_ACCESS_KEY_ID = env("ARTIFACT_S3_ACCESS_KEY_ID")  # both unset: boto3's credential chain
+ARTIFACT_S3_SECRET_ACCESS_KEY = env("ARTIFACT_S3_SECRET_ACCESS_KEY")
+ARTIFACT_S3_PREFIX = env("ARTIFACT_S3_PREFIX", "artifacts/")
+if ARTIFACT_STORE == "workflows.store.S3Store" and not ARTIFACT_S3_BUCKET:
+    raise ImproperlyConfigured("ARTIFACT_S3_BUCKET must be set when ARTIFACT_STORE is workflows.store.S3Store.")
 
 # Audit: how often the sequencer runs, and how long an event may stay unsequenced
 # before `audit verify` calls the log broken.
 AUDIT_SEQUENCER_INTERVAL_SECONDS = float(env("AUDIT_SEQUENCER_INTERVAL_SECONDS", "5"))
 AUDIT_SEQUENCER_BATCH = int(env("AUDIT_SEQUENCER_BATCH", "1000"))
 AUDIT_MAX_UNSEQUENCED_SECONDS = int(env("AUDIT_MAX_UNSEQUENCED_SECONDS", "300"))
+
+# Policy engine (docs/policies.md): "embedded" runs regopy in process, "opa" asks the OPA
+# server at OPA_URL. Either way an error, a timeout or an undefined result is a deny.
+POLICY_ENGINE = env("POLICY_ENGINE", "embedded")
+if POLICY_ENGINE not in ("embedded", "opa"):
+    raise ImproperlyConfigured("POLICY_ENGINE must be 'embedded' or 'opa'.")
+OPA_URL = env("OPA_URL", "http://127.0.0.1:8181")
+OPA_TIMEOUT_SECONDS = float(env("OPA_TIMEOUT_SECONDS", "2"))
+POLICY_TIMEOUT_SECONDS = float(env("POLICY_TIMEOUT_SECONDS", "2"))
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"

@@ -7,6 +7,7 @@ every test that touches the database uses ``live_db``, which truncates through t
 alias afterwards, lifting the audit triggers only inside that transaction.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -70,8 +71,11 @@ def truncate_all():
 
     owner = connections["owner"]
     tables = [t for t in owner.introspection.table_names() if t not in KEEP_TABLES]
-    with transaction.atomic(using="owner"), triggers_suspended(owner):
-        with owner.cursor() as cursor:
+    with transaction.atomic(using="owner"):
+        # Take the audit sequencer's lock first, as the sequencer itself does, so a worker
+        # sequencing in the background waits for this teardown instead of deadlocking with it.
+        SequencerState.objects.using("owner").select_for_update().filter(pk=1).first()
+        with triggers_suspended(owner), owner.cursor() as cursor:
             if owner.vendor == "postgresql":
                 cursor.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
             else:
@@ -243,6 +247,19 @@ def api(client):
         return ApiClient(sign_in(Client(), who))
 
     return make
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """About 4 MB of model: three weight shards of random bytes and a config."""
+    model = tmp_path / "acme-credit-scorer"
+    model.mkdir()
+    for index in range(3):
+        (model / f"model-0000{index + 1}-of-00003.safetensors").write_bytes(os.urandom(1_300_000))
+    (model / "tokenizer").mkdir()
+    (model / "tokenizer" / "vocab.bin").write_bytes(os.urandom(200_000))
+    (model / "config.json").write_text(json.dumps({"architectures": ["Scorer"], "hidden_size": 256}))
+    return model
 
 
 # A real browser ------------------------------------------------------------------------

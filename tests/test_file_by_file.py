@@ -12,7 +12,6 @@ from workflows.models import Artifact, Blob
 
 from .conftest import issue_token
 from .test_api import assert_error
-from .test_signing import model_dir  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.embedded
 

@@ -13,7 +13,7 @@ from workflows.models import Artifact, Verification
 
 from .conftest import issue_token
 from .test_api import assert_error
-from .test_signing import SIGNER_EMAIL, make_ca, make_leaf, model_dir  # noqa: F401  (model_dir is a fixture)
+from .test_signing import SIGNER_EMAIL, make_ca, make_leaf
 
 pytestmark = pytest.mark.embedded
 

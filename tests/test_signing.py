@@ -8,7 +8,6 @@ verified offline against the trusted root embedded in sigstore-python.
 import base64
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,19 +46,6 @@ SIGNER_SANS = (x509.RFC822Name(SIGNER_EMAIL), x509.UniformResourceIdentifier(SIG
 
 
 # Model files -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def model_dir(tmp_path):
-    """About 4 MB of model: three weight shards of random bytes and a config."""
-    model = tmp_path / "acme-credit-scorer"
-    model.mkdir()
-    for index in range(3):
-        (model / f"model-0000{index + 1}-of-00003.safetensors").write_bytes(os.urandom(1_300_000))
-    (model / "tokenizer").mkdir()
-    (model / "tokenizer" / "vocab.bin").write_bytes(os.urandom(200_000))
-    (model / "config.json").write_text(json.dumps({"architectures": ["Scorer"], "hidden_size": 256}))
-    return model
 
 
 @pytest.fixture

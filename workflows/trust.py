@@ -25,7 +25,7 @@ from tenants.models import Tenant
 
 from . import signing
 from .models import Artifact, ArtifactLayout, Signature, TrustConfiguration, Verification
-from .store import get_store
+from .store import StoredBytesChanged, get_store
 
 MAX_TRUST_ENTRIES = 100
 
@@ -121,16 +121,16 @@ def _library_trust(config: TrustConfiguration) -> signing.TrustConfig:
 @contextmanager
 def _artifact_on_disk(artifact: Artifact):
     """The path verification reads: the stored file, or a directory unpacked from its archive."""
-    stored = get_store().path_for(artifact.digest)
-    if artifact.layout == ArtifactLayout.FILE:
-        yield stored
-        return
-    from .archive import unpack_archive
+    with get_store().local_copy(artifact.digest) as stored:
+        if artifact.layout == ArtifactLayout.FILE:
+            yield stored
+            return
+        from .archive import unpack_archive
 
-    with tempfile.TemporaryDirectory(prefix="neocloud-verify-") as scratch:
-        target = Path(scratch) / artifact.name
-        unpack_archive(stored, target, max_total_bytes=settings.ARTIFACT_MAX_BYTES)
-        yield target
+        with tempfile.TemporaryDirectory(prefix="neocloud-verify-") as scratch:
+            target = Path(scratch) / artifact.name
+            unpack_archive(stored, target, max_total_bytes=settings.ARTIFACT_MAX_BYTES)
+            yield target
 
 
 def _verify_and_record(*, actor, tenant, artifact, signature, config) -> Verification:
@@ -139,7 +139,7 @@ def _verify_and_record(*, actor, tenant, artifact, signature, config) -> Verific
             result = signing.verify_path(path, signature.bundle, trust=_library_trust(config),
                                          received_at=signature.received_at,
                                          max_bundle_bytes=settings.SIGNATURE_BUNDLE_MAX_BYTES)
-    except ValueError as exc:  # an archive the platform will not unpack
+    except (ValueError, StoredBytesChanged) as exc:  # an archive it will not unpack, or bytes altered in the store
         result = signing.VerificationResult(verified=False, mode=None, identity="", reason=str(exc), digest="",
                                             signed_at=None)
     with transaction.atomic():

@@ -1,0 +1,233 @@
+# Platform baseline for promotions (development -> staging -> production).
+#
+# Written in the subset of Rego that regopy (rego-cpp) and OPA agree on:
+# optional fields are read with object.get defaults, messages are built with
+# concat (numbers through format_int), builtin arguments are type-guarded,
+# and the request time comes in the input. See docs/policies.md for the input.
+package neocloud.platform.promotion
+
+# Approvals the platform requires at each stage; a tenant may ask for more in production.
+approval_floor := {"development": 0, "staging": 1, "production": 2}
+
+stage := object.get(input, "stage", "")
+
+version := as_object(object.get(input, "version", {}))
+
+tenant := as_object(object.get(input, "tenant", {}))
+
+policy_data := as_object(object.get(tenant, "policy", {}))
+
+requester := object.get(input, "requester", "")
+
+author := object.get(version, "author", "")
+
+artifacts := as_array(object.get(version, "artifacts", []))
+
+gpus := as_object(object.get(version, "gpus", {}))
+
+quota := as_object(object.get(tenant, "quota", {}))
+
+jurisdiction := object.get(tenant, "jurisdiction", "")
+
+dataset_regions := as_array(object.get(version, "dataset_regions", []))
+
+base_model := object.get(version, "base_model", "")
+
+allowlist := as_array(object.get(policy_data, "base_model_allowlist", []))
+
+thresholds := as_object(object.get(policy_data, "metrics_thresholds", {}))
+
+metrics := as_object(object.get(input, "metrics", {}))
+
+metrics_artifact := object.get(input, "metrics_artifact", "")
+
+approvals := as_array(object.get(input, "approvals", []))
+
+stages_reached := as_array(object.get(input, "stages_reached", []))
+
+# Type guards: a value of the wrong type reads as empty (and input_shape reports it).
+as_object(x) := x if is_object(x)
+
+as_object(x) := {} if not is_object(x)
+
+as_array(x) := x if is_array(x)
+
+as_array(x) := [] if not is_array(x)
+
+as_number(x) := x if is_number(x)
+
+as_number(x) := 0 if not is_number(x)
+
+as_string(x) := x if is_string(x)
+
+as_string(x) := "" if not is_string(x)
+
+num(n) := format_int(as_number(n), 10)
+
+violation(rule, level, message, pending) := {"rule": rule, "level": level, "message": message, "pending": pending}
+
+# --- baseline.stage_known -------------------------------------------------------------
+
+violations contains violation("baseline.stage_known", "hard-mandatory", msg, false) if {
+	object.get(approval_floor, stage, -1) == -1
+	msg := concat("", ["unknown stage '", as_string(stage), "': expected development, staging or production"])
+}
+
+# --- baseline.input_shape -------------------------------------------------------------
+
+typed_fields := [
+	["version", object.get(input, "version", {}), "object"],
+	["version.artifacts", object.get(version, "artifacts", []), "array"],
+	["version.gpus", object.get(version, "gpus", {}), "object"],
+	["version.dataset_regions", object.get(version, "dataset_regions", []), "array"],
+	["tenant", object.get(input, "tenant", {}), "object"],
+	["tenant.quota", object.get(tenant, "quota", {}), "object"],
+	["tenant.policy", object.get(tenant, "policy", {}), "object"],
+	["tenant.policy.base_model_allowlist", object.get(policy_data, "base_model_allowlist", []), "array"],
+	["tenant.policy.metrics_thresholds", object.get(policy_data, "metrics_thresholds", {}), "object"],
+	["metrics", object.get(input, "metrics", {}), "object"],
+	["approvals", object.get(input, "approvals", []), "array"],
+	["stages_reached", object.get(input, "stages_reached", []), "array"],
+]
+
+violations contains violation("baseline.input_shape", "hard-mandatory", msg, false) if {
+	some field in typed_fields
+	type_name(field[1]) != field[2]
+	msg := concat("", ["input field ", field[0], " must be an ", field[2], ", got ", type_name(field[1])])
+}
+
+# --- baseline.artifacts_signed --------------------------------------------------------
+
+violations contains violation("baseline.artifacts_signed", "hard-mandatory", msg, false) if {
+	some artifact in artifacts
+	object.get(as_object(artifact), "verified", false) != true
+	a := as_object(artifact)
+	msg := concat("", [
+		"artifact ", as_string(object.get(a, "digest", "")), " (", as_string(object.get(a, "kind", "")),
+		") has no signature verified against the tenant's trust roots",
+	])
+}
+
+violations contains violation("baseline.artifacts_signed", "hard-mandatory", msg, false) if {
+	count(artifacts) == 0
+	msg := concat("", ["version ", as_string(object.get(version, "digest", "")), " has no artifacts to verify"])
+}
+
+# --- baseline.separation_of_duties ----------------------------------------------------
+
+approvers := [u | some a in approvals; u := as_string(object.get(as_object(a), "user", "")); u != ""]
+
+violations contains violation("baseline.separation_of_duties", "hard-mandatory", msg, false) if {
+	some u in approvers
+	u in {as_string(requester), as_string(author)}
+	msg := concat("", ["approver ", u, " is the requester or the author of the version"])
+}
+
+# --- baseline.min_approvals (pending, never a deny on its own) ------------------------
+
+tenant_min := as_number(object.get(policy_data, "min_approvals", 0))
+
+required_approvals := max([object.get(approval_floor, "production", 2), tenant_min]) if stage == "production"
+
+required_approvals := object.get(approval_floor, stage, 0) if stage != "production"
+
+valid_approvers := {u | some u in approvers; not u in {as_string(requester), as_string(author)}}
+
+violations contains violation("baseline.min_approvals", "hard-mandatory", msg, true) if {
+	count(valid_approvers) < required_approvals
+	msg := concat("", [
+		as_string(stage), " needs ", num(required_approvals), " approval(s) from people other than the requester and author; has ",
+		num(count(valid_approvers)),
+	])
+}
+
+# --- baseline.gpu_quota ---------------------------------------------------------------
+
+violations contains violation("baseline.gpu_quota", "hard-mandatory", msg, false) if {
+	some flavor, wanted in gpus
+	limit := as_number(object.get(quota, flavor, 0))
+	as_number(wanted) > limit
+	msg := concat("", [
+		"version needs ", num(wanted), " ", flavor, " GPU(s); tenant quota (nominal + borrowing) is ", num(limit),
+	])
+}
+
+# --- baseline.base_model_allowed ------------------------------------------------------
+
+model_allowed if {
+	some pattern in allowlist
+	glob.match(as_string(pattern), ["/"], as_string(base_model))
+}
+
+violations contains violation("baseline.base_model_allowed", "soft-mandatory", msg, false) if {
+	as_string(base_model) != ""
+	not model_allowed
+	msg := concat("", ["base model ", as_string(base_model), " matches no pattern of the tenant's allow-list [",
+		concat(", ", [as_string(p) | some p in allowlist]), "]"])
+}
+
+# --- baseline.dataset_residency -------------------------------------------------------
+
+in_jurisdiction(region) if region == jurisdiction
+
+in_jurisdiction(region) if startswith(region, concat("", [as_string(jurisdiction), "-"]))
+
+violations contains violation("baseline.dataset_residency", "hard-mandatory", msg, false) if {
+	some r in dataset_regions
+	region := as_string(r)
+	not in_jurisdiction(region)
+	msg := concat("", ["dataset region ", region, " is outside the tenant's jurisdiction ", as_string(jurisdiction)])
+}
+
+# --- baseline.staging_before_production -----------------------------------------------
+
+violations contains violation("baseline.staging_before_production", "hard-mandatory", msg, false) if {
+	stage == "production"
+	not "staging" in stages_reached
+	msg := concat("", ["version ", as_string(object.get(version, "digest", "")), " must reach staging before production"])
+}
+
+# --- baseline.metrics_thresholds (advisory in development) ----------------------------
+
+metrics_level := "advisory" if stage == "development"
+
+metrics_level := "soft-mandatory" if stage != "development"
+
+verified_digests := {as_string(object.get(as_object(a), "digest", "")) |
+	some a in artifacts
+	object.get(as_object(a), "verified", false) == true
+}
+
+violations contains violation("baseline.metrics_thresholds", metrics_level, msg, false) if {
+	count(thresholds) > 0
+	not as_string(metrics_artifact) in verified_digests
+	msg := concat("", ["metrics artifact ", as_string(metrics_artifact), " is not a verified artifact of this version"])
+}
+
+violations contains violation("baseline.metrics_thresholds", metrics_level, msg, false) if {
+	some name, minimum in thresholds
+	value := object.get(metrics, name, null)
+	not is_number(value)
+	msg := concat("", ["metric ", name, " is missing (threshold ", format_number(minimum), ")"])
+}
+
+violations contains violation("baseline.metrics_thresholds", metrics_level, msg, false) if {
+	some name, minimum in thresholds
+	value := object.get(metrics, name, null)
+	is_number(value)
+	value < as_number(minimum)
+	msg := concat("", ["metric ", name, " is ", format_number(value), ", below the threshold ", format_number(minimum)])
+}
+
+format_number(x) := sprintf("%v", [x]) if is_number(x)
+
+format_number(x) := "?" if not is_number(x)
+
+# --- the decision ---------------------------------------------------------------------
+
+blocking := [v | some v in violations; v.level != "advisory"; v.pending == false]
+
+decision := {
+	"allow": count(blocking) == 0,
+	"violations": [v | some v in violations],
+}
