@@ -84,18 +84,6 @@ def keys(tmp_path):
 
 
 @pytest.fixture
-def model_dir(tmp_path):
-    """About 4 MB of model: weight shards of random bytes, a tokenizer and a config."""
-    model = tmp_path / "credit-scorer"
-    (model / "tokenizer").mkdir(parents=True)
-    for index in range(3):
-        (model / f"model-0000{index + 1}-of-00003.safetensors").write_bytes(os.urandom(1_300_000))
-    (model / "tokenizer" / "vocab.bin").write_bytes(os.urandom(200_000))
-    (model / "config.json").write_text(json.dumps({"architectures": ["Scorer"], "hidden_size": 256}))
-    return model
-
-
-@pytest.fixture
 def weights(tmp_path):
     path = tmp_path / "weights.bin"
     path.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
@@ -470,3 +458,21 @@ def test_missing_configuration_is_a_usage_error(spec_file):
     result = neocloud("workflow", "push", spec_file)
     assert result.returncode == 2
     assert one_sentence(result).startswith("Set NEOCLOUD_URL")
+
+
+def test_a_pipeline_pushes_a_signed_model_and_a_version_and_the_console_shows_it_verified(
+        world, server, model_dir, keys, spec_file, client):
+    from .conftest import sign_in
+
+    trust_public_key(world, "ci-2026", keys["ci"][1])
+    pushed = neocloud("artifact", "push", model_dir, "--name", "credit-scorer", "--kind", "model",
+                      "--sign", "--key", keys["ci"][0], "--json", **server)
+    assert pushed.returncode == 0, pushed.stdout
+    digest = as_json(pushed)["artifact"]["digest"]
+    version = neocloud("workflow", "push", spec_file, "--artifact", digest, "--json", **server)
+    assert version.returncode == 0, version.stdout
+    number = as_json(version)["number"]
+
+    sign_in(client, world.a.approver)
+    page = client.get(f"/t/acme-bank/workflows/fraud-detector/v{number}/").content.decode()
+    assert 'data-artifact="credit-scorer"' in page and "✓ verified · ci-2026" in page
