@@ -1,7 +1,8 @@
 """Workflow API: thin views over the choke point and the domain functions."""
 
+from functools import cached_property
+
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Max, Prefetch
 from django.http import FileResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -9,7 +10,6 @@ from rest_framework import generics, status
 from rest_framework.response import Response
 
 from tenants.api import TenantScopedAPIView
-from tenants.db import bind_rls
 from tenants.errors import Invalid, NotFound
 
 from . import blobs, services, trust
@@ -49,6 +49,7 @@ class WorkflowDetail(_Workflows, TenantScopedAPIView, generics.RetrieveAPIView):
 class _InWorkflow(TenantScopedAPIView):
     """Base for routes under /workflows/<workflow>/: the workflow is found through the choke point."""
 
+    @cached_property
     def workflow(self) -> Workflow:
         workflow = Workflow.objects.restrict(self.request.user, "view").filter(
             tenant=self.tenant, name=self.kwargs["workflow"]).first()
@@ -58,7 +59,7 @@ class _InWorkflow(TenantScopedAPIView):
 
     def version(self, number) -> WorkflowVersion:
         version = WorkflowVersion.objects.restrict(self.request.user, "view").filter(
-            workflow=self.workflow(), number=number).select_related("workflow", "created_by").first()
+            workflow=self.workflow, number=number).select_related("workflow", "created_by").first()
         if version is None:
             raise NotFound(f"No version {number} of this workflow.")
         return version
@@ -74,7 +75,7 @@ class VersionList(_InWorkflow, generics.ListAPIView):
     def get_queryset(self):
         if self.tenant is None:
             return WorkflowVersion.objects.none()
-        return super().get_queryset().filter(workflow=self.workflow()).select_related("workflow", "created_by")
+        return super().get_queryset().filter(workflow=self.workflow).select_related("workflow", "created_by")
 
     @extend_schema(request=VersionRegisterSerializer, responses={201: VersionSerializer, 200: VersionSerializer})
     def post(self, request, tenant, workflow):
@@ -131,10 +132,7 @@ class ArtifactUpload(TenantScopedAPIView):
 
     @extend_schema(operation_id="tenants_artifacts_by_name", responses=ArtifactSerializer(many=True))
     def get(self, request, tenant, name):
-        # This view runs outside the request's transaction (for PUT); reads need one, so the
-        # row-level security context holds while they run.
-        with transaction.atomic():
-            bind_rls(user_id=request.user.pk, tenant_id=self.tenant.pk)
+        with self.tenant_reads():  # this view runs outside the request's transaction (for PUT)
             artifacts = list(Artifact.objects.restrict(request.user, "view").filter(
                 tenant=self.tenant, name=name).select_related("created_by"))
         if not artifacts:
@@ -192,8 +190,7 @@ class _OneArtifact(TenantScopedAPIView):
     model = Artifact
 
     def artifact(self) -> Artifact:
-        with transaction.atomic():  # some of these views run outside the request's transaction
-            bind_rls(user_id=self.request.user.pk, tenant_id=self.tenant.pk)
+        with self.tenant_reads():  # some of these views run outside the request's transaction
             artifact = Artifact.objects.restrict(self.request.user, "view").filter(
                 tenant=self.tenant, name=self.kwargs["name"], digest=self.kwargs["digest"],
                 stored_at__isnull=False).first()
@@ -223,8 +220,7 @@ class SignatureList(_OneArtifact):
     serializer_class = SignatureSerializer
 
     def get(self, request, tenant, name, digest):
-        with transaction.atomic():
-            bind_rls(user_id=request.user.pk, tenant_id=self.tenant.pk)
+        with self.tenant_reads():
             signatures = list(Signature.objects.restrict(request.user, "view").filter(artifact=self.artifact())
                               .select_related("uploaded_by").prefetch_related("verifications"))
         return Response(SignatureSerializer(signatures, many=True).data)

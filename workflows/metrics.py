@@ -30,7 +30,3 @@ def check_metrics_file(path: Path) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             _refuse(f"'{name}' is {json.dumps(value)}, not a finite number")
 
-
-def read_metrics(path: Path) -> dict[str, float]:
-    check_metrics_file(path)
-    return json.loads(path.read_bytes())

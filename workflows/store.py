@@ -24,6 +24,8 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
+from .signing import file_digest
+
 CHUNK = 1024 * 1024
 HEX = frozenset("0123456789abcdef")
 
@@ -216,7 +218,7 @@ class S3Store(Store):
                 if self._is_missing(error):
                     raise FileNotFoundError(f"s3://{self.bucket}/{key} does not exist.") from None
                 raise
-            actual = "sha256:" + _sha256_of(path)
+            actual = file_digest(path)
             if actual != digest:
                 raise StoredBytesChanged(
                     f"The artifact store's bytes for {digest} hash to {actual}: "
@@ -227,14 +229,6 @@ class S3Store(Store):
         if not self.exists(digest):  # else identical bytes are already held
             self.client.upload_file(str(temporary), self.bucket, self.key_for(digest),
                                     Config=self._transfer_config())
-
-
-def _sha256_of(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as source:
-        while chunk := source.read(CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 def get_store():
