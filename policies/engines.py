@@ -67,9 +67,12 @@ def encode_input(value) -> str:
 def _summarise(violations) -> dict:
     summary = {level: 0 for level in LEVELS}
     summary["pending"] = 0
+    summary["exempt"] = 0
     for v in violations:
         if v["pending"]:
             summary["pending"] += 1
+        elif v.get("exempt"):
+            summary["exempt"] += 1
         else:
             summary[v["level"]] += 1
     return summary
@@ -85,12 +88,16 @@ def interpret(result, *, engine: str, revision: str, decision_id: str, started: 
     violations = []
     for v in result["violations"]:
         if not (isinstance(v, dict) and isinstance(v.get("rule"), str) and v.get("level") in LEVELS
-                and isinstance(v.get("message"), str) and isinstance(v.get("pending"), bool)):
+                and isinstance(v.get("message"), str) and isinstance(v.get("pending"), bool)
+                and isinstance(v.get("exempt", False), bool)):
             return deny(engine=engine, revision=revision, decision_id=decision_id, started=started,
                         error=f"The policy returned a malformed violation: {v!r:.200}.")
-        violations.append({"rule": v["rule"], "level": v["level"], "message": v["message"], "pending": v["pending"]})
+        # Only a soft-mandatory violation can be exempt (waiver or override), whatever the policy says.
+        exempt = v.get("exempt", False) and v["level"] == "soft-mandatory"
+        violations.append({"rule": v["rule"], "level": v["level"], "message": v["message"], "pending": v["pending"],
+                           "exempt": exempt})
     violations.sort(key=lambda v: (v["rule"], v["message"]))
-    blocking = [v for v in violations if v["level"] != "advisory" and not v["pending"]]
+    blocking = [v for v in violations if v["level"] != "advisory" and not v["pending"] and not v["exempt"]]
     # Defence in depth: a policy that says allow next to a blocking violation is a deny.
     allow = result["allow"] and not blocking
     return Decision(allow=allow, violations=violations, enforcement=_summarise(violations), engine=engine,

@@ -2,6 +2,7 @@
 
 import uuid
 
+from django.conf import settings
 from django.db import models
 
 from tenants.models import Tenant
@@ -39,3 +40,69 @@ class PolicyDecision(models.Model):
 
     def __str__(self):
         return f"{self.entrypoint} {'allow' if self.allow else 'deny'} ({self.decision_id})"
+
+
+# The platform floor a tenant's policy data may tighten but never loosen.
+PRODUCTION_APPROVALS_FLOOR = 2
+ROLLBACK_APPROVALS_FLOOR = 1
+
+
+class TenantPolicy(models.Model):
+    """One revision of a tenant's policy data. Rows are never changed: an edit writes the next
+    revision, so every decision can name the data it used. No row means the defaults."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    revision = models.PositiveIntegerField()
+    min_approvals = models.PositiveSmallIntegerField(default=PRODUCTION_APPROVALS_FLOOR)
+    rollback_min_approvals = models.PositiveSmallIntegerField(default=ROLLBACK_APPROVALS_FLOOR)
+    base_model_allowlist = models.JSONField(default=list)  # globs, "/" delimited
+    metrics_thresholds = models.JSONField(default=dict)  # metric name -> minimum
+    allowed_regions = models.JSONField(default=list)  # empty: any region of the jurisdiction
+    max_gpus = models.JSONField(default=dict)  # flavor -> most GPUs one version may ask for
+    rule_levels = models.JSONField(default=dict)  # rule id -> level, only ever raised
+    comment = models.CharField(max_length=500, blank=True, default="")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["tenant", "-revision"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "revision"], name="tenant_policy_revision_unique")]
+
+    def __str__(self):
+        return f"{self.tenant} policy r{self.revision}"
+
+
+class Waiver(models.Model):
+    """A tenant's exception to one rule, with a reason, a ticket, an expiry and two people:
+    the one who asked and a different one who approved. It applies only while approved,
+    not revoked and not expired."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    rule = models.CharField(max_length=100)
+    reason = models.CharField(max_length=2000)
+    ticket_url = models.URLField(max_length=500)
+    expires_at = models.DateTimeField()
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    requested_at = models.DateTimeField(auto_now_add=True)
+    approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True, blank=True)
+    approved_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        indexes = [models.Index(fields=["tenant", "rule", "expires_at"])]
+
+    def __str__(self):
+        return f"waiver {self.pk} for {self.rule}"
+
+    def state_at(self, moment) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= moment:
+            return "expired"
+        return "active" if self.approved_at is not None else "requested"

@@ -1,5 +1,7 @@
 """Workflows, their immutable versions, stage pointers, and artifacts."""
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -193,3 +195,136 @@ class Blob(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant", "digest"], name="blob_per_tenant_unique")]
+
+
+class PromotionState(models.TextChoices):
+    REQUESTED = "requested"
+    CHECKED = "checked"  # evaluated; soft-mandatory violations wait for an override or waiver
+    AWAITING_APPROVAL = "awaiting_approval"
+    APPROVED = "approved"
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+    WITHDRAWN = "withdrawn"
+    EXPIRED = "expired"
+
+
+OPEN_PROMOTION_STATES = (PromotionState.REQUESTED, PromotionState.CHECKED, PromotionState.AWAITING_APPROVAL,
+                         PromotionState.APPROVED)
+
+
+class PromotionKind(models.TextChoices):
+    PROMOTION = "promotion"
+    ROLLBACK = "rollback"
+
+
+class Promotion(models.Model):
+    """A request to move a version into a stage, decided by policy and by people.
+
+    ``binding_digest`` and ``policy_revision`` are what approvals bind to: the digest of the
+    policy input without approvals and time, and the policy revision of the last check.
+    When either changes, earlier approvals no longer count.
+    """
+
+    public_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="promotions")
+    version = models.ForeignKey(WorkflowVersion, on_delete=models.PROTECT, related_name="promotions")
+    stage = models.CharField(max_length=16, choices=Stage.choices)
+    kind = models.CharField(max_length=16, choices=PromotionKind.choices, default=PromotionKind.PROMOTION)
+    state = models.CharField(max_length=24, choices=PromotionState.choices, default=PromotionState.REQUESTED)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    requested_via_token = models.CharField(max_length=40, blank=True, default="")
+    justification = models.CharField(max_length=2000, blank=True, default="")
+    requested_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    previous_version = models.ForeignKey(WorkflowVersion, on_delete=models.PROTECT, related_name="+",
+                                         null=True, blank=True)
+    metrics_artifact = models.ForeignKey(Artifact, on_delete=models.PROTECT, related_name="+", null=True, blank=True)
+    binding_digest = models.CharField(max_length=71, blank=True, default="")
+    policy_revision = models.CharField(max_length=80, blank=True, default="")
+    required_approvals = models.PositiveSmallIntegerField(default=0)
+    decisions = models.JSONField(default=list)  # decision ids, in order
+    violations = models.JSONField(default=list)  # of the latest decision
+    closed_at = models.DateTimeField(null=True, blank=True)
+    closed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+",
+                                  null=True, blank=True)
+    close_reason = models.CharField(max_length=2000, blank=True, default="")
+    promoted_at = models.DateTimeField(null=True, blank=True)
+    superseded_at = models.DateTimeField(null=True, blank=True)
+    attestation = models.TextField(blank=True, default="")  # Sigstore bundle JSON
+    attestation_digest = models.CharField(max_length=71, blank=True, default="")
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        indexes = [models.Index(fields=["tenant", "state", "-requested_at"])]
+        constraints = [
+            # At most one open request per version and stage: a second one is a conflict.
+            models.UniqueConstraint(fields=["version", "stage"], condition=models.Q(state__in=OPEN_PROMOTION_STATES),
+                                    name="one_open_promotion_per_version_stage"),
+        ]
+
+    def __str__(self):
+        return f"{self.workflow} v{self.version.number} -> {self.stage} ({self.state})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_PROMOTION_STATES
+
+
+class Approval(models.Model):
+    """One person's approve or reject of a promotion, with the one-time password that backed it
+    and what it was bound to. Never changed; it counts only while its binding is current."""
+
+    class Verdict(models.TextChoices):
+        APPROVE = "approve"
+        REJECT = "reject"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    promotion = models.ForeignKey(Promotion, on_delete=models.CASCADE, related_name="approvals")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    verdict = models.CharField(max_length=8, choices=Verdict.choices)
+    comment = models.CharField(max_length=2000, blank=True, default="")
+    version_digest = models.CharField(max_length=71)
+    binding_digest = models.CharField(max_length=71)
+    policy_revision = models.CharField(max_length=80)
+    otp_device = models.CharField(max_length=100)  # django-otp persistent id
+    via = models.CharField(max_length=16)  # console or api
+    token = models.CharField(max_length=40, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            # One verdict per person per binding: a replayed approval is a conflict.
+            models.UniqueConstraint(fields=["promotion", "user", "binding_digest", "policy_revision"],
+                                    name="one_verdict_per_person_per_binding"),
+        ]
+
+    def is_current_for(self, promotion: Promotion) -> bool:
+        return (self.version_digest == promotion.version.digest and self.binding_digest == promotion.binding_digest
+                and self.policy_revision == promotion.policy_revision)
+
+
+class PromotionOverride(models.Model):
+    """A tenant admin's override of one soft-mandatory violation, with a justification, and a
+    second person's confirmation. Shown on the promotion forever."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    promotion = models.ForeignKey(Promotion, on_delete=models.CASCADE, related_name="overrides")
+    rule = models.CharField(max_length=100)
+    justification = models.CharField(max_length=2000)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    requested_at = models.DateTimeField(default=timezone.now)
+    confirmed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+",
+                                     null=True, blank=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["requested_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["promotion", "rule"], name="one_override_per_rule")]

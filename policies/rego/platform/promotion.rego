@@ -64,7 +64,43 @@ as_string(x) := "" if not is_string(x)
 
 num(n) := format_int(as_number(n), 10)
 
-violation(rule, level, message, pending) := {"rule": rule, "level": level, "message": message, "pending": pending}
+# Tenant policy data may raise a rule's level (rule id -> level), never lower it.
+level_rank := {"advisory": 0, "soft-mandatory": 1, "hard-mandatory": 2}
+
+rule_levels := as_object(object.get(policy_data, "rule_levels", {}))
+
+effective_level(rule, base) := raised if {
+	raised := as_string(object.get(rule_levels, rule, base))
+	object.get(level_rank, raised, -1) > object.get(level_rank, base, 0)
+}
+
+effective_level(rule, base) := base if {
+	raised := as_string(object.get(rule_levels, rule, base))
+	object.get(level_rank, raised, -1) <= object.get(level_rank, base, 0)
+}
+
+# Rules exempted for this request by an active waiver or a confirmed override. Only a
+# soft-mandatory violation can be exempt; a hard-mandatory one never is.
+exempt_rules := {r |
+	some e in as_array(object.get(input, "exemptions", []))
+	r := as_string(object.get(as_object(e), "rule", ""))
+}
+
+is_exempt(rule, level) if {
+	level == "soft-mandatory"
+	rule in exempt_rules
+}
+
+exempt(rule, level) := true if is_exempt(rule, level)
+
+exempt(rule, level) := false if not is_exempt(rule, level)
+
+violation(rule, level, message, pending) := {
+	"rule": rule, "level": lvl, "message": message, "pending": pending,
+	"exempt": exempt(rule, lvl),
+} if {
+	lvl := effective_level(rule, level)
+}
 
 # --- baseline.stage_known -------------------------------------------------------------
 
@@ -86,7 +122,11 @@ typed_fields := [
 	["tenant.policy.base_model_allowlist", object.get(policy_data, "base_model_allowlist", []), "array"],
 	["tenant.policy.metrics_thresholds", object.get(policy_data, "metrics_thresholds", {}), "object"],
 	["metrics", object.get(input, "metrics", {}), "object"],
+	["tenant.policy.rule_levels", object.get(policy_data, "rule_levels", {}), "object"],
+	["tenant.policy.max_gpus", object.get(policy_data, "max_gpus", {}), "object"],
+	["tenant.policy.allowed_regions", object.get(policy_data, "allowed_regions", []), "array"],
 	["approvals", object.get(input, "approvals", []), "array"],
+	["exemptions", object.get(input, "exemptions", []), "array"],
 	["stages_reached", object.get(input, "stages_reached", []), "array"],
 ]
 
@@ -127,9 +167,22 @@ violations contains violation("baseline.separation_of_duties", "hard-mandatory",
 
 tenant_min := as_number(object.get(policy_data, "min_approvals", 0))
 
-required_approvals := max([object.get(approval_floor, "production", 2), tenant_min]) if stage == "production"
+tenant_rollback_min := as_number(object.get(policy_data, "rollback_min_approvals", 0))
 
-required_approvals := object.get(approval_floor, stage, 0) if stage != "production"
+# A rollback (back to the version a stage held just before) has a floor of one approval.
+is_rollback if object.get(input, "kind", "promotion") == "rollback"
+
+required_approvals := max([1, tenant_rollback_min]) if is_rollback
+
+required_approvals := max([object.get(approval_floor, "production", 2), tenant_min]) if {
+	not is_rollback
+	stage == "production"
+}
+
+required_approvals := object.get(approval_floor, stage, 0) if {
+	not is_rollback
+	stage != "production"
+}
 
 valid_approvers := {u | some u in approvers; not u in {as_string(requester), as_string(author)}}
 
@@ -187,6 +240,37 @@ violations contains violation("baseline.staging_before_production", "hard-mandat
 	msg := concat("", ["version ", as_string(object.get(version, "digest", "")), " must reach staging before production"])
 }
 
+# --- tenant.max_gpus: the tenant's own cap per version, tighter than its quota -----------
+
+tenant_max_gpus := as_object(object.get(policy_data, "max_gpus", {}))
+
+violations contains violation("tenant.max_gpus", "soft-mandatory", msg, false) if {
+	some flavor, limit in tenant_max_gpus
+	wanted := as_number(object.get(gpus, flavor, 0))
+	wanted > as_number(limit)
+	msg := concat("", [
+		"version needs ", num(wanted), " ", flavor, " GPU(s); the tenant allows at most ", num(limit), " per version",
+	])
+}
+
+# --- tenant.allowed_regions: datasets only from the regions the tenant names -------------
+
+tenant_regions := as_array(object.get(policy_data, "allowed_regions", []))
+
+region_allowed(region) if {
+	some r in tenant_regions
+	as_string(r) == region
+}
+
+violations contains violation("tenant.allowed_regions", "soft-mandatory", msg, false) if {
+	count(tenant_regions) > 0
+	some r in dataset_regions
+	region := as_string(r)
+	not region_allowed(region)
+	msg := concat("", ["dataset region ", region, " is not one of the tenant's allowed regions [",
+		concat(", ", [as_string(x) | some x in tenant_regions]), "]"])
+}
+
 # --- baseline.metrics_thresholds (advisory in development) ----------------------------
 
 metrics_level := "advisory" if stage == "development"
@@ -225,7 +309,7 @@ format_number(x) := "?" if not is_number(x)
 
 # --- the decision ---------------------------------------------------------------------
 
-blocking := [v | some v in violations; v.level != "advisory"; v.pending == false]
+blocking := [v | some v in violations; v.level != "advisory"; v.pending == false; v.exempt == false]
 
 decision := {
 	"allow": count(blocking) == 0,

@@ -140,3 +140,66 @@ test_wrong_types_deny if {
 	d.allow == false
 	"baseline.input_shape" in rules(d)
 }
+
+test_tenant_raises_a_level_but_cannot_lower_one if {
+	raised := json.patch(good, [
+		{"op": "add", "path": "/tenant/policy/rule_levels", "value": {"baseline.base_model_allowed": "hard-mandatory"}},
+		{"op": "replace", "path": "/version/base_model", "value": "meta-llama/Llama-3-8B"},
+	])
+	r := promotion.decision with input as raised
+	some v in r.violations
+	v.rule == "baseline.base_model_allowed"
+	v.level == "hard-mandatory"
+	lowered := json.patch(good, [
+		{"op": "add", "path": "/tenant/policy/rule_levels", "value": {"baseline.dataset_residency": "advisory"}},
+		{"op": "replace", "path": "/version/dataset_regions", "value": ["us-east-1"]},
+	])
+	d := promotion.decision with input as lowered
+	d.allow == false
+	some w in d.violations
+	w.rule == "baseline.dataset_residency"
+	w.level == "hard-mandatory"
+}
+
+test_an_exemption_lifts_a_soft_violation if {
+	inp := json.patch(good, [
+		{"op": "replace", "path": "/version/base_model", "value": "meta-llama/Llama-3-8B"},
+		{"op": "add", "path": "/exemptions", "value": [{"rule": "baseline.base_model_allowed"}]},
+	])
+	d := promotion.decision with input as inp
+	d.allow == true
+	some v in d.violations
+	v.rule == "baseline.base_model_allowed"
+	v.exempt == true
+}
+
+test_an_exemption_never_lifts_a_hard_violation if {
+	inp := json.patch(good, [
+		{"op": "replace", "path": "/version/dataset_regions", "value": ["us-east-1"]},
+		{"op": "add", "path": "/exemptions", "value": [{"rule": "baseline.dataset_residency"}]},
+	])
+	d := promotion.decision with input as inp
+	d.allow == false
+	some v in d.violations
+	v.rule == "baseline.dataset_residency"
+	v.exempt == false
+}
+
+test_rollback_needs_one_approval_unless_the_tenant_asks_more if {
+	promotion.required_approvals == 1 with input as json.patch(good, [{"op": "add", "path": "/kind", "value": "rollback"}])
+	promotion.required_approvals == 2 with input as json.patch(good, [
+		{"op": "add", "path": "/kind", "value": "rollback"},
+		{"op": "add", "path": "/tenant/policy/rollback_min_approvals", "value": 2},
+	])
+}
+
+test_tenant_rules_tighten if {
+	inp := json.patch(good, [
+		{"op": "add", "path": "/tenant/policy/max_gpus", "value": {"h100": 1}},
+		{"op": "add", "path": "/tenant/policy/allowed_regions", "value": ["eu-west-1"]},
+	])
+	d := promotion.decision with input as inp
+	d.allow == false
+	"tenant.max_gpus" in rules(d)
+	"tenant.allowed_regions" in rules(d)
+}
