@@ -18,3 +18,8 @@ def schedule_platform_jobs(sender, **kwargs):
         sender.signature("audit.sequence_pending"),
         name="audit sequencer",
     )
+    sender.add_periodic_task(
+        settings.PROMOTION_EXPIRY_INTERVAL_SECONDS,
+        sender.signature("workflows.expire_promotions"),
+        name="promotion expiry",
+    )

@@ -325,6 +325,14 @@ if POLICY_ENGINE not in ("embedded", "opa"):
 OPA_URL = env("OPA_URL", "http://127.0.0.1:8181")
 OPA_TIMEOUT_SECONDS = float(env("OPA_TIMEOUT_SECONDS", "2"))
 POLICY_TIMEOUT_SECONDS = float(env("POLICY_TIMEOUT_SECONDS", "2"))
+# An open promotion request closes as expired after this many hours without a decision.
+PROMOTION_TTL_HOURS = float(env("PROMOTION_TTL_HOURS", "168"))
+PROMOTION_EXPIRY_INTERVAL_SECONDS = float(env("PROMOTION_EXPIRY_INTERVAL_SECONDS", "60"))
+# The bearer token an OPA server pulls GET /api/v1/policies/bundle with; unset, only platform
+# admins may pull it. A short token is guessable, so it is refused.
+POLICY_BUNDLE_TOKEN = env("POLICY_BUNDLE_TOKEN")
+if POLICY_BUNDLE_TOKEN is not None and len(POLICY_BUNDLE_TOKEN) < 32:
+    raise ImproperlyConfigured("POLICY_BUNDLE_TOKEN must be at least 32 characters long.")
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"

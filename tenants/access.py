@@ -59,6 +59,11 @@ def allowed_tenant_ids(user, action: str):
     return frozenset(by_role | {int(pk) for pk in granted})
 
 
+def can(user, tenant: Tenant, action: str) -> bool:
+    allowed = allowed_tenant_ids(user, action)
+    return allowed is None or tenant.pk in allowed
+
+
 def role_in(user, tenant) -> str | None:
     token = token_of(user)
     if token is not None:

@@ -16,7 +16,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from audit.log import Actor, Target, record, record_denial
 
 from . import services
-from .access import actor_for, allowed_tenant_ids, is_platform_admin, tenant_for
+from .access import actor_for, can, is_platform_admin, tenant_for
 from .db import bind_rls
 from .errors import DomainError, NotFound
 from .forms import (
@@ -206,8 +206,7 @@ class TenantConsoleMixin(LoginRequiredMixin):
         return super().dispatch(request, *args, **kwargs)
 
     def can(self, action):
-        allowed = allowed_tenant_ids(self.request.user, action)
-        return allowed is None or self.tenant.pk in allowed
+        return can(self.request.user, self.tenant, action)
 
     def refuse_if_forbidden(self, exc: DomainError):
         """A 403 from a domain function is a refusal, not a mistake in a form: record it and

@@ -7,6 +7,7 @@ every test that touches the database uses ``live_db``, which truncates through t
 alias afterwards, lifting the audit triggers only inside that transaction.
 """
 
+import io
 import json
 import os
 import shutil
@@ -60,6 +61,7 @@ def django_db_setup(django_db_blocker):
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{db_file}{suffix}").unlink(missing_ok=True)
         call_command("migrate", verbosity=0)
+        call_command("platform_keys", "init", stdout=io.StringIO())  # signs promotion attestations
         for alias in connections:
             connections[alias].close()
 
@@ -173,13 +175,32 @@ def world(live_db):
 # Clients -------------------------------------------------------------------------------
 
 
-def current_totp(user):
+def current_totp(user, *, steps_ahead=0):
+    """The user's TOTP code now, or ``steps_ahead`` periods later (within the device's
+    tolerance of one), for a second code inside the same 30 seconds."""
     from django_otp.oath import TOTP
     from django_otp.plugins.otp_totp.models import TOTPDevice
 
     device = TOTPDevice.objects.using("owner").get(user=user, confirmed=True)
     totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
-    totp.time = time.time()
+    totp.time = time.time() + steps_ahead * device.step
+    return f"{totp.token():06d}"
+
+
+def fresh_totp(user):
+    """A code the user's device has not accepted yet: the current period's, or the next one's
+    (inside the tolerance) when the current one is spent; waits when both are."""
+    from django_otp.oath import TOTP
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    device = TOTPDevice.objects.using("owner").get(user=user, confirmed=True)
+    now_t = int((time.time() - device.t0) // device.step)
+    wanted = max(now_t, device.last_t + 1)
+    if wanted > now_t + 1:
+        time.sleep((now_t + 1) * device.step + device.t0 - time.time() + 0.05)
+        return fresh_totp(user)
+    totp = TOTP(device.bin_key, device.step, device.t0, device.digits, 0)
+    totp.time = device.t0 + wanted * device.step + 0.5
     return f"{totp.token():06d}"
 
 

@@ -4,20 +4,36 @@ from functools import cached_property
 
 from django.conf import settings
 from django.db.models import Max, Prefetch
-from django.http import FileResponse
+from django.http import FileResponse, HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
 from rest_framework.response import Response
 
+from audit.keys import platform_keyring
 from tenants.api import TenantScopedAPIView
 from tenants.errors import Invalid, NotFound
 
-from . import blobs, services, trust
+from . import blobs, promotions, services, trust
 from .diff import version_diff
-from .models import Artifact, ArtifactLayout, Signature, StagePointer, Workflow, WorkflowVersion
+from .models import (
+    Approval,
+    Artifact,
+    ArtifactLayout,
+    Promotion,
+    PromotionOverride,
+    Signature,
+    StagePointer,
+    Workflow,
+    WorkflowVersion,
+)
 from .serializers import (
     ArtifactSerializer,
     AssembleSerializer,
+    OverrideRequestSerializer,
+    OverrideSerializer,
+    PromotionRequestSerializer,
+    PromotionSerializer,
+    StepUpSerializer,
     SignatureSerializer,
     TrustConfigurationSerializer,
     VerificationSerializer,
@@ -284,3 +300,149 @@ class ArtifactContent(_OneArtifact):
         response["ETag"] = f'"{artifact.digest}"'
         response["Content-Length"] = str(artifact.size_bytes)
         return response
+
+
+# Promotions ------------------------------------------------------------------------------
+
+
+class _Promotions(TenantScopedAPIView):
+    model = Promotion
+    serializer_class = PromotionSerializer
+
+    def get_queryset(self):
+        return super().get_queryset().select_related(
+            "workflow", "version", "requested_by", "previous_version", "metrics_artifact").prefetch_related(
+            Prefetch("approvals", queryset=Approval.objects.select_related("user")),
+            Prefetch("overrides", queryset=PromotionOverride.objects.select_related("requested_by", "confirmed_by")))
+
+    def promotion(self) -> Promotion:
+        with self.tenant_reads():  # the step-up views run outside the request's transaction
+            return promotions.promotion_by_id(actor=self.request.user, tenant=self.tenant,
+                                              public_id=self.kwargs["promotion"])
+
+    def answer(self, promotion, status_code=status.HTTP_200_OK):
+        with self.tenant_reads():
+            fresh = self.get_queryset().get(pk=promotion.pk)
+            return Response(PromotionSerializer(fresh).data, status=status_code)
+
+
+class PromotionList(_Promotions, generics.ListAPIView):
+    """Promotion requests, newest first. POST asks to move a version into a stage: the policy
+    is evaluated at once and the answer shows the state it left the request in."""
+
+    filterset_fields = ["state", "stage", "kind"]
+
+    @extend_schema(request=PromotionRequestSerializer, responses={201: PromotionSerializer})
+    def post(self, request, tenant):
+        serializer = PromotionRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        version = WorkflowVersion.objects.restrict(request.user, "view").filter(
+            tenant=self.tenant, workflow__name=data["workflow"], number=data["version"]).select_related(
+            "workflow", "created_by").first()
+        if version is None:
+            raise NotFound(f"No version {data['version']} of workflow {data['workflow']}.")
+        promotion = promotions.promotion_request(
+            actor=request.user, tenant=self.tenant, version=version, stage=data["stage"], kind=data["kind"],
+            justification=data["justification"], metrics_artifact=data["metrics_artifact"])
+        return self.answer(promotion, status.HTTP_201_CREATED)
+
+
+class PromotionDetail(_Promotions):
+    def get(self, request, tenant, promotion):
+        return self.answer(self.promotion())
+
+
+class PromotionApprove(_Promotions):
+    """Approve with a fresh one-time password (step-up). People only: a service-account token
+    is refused. The approval binds to the version digest, the policy input and its revision."""
+
+    @extend_schema(request=StepUpSerializer, responses={200: PromotionSerializer})
+    def post(self, request, tenant, promotion):
+        serializer = StepUpSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        result = promotions.promotion_approve(actor=request.user, promotion=self.promotion(),
+                                              otp_token=data["otp_token"], comment=data["comment"], via="api",
+                                              binding_digest=data["binding_digest"] or None)
+        return self.answer(result)
+
+
+class PromotionReject(_Promotions):
+    @extend_schema(request=StepUpSerializer, responses={200: PromotionSerializer})
+    def post(self, request, tenant, promotion):
+        serializer = StepUpSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = promotions.promotion_reject(actor=request.user, promotion=self.promotion(),
+                                             otp_token=serializer.validated_data["otp_token"],
+                                             comment=serializer.validated_data["comment"], via="api")
+        return self.answer(result)
+
+
+class PromotionWithdraw(_Promotions):
+    @extend_schema(request=None, responses={200: PromotionSerializer})
+    def post(self, request, tenant, promotion):
+        reason = request.data.get("reason", "") if isinstance(request.data, dict) else ""
+        return self.answer(promotions.promotion_withdraw(actor=request.user, promotion=self.promotion(),
+                                                         reason=str(reason)[:2000]))
+
+
+class PromotionRecheck(_Promotions):
+    @extend_schema(request=None, responses={200: PromotionSerializer})
+    def post(self, request, tenant, promotion):
+        return self.answer(promotions.promotion_recheck(actor=request.user, promotion=self.promotion()))
+
+
+class PromotionOverrideList(_Promotions):
+    """A tenant admin asks to override one soft-mandatory violation, with a justification."""
+
+    @extend_schema(request=OverrideRequestSerializer, responses={201: OverrideSerializer})
+    def post(self, request, tenant, promotion):
+        serializer = OverrideRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        override = promotions.promotion_override_request(actor=request.user, promotion=self.promotion(),
+                                                         **serializer.validated_data)
+        return Response(OverrideSerializer(override).data, status=status.HTTP_201_CREATED)
+
+
+class PromotionOverrideConfirm(_Promotions):
+    """A second person confirms an override with a fresh one-time password."""
+
+    @extend_schema(request=StepUpSerializer, responses={200: PromotionSerializer})
+    def post(self, request, tenant, promotion, override):
+        serializer = StepUpSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        subject = self.promotion()
+        with self.tenant_reads():
+            found = PromotionOverride.objects.restrict(request.user, "view").filter(
+                promotion=subject, pk=override).select_related("promotion__tenant").first()
+        if found is None:
+            raise NotFound("No such override.")
+        result = promotions.promotion_override_confirm(actor=request.user, override=found,
+                                                       otp_token=serializer.validated_data["otp_token"])
+        return self.answer(result)
+
+
+class PromotionAttestation(_Promotions):
+    """The signed promotion attestation: a Sigstore bundle whose DSSE envelope holds an in-toto
+    statement. Verify it offline against ``GET /api/v1/platform/keys``."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request, tenant, promotion):
+        found = self.promotion()
+        if not found.attestation:
+            raise NotFound("This promotion has no attestation: it has not been promoted.")
+        response = HttpResponse(found.attestation, content_type="application/json")
+        response["ETag"] = f'"{found.attestation_digest}"'
+        return response
+
+
+class PlatformKeys(generics.GenericAPIView):
+    """The platform's public signing keys by key id (retired keys included: old attestations
+    keep verifying)."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request):
+        keys = platform_keyring().keys()
+        return Response({key.kid: {"public_key": key.public_pem, "created_at": key.created_at,
+                                   "retired_at": key.retired_at} for key in keys})

@@ -1,6 +1,19 @@
 from rest_framework import serializers
 
-from .models import Artifact, Signature, StagePointer, TrustConfiguration, Verification, Workflow, WorkflowVersion
+from tenants.errors import Invalid
+
+from .models import (
+    Approval,
+    Artifact,
+    Promotion,
+    PromotionOverride,
+    Signature,
+    StagePointer,
+    TrustConfiguration,
+    Verification,
+    Workflow,
+    WorkflowVersion,
+)
 
 
 class WorkflowSerializer(serializers.ModelSerializer):
@@ -88,3 +101,77 @@ class TrustConfigurationSerializer(serializers.ModelSerializer):
 class AssembleSerializer(serializers.Serializer):
     files = serializers.DictField(child=serializers.CharField(), allow_empty=False,
                                   help_text="Relative path -> sha256 digest of each file, uploaded first to /blobs/.")
+
+
+class ApprovalSerializer(serializers.ModelSerializer):
+    user = serializers.CharField(source="user.username", read_only=True)
+    current = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Approval
+        fields = ["user", "verdict", "comment", "via", "version_digest", "binding_digest", "policy_revision",
+                  "otp_device", "created_at", "current"]
+        read_only_fields = fields
+
+    def get_current(self, approval) -> bool:
+        return approval.is_current_for(approval.promotion)
+
+
+class OverrideSerializer(serializers.ModelSerializer):
+    requested_by = serializers.CharField(source="requested_by.username", read_only=True)
+    confirmed_by = serializers.CharField(source="confirmed_by.username", read_only=True, default=None)
+
+    class Meta:
+        model = PromotionOverride
+        fields = ["id", "rule", "justification", "requested_by", "requested_at", "confirmed_by", "confirmed_at"]
+        read_only_fields = fields
+
+
+class PromotionSerializer(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="public_id", read_only=True)
+    workflow = serializers.CharField(source="workflow.name", read_only=True)
+    version = serializers.IntegerField(source="version.number", read_only=True)
+    version_digest = serializers.CharField(source="version.digest", read_only=True)
+    requested_by = serializers.CharField(source="requested_by.username", read_only=True)
+    previous_version = serializers.IntegerField(source="previous_version.number", read_only=True, default=None)
+    metrics_artifact = serializers.CharField(source="metrics_artifact.digest", read_only=True, default=None)
+    approvals = ApprovalSerializer(many=True, read_only=True)
+    overrides = OverrideSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Promotion
+        fields = ["id", "workflow", "version", "version_digest", "stage", "kind", "state", "requested_by",
+                  "requested_at", "expires_at", "justification", "previous_version", "metrics_artifact",
+                  "required_approvals", "binding_digest", "policy_revision", "decisions", "violations", "approvals",
+                  "overrides", "close_reason", "closed_at", "promoted_at", "superseded_at", "attestation_digest"]
+        read_only_fields = fields
+
+
+class PromotionRequestSerializer(serializers.Serializer):
+    workflow = serializers.CharField(max_length=64)
+    version = serializers.IntegerField(min_value=1)
+    stage = serializers.ChoiceField(choices=["development", "staging", "production"])
+    kind = serializers.ChoiceField(choices=["promotion", "rollback"], default="promotion")
+    justification = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    metrics_artifact = serializers.RegexField(r"^sha256:[0-9a-f]{64}$", required=False, allow_null=True, default=None)
+
+    def validate(self, attrs):
+        # Metrics come only from a signed metrics artifact: numbers typed into a request are refused.
+        typed = {"metrics", "metrics_thresholds", "thresholds"} & set(self.initial_data)
+        if typed:
+            raise Invalid("Metrics are read from the version's signed metrics artifact, never from the request.",
+                          field=sorted(typed)[0], code="metrics_not_accepted")
+        return attrs
+
+
+class StepUpSerializer(serializers.Serializer):
+    otp_token = serializers.CharField(max_length=12, allow_blank=True, default="",
+                                      help_text="The current code of your authenticator (step-up).")
+    comment = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    binding_digest = serializers.CharField(max_length=71, required=False, allow_blank=True, default="",
+                                           help_text="The binding you reviewed; 409 if it has changed since.")
+
+
+class OverrideRequestSerializer(serializers.Serializer):
+    rule = serializers.CharField(max_length=100)
+    justification = serializers.CharField(max_length=2000)

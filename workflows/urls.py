@@ -11,6 +11,14 @@ def streaming(view_class):
     return view
 
 
+def committing(view_class):
+    """A view that commits its own steps: a one-time password is spent in a transaction of
+    its own, so it stays spent even when the decision that follows is refused."""
+    return transaction.non_atomic_requests(view_class.as_view())
+
+
+PROMOTION = "tenants/<slug:tenant>/promotions/<uuid:promotion>/"
+
 api_urlpatterns = [
     path("tenants/<slug:tenant>/workflows/", api.WorkflowList.as_view(), name="api-workflow-list"),
     path("tenants/<slug:tenant>/workflows/<str:workflow>/", api.WorkflowDetail.as_view(), name="api-workflow-detail"),
@@ -32,6 +40,17 @@ api_urlpatterns = [
          name="api-artifact-verify"),
     path("tenants/<slug:tenant>/trust/", api.TrustConfigurationView.as_view(), name="api-trust"),
     path("tenants/<slug:tenant>/blobs/<str:digest>", streaming(api.BlobUpload), name="api-blob-upload"),
+    path("tenants/<slug:tenant>/promotions/", api.PromotionList.as_view(), name="api-promotion-list"),
+    path(PROMOTION, api.PromotionDetail.as_view(), name="api-promotion-detail"),
+    path(PROMOTION + "approve/", committing(api.PromotionApprove), name="api-promotion-approve"),
+    path(PROMOTION + "reject/", committing(api.PromotionReject), name="api-promotion-reject"),
+    path(PROMOTION + "withdraw/", api.PromotionWithdraw.as_view(), name="api-promotion-withdraw"),
+    path(PROMOTION + "recheck/", api.PromotionRecheck.as_view(), name="api-promotion-recheck"),
+    path(PROMOTION + "overrides/", api.PromotionOverrideList.as_view(), name="api-promotion-overrides"),
+    path(PROMOTION + "overrides/<int:override>/confirm/", committing(api.PromotionOverrideConfirm),
+         name="api-promotion-override-confirm"),
+    path(PROMOTION + "attestation", api.PromotionAttestation.as_view(), name="api-promotion-attestation"),
+    path("platform/keys/", api.PlatformKeys.as_view(), name="api-platform-keys"),
 ]
 
 console_urlpatterns = [

@@ -1,0 +1,125 @@
+"""Tenant-scoped policy API: the tenant's policy data and its waivers (thin views)."""
+
+from django.db import transaction
+from django.urls import path
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, serializers, status
+from rest_framework.response import Response
+
+from tenants.api import TenantScopedAPIView
+from tenants.errors import NotFound
+
+from . import services
+from .models import TenantPolicy, Waiver
+
+
+class TenantPolicySerializer(serializers.ModelSerializer):
+    created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
+
+    class Meta:
+        model = TenantPolicy
+        fields = ["revision", "min_approvals", "rollback_min_approvals", "base_model_allowlist", "metrics_thresholds",
+                  "allowed_regions", "max_gpus", "rule_levels", "comment", "created_by", "created_at"]
+        read_only_fields = ["revision", "created_by", "created_at"]
+
+
+class WaiverSerializer(serializers.ModelSerializer):
+    requested_by = serializers.CharField(source="requested_by.username", read_only=True)
+    approved_by = serializers.CharField(source="approved_by.username", read_only=True, default=None)
+    state = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Waiver
+        fields = ["id", "rule", "reason", "ticket_url", "expires_at", "state", "requested_by", "requested_at",
+                  "approved_by", "approved_at", "revoked_at"]
+        read_only_fields = ["id", "state", "requested_by", "requested_at", "approved_by", "approved_at", "revoked_at"]
+
+    def get_state(self, waiver) -> str:
+        return waiver.state_at(self.context["now"])
+
+
+class PolicyDataView(TenantScopedAPIView):
+    """The tenant's policy data (thresholds, allow-lists, approvals, regions, rule levels).
+    PUT by a tenant admin writes the next revision; fields left out keep their value, and a
+    change that would loosen the platform floor is refused."""
+
+    serializer_class = TenantPolicySerializer
+    http_method_names = ["get", "put", "head", "options"]
+
+    def get(self, request, tenant):
+        return Response(TenantPolicySerializer(services.tenant_policy_of(self.tenant)).data)
+
+    def put(self, request, tenant):
+        serializer = TenantPolicySerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        changes = {k: v for k, v in request.data.items() if k in services.POLICY_DATA_FIELDS}
+        policy = services.tenant_policy_update(actor=request.user, tenant=self.tenant,
+                                               comment=serializer.validated_data.get("comment", ""), **changes)
+        return Response(TenantPolicySerializer(policy).data)
+
+
+class WaiverList(TenantScopedAPIView, generics.ListAPIView):
+    """Waivers of one rule each; POST (tenant admin) asks for one, which applies once a second
+    person approves it and until it expires or is revoked."""
+
+    model = Waiver
+    serializer_class = WaiverSerializer
+    filterset_fields = ["rule"]
+
+    def get_queryset(self):
+        return super().get_queryset().select_related("requested_by", "approved_by")
+
+    def get_serializer_context(self):
+        from django.utils import timezone
+
+        return {**super().get_serializer_context(), "now": timezone.now()}
+
+    def post(self, request, tenant):
+        serializer = WaiverSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        waiver = services.waiver_request(actor=request.user, tenant=self.tenant, **serializer.validated_data)
+        return Response(WaiverSerializer(waiver, context=self.get_serializer_context()).data,
+                        status=status.HTTP_201_CREATED)
+
+
+class _OneWaiver(WaiverList):
+    def waiver(self) -> Waiver:
+        with self.tenant_reads():
+            waiver = self.get_queryset().filter(pk=self.kwargs["waiver"]).select_related("tenant").first()
+        if waiver is None:
+            raise NotFound("No such waiver.")
+        return waiver
+
+    def answer(self, waiver):
+        return Response(WaiverSerializer(waiver, context=self.get_serializer_context()).data)
+
+
+class WaiverApprove(_OneWaiver):
+    """The second person approves with a fresh one-time password (step-up)."""
+
+    http_method_names = ["post", "options"]
+
+    @extend_schema(request={"application/json": {"type": "object", "properties": {"otp_token": {"type": "string"}}}},
+                   responses={200: WaiverSerializer})
+    def post(self, request, tenant, waiver):
+        token = request.data.get("otp_token", "") if isinstance(request.data, dict) else ""
+        return self.answer(services.waiver_approve(actor=request.user, waiver=self.waiver(), otp_token=str(token)))
+
+
+class WaiverRevoke(_OneWaiver):
+    http_method_names = ["post", "options"]
+
+    @extend_schema(request=None, responses={200: WaiverSerializer})
+    def post(self, request, tenant, waiver):
+        return self.answer(services.waiver_revoke(actor=request.user, waiver=self.waiver()))
+
+
+WAIVER = "tenants/<slug:tenant>/waivers/<int:waiver>/"
+
+api_urlpatterns = [
+    path("tenants/<slug:tenant>/policy-data/", PolicyDataView.as_view(), name="api-policy-data"),
+    path("tenants/<slug:tenant>/waivers/", WaiverList.as_view(), name="api-waiver-list"),
+    # Non-atomic: the one-time password is spent in a transaction of its own.
+    path(WAIVER + "approve/", transaction.non_atomic_requests(WaiverApprove.as_view()), name="api-waiver-approve"),
+    path(WAIVER + "revoke/", WaiverRevoke.as_view(), name="api-waiver-revoke"),
+]

@@ -1,0 +1,550 @@
+"""Promotions: moving a version into a stage, decided by policy and by people.
+
+requested -> (policy check) -> checked | awaiting_approval | rejected
+checked: soft-mandatory violations wait for a waiver or a confirmed override, then a re-check.
+awaiting_approval -> approvals (each with a fresh OTP, bound to the version digest, the digest
+of the policy input without approvals, and the policy revision) -> at the last one the policy
+runs again with the approvals, and only an allow moves the stage pointer -> promoted, with a
+signed attestation. Open requests can also be withdrawn, rejected by an approver, or expire.
+
+Every change of a promotion takes the workflow's row lock first, then the promotion's: one
+fixed order, so concurrent approvals and promotions of one workflow serialise.
+"""
+
+import json
+from datetime import UTC, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from audit.keys import KeyringError, platform_keyring
+from audit.log import Actor, Target, record
+from policies.engines import DEFAULT_ENTRYPOINT, get_engine
+from policies.services import active_waivers, input_digest, policy_data_document, policy_decide, tenant_policy_of
+from tenants.access import actor_for, can, require
+from tenants.db import bind_rls
+from tenants.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
+from tenants.models import Tenant, TenantQuota
+from tenants.stepup import require_person, step_up_verify
+
+from . import attestations
+from .models import (
+    OPEN_PROMOTION_STATES,
+    Approval,
+    Artifact,
+    ArtifactKind,
+    Promotion,
+    PromotionKind,
+    PromotionOverride,
+    PromotionState,
+    Stage,
+    StagePointer,
+    Workflow,
+    WorkflowVersion,
+)
+from .selectors import signature_status, with_verifications
+from .store import get_store
+
+ENTRYPOINT = DEFAULT_ENTRYPOINT
+
+
+class AttestationUnavailable(DomainError):
+    status = 503
+    code = "attestation_unavailable"
+
+
+# The policy input ------------------------------------------------------------------------
+
+
+def _rfc3339(moment) -> str:
+    # A numeric offset, never "Z": regopy fails on it.
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _gpus(spec: dict) -> dict:
+    """The most GPUs of each flavor any one step asks for."""
+    wanted = {}
+    for step in spec.get("steps", []):
+        gpu = step.get("gpu") or {}
+        if gpu.get("flavor"):
+            wanted[gpu["flavor"]] = max(wanted.get(gpu["flavor"], 0), int(gpu.get("count", 0)))
+    return wanted
+
+
+def _artifacts(version: WorkflowVersion) -> list[tuple[Artifact, object]]:
+    artifacts = with_verifications(Artifact.objects.filter(version_links__version=version).order_by("name", "digest"))
+    return [(artifact, signature_status(artifact)) for artifact in artifacts]
+
+
+def _metrics_of(artifact: Artifact | None) -> dict:
+    """The numbers of a metrics artifact, read from the store (the upload check made them a
+    JSON object of finite numbers). Numbers typed into a request never get here."""
+    if artifact is None:
+        return {}
+    with get_store().open(artifact.digest) as handle:
+        document = json.loads(handle.read())
+    return document if isinstance(document, dict) else {}
+
+
+def _stages_reached(version: WorkflowVersion) -> list[str]:
+    reached = Promotion.objects.filter(version=version, state=PromotionState.PROMOTED).values_list("stage", flat=True)
+    return sorted(set(reached))
+
+
+def _exemptions(promotion: Promotion, moment) -> list[dict]:
+    waived = [{"rule": w.rule, "source": f"waiver:{w.pk}"} for w in active_waivers(promotion.tenant, moment)]
+    overridden = [{"rule": o.rule, "source": f"override:{o.pk}"}
+                  for o in promotion.overrides.filter(confirmed_at__isnull=False)]
+    return waived + overridden
+
+
+def policy_input(promotion: Promotion, *, moment) -> dict:
+    """The facts the policy decides on, all read from the database and the store; the caller
+    adds ``approvals``."""
+    version, tenant = promotion.version, promotion.tenant
+    artifacts = _artifacts(version)
+    regions = [i["region"] for i in version.spec.get("inputs", []) if i.get("region")]
+    regions += [a.region for a, _ in artifacts if a.kind == ArtifactKind.DATASET]
+    quota = {q.flavor.name: q.nominal + q.borrowing_limit
+             for q in TenantQuota.objects.filter(tenant=tenant).select_related("flavor")}
+    return {
+        "kind": promotion.kind,
+        "stage": promotion.stage,
+        "version": {
+            "digest": version.digest,
+            "author": version.created_by.username,
+            "artifacts": [{"digest": a.digest, "name": a.name, "kind": a.kind, "verified": status.verified,
+                           "identity": status.identity if status.verified else ""} for a, status in artifacts],
+            "gpus": _gpus(version.spec),
+            "base_model": (version.spec.get("base_model") or {}).get("name", ""),
+            "dataset_regions": sorted(set(regions)),
+        },
+        "tenant": {"slug": tenant.slug, "jurisdiction": tenant.jurisdiction, "quota": quota,
+                   "policy": policy_data_document(tenant_policy_of(tenant))},
+        "metrics": _metrics_of(promotion.metrics_artifact),
+        "metrics_artifact": promotion.metrics_artifact.digest if promotion.metrics_artifact else "",
+        "requester": promotion.requested_by.username,
+        "stages_reached": _stages_reached(version),
+        "exemptions": _exemptions(promotion, moment),
+        "now": _rfc3339(moment),
+    }
+
+
+def binding_of(facts: dict) -> str:
+    """What an approval binds to besides the version digest and policy revision: the digest
+    of the policy input without approvals and without the clock."""
+    return input_digest({k: v for k, v in facts.items() if k not in ("approvals", "now")})
+
+
+def current_approvals(promotion: Promotion) -> list[Approval]:
+    return [a for a in promotion.approvals.select_related("user")
+            if a.verdict == Approval.Verdict.APPROVE and a.is_current_for(promotion)]
+
+
+# Reading ---------------------------------------------------------------------------------
+
+
+def _locked(promotion: Promotion) -> Promotion:
+    """Lock the workflow, then the promotion (the one order every change takes)."""
+    Workflow.objects.select_for_update().filter(pk=promotion.workflow_id).first()
+    return (Promotion.objects.select_for_update(of=("self",))
+            .select_related("tenant", "workflow", "version__created_by", "requested_by", "metrics_artifact")
+            .get(pk=promotion.pk))
+
+
+def _close(promotion: Promotion, state: str, *, by=None, reason: str = "") -> None:
+    promotion.state = state
+    promotion.closed_at = timezone.now()
+    promotion.closed_by = by
+    promotion.close_reason = reason[:2000]
+    promotion.save()
+
+
+def _target(promotion: Promotion) -> Target:
+    return Target("promotion", str(promotion.public_id))
+
+
+def _summary(promotion: Promotion) -> dict:
+    return {"workflow": promotion.workflow.name, "version": promotion.version.number,
+            "version_digest": promotion.version.digest, "stage": promotion.stage, "kind": promotion.kind}
+
+
+# Requesting ------------------------------------------------------------------------------
+
+
+def _metrics_artifact(version: WorkflowVersion, digest: str | None) -> Artifact | None:
+    metrics = list(Artifact.objects.filter(version_links__version=version, kind=ArtifactKind.METRICS)
+                   .order_by("name", "digest"))
+    if digest:
+        chosen = [a for a in metrics if a.digest == digest]
+        if not chosen:
+            raise Invalid(f"{digest} is not a metrics artifact of this version.", field="metrics_artifact")
+        return chosen[0]
+    if len(metrics) > 1:
+        raise Invalid("This version has several metrics artifacts: name the one to judge it by.",
+                      field="metrics_artifact")
+    return metrics[0] if metrics else None
+
+
+def promotion_request(*, actor, tenant: Tenant, version: WorkflowVersion, stage: str, justification: str = "",
+                      metrics_artifact: str | None = None, kind: str = PromotionKind.PROMOTION) -> Promotion:
+    """Ask to move ``version`` into ``stage``; it is checked against policy at once.
+
+    A hard-mandatory violation rejects it with the reasons; soft-mandatory ones leave it
+    ``checked`` (a waiver or an override can lift them); otherwise it awaits its approvals,
+    or, where none are needed (development), is promoted now.
+    """
+    if stage not in Stage.values:
+        raise Invalid(f"A stage is one of {', '.join(Stage.values)}.", field="stage")
+    if kind not in PromotionKind.values:
+        raise Invalid(f"A kind is one of {', '.join(PromotionKind.values)}.", field="kind")
+    with transaction.atomic():
+        require(actor, tenant, "develop")
+        bind_rls(tenant_id=tenant.pk)
+        Workflow.objects.select_for_update().filter(pk=version.workflow_id).first()
+        pointer = StagePointer.objects.filter(workflow_id=version.workflow_id, stage=stage).first()
+        if pointer is not None and pointer.version_id == version.pk:
+            raise Conflict(f"Version {version.number} is already the {stage} version.", code="already_in_stage")
+        if kind == PromotionKind.ROLLBACK:
+            _check_rollback_target(version=version, stage=stage, pointer=pointer)
+        if Promotion.objects.filter(version=version, stage=stage, state__in=OPEN_PROMOTION_STATES).exists():
+            raise Conflict(f"Version {version.number} already has an open request for {stage}.",
+                           code="promotion_already_open")
+        now = timezone.now()
+        promotion = Promotion.objects.create(
+            tenant=tenant, workflow_id=version.workflow_id, version=version, stage=stage, kind=kind,
+            requested_by=actor, justification=(justification or "")[:2000], requested_at=now,
+            requested_via_token=getattr(getattr(actor, "api_token", None), "public_id", "") or "",
+            expires_at=now + timedelta(hours=settings.PROMOTION_TTL_HOURS),
+            metrics_artifact=_metrics_artifact(version, metrics_artifact),
+            previous_version_id=pointer.version_id if pointer else None)
+        record(action="promotion.request", actor=actor_for(actor), tenant=tenant.slug, target=_target(promotion),
+               data={**_summary(promotion), "justification": promotion.justification,
+                     "metrics_artifact": promotion.metrics_artifact.digest if promotion.metrics_artifact else ""})
+        promotion = _locked(promotion)
+        _advance(promotion, actor=actor)
+    return promotion
+
+
+def _check_rollback_target(*, version: WorkflowVersion, stage: str, pointer) -> None:
+    """A rollback goes back only to the version the stage held immediately before, and only
+    while that version's promotion attestation stands and none of its artifacts is revoked."""
+    current = (Promotion.objects.filter(workflow_id=version.workflow_id, stage=stage, state=PromotionState.PROMOTED,
+                                        superseded_at__isnull=True).order_by("-promoted_at").first())
+    if pointer is None or current is None or current.previous_version_id != version.pk:
+        raise Invalid(f"Version {version.number} is not the version {stage} held immediately before; "
+                      "only that one can be rolled back to.", field="version", code="not_rollback_target")
+    earlier = (Promotion.objects.filter(version=version, stage=stage, state=PromotionState.PROMOTED)
+               .exclude(attestation="").order_by("-promoted_at").first())
+    if earlier is None:
+        raise Invalid(f"Version {version.number} has no promotion attestation for {stage}.", field="version",
+                      code="not_rollback_target")
+    try:
+        attestations.verify_attestation(earlier.attestation, platform_public_keys())
+    except attestations.AttestationInvalid as exc:
+        raise Invalid(f"The earlier attestation of version {version.number} does not verify: {exc}",
+                      field="version", code="not_rollback_target") from None
+
+
+# Checking and moving on ------------------------------------------------------------------
+
+
+def _advance(promotion: Promotion, *, actor) -> None:
+    """Evaluate the policy with the approvals that are still current, then move the state.
+    Runs inside the caller's transaction, with the promotion locked."""
+    moment = timezone.now()
+    facts = policy_input(promotion, moment=moment)
+    binding, revision = binding_of(facts), get_engine().revision
+    if (binding, revision) != (promotion.binding_digest, promotion.policy_revision):
+        # The facts or the policy changed: approvals bound to the old ones stop counting.
+        promotion.binding_digest, promotion.policy_revision = binding, revision
+    approvals = current_approvals(promotion)
+    facts["approvals"] = [{"user": a.user.username} for a in approvals]
+    decision = policy_decide(actor=actor, tenant=promotion.tenant, entrypoint=ENTRYPOINT, input=facts)
+    promotion.decisions = [*promotion.decisions, str(decision.decision_id)]
+    promotion.violations = decision.violations
+    promotion.required_approvals = _required_approvals(facts)
+    blocking = [v for v in decision.violations if v["level"] != "advisory" and not v["pending"] and not v["exempt"]]
+    pending = [v for v in decision.violations if v["pending"]]
+    if decision.error:
+        state, reason = PromotionState.REJECTED, f"The policy could not be evaluated, so it denies: {decision.error}"
+    elif any(v["level"] == "hard-mandatory" for v in blocking):
+        state = PromotionState.REJECTED
+        reason = "; ".join(f"{v['rule']}: {v['message']}" for v in blocking if v["level"] == "hard-mandatory")
+    elif blocking:
+        state, reason = PromotionState.CHECKED, ""
+    elif pending or not decision.allow:
+        state, reason = PromotionState.AWAITING_APPROVAL, ""
+    else:
+        state, reason = PromotionState.APPROVED, ""
+    record(action="promotion.check", actor=actor_for(actor), tenant=promotion.tenant.slug, target=_target(promotion),
+           outcome={PromotionState.REJECTED: "denied"}.get(state, "success"),
+           data={**_summary(promotion), "decision_id": str(decision.decision_id), "state": state,
+                 "binding_digest": binding, "policy_revision": revision, "approvals": len(approvals),
+                 "required_approvals": promotion.required_approvals,
+                 "violations": [v["rule"] for v in decision.violations], "reason": reason})
+    if state == PromotionState.REJECTED:
+        _close(promotion, state, reason=reason)
+        return
+    promotion.state = state
+    promotion.save()
+    if state == PromotionState.APPROVED:
+        _promote(promotion, actor=actor, decision=decision, approvals=approvals, facts=facts)
+
+
+def _required_approvals(facts: dict) -> int:
+    policy = facts["tenant"]["policy"]
+    if facts["kind"] == PromotionKind.ROLLBACK:
+        return max(1, policy["rollback_min_approvals"])
+    if facts["stage"] == Stage.PRODUCTION:
+        return max(2, policy["min_approvals"])
+    return {Stage.DEVELOPMENT: 0, Stage.STAGING: 1}.get(facts["stage"], 0)
+
+
+def _promote(promotion: Promotion, *, actor, decision, approvals, facts) -> None:
+    """Move the stage pointer (atomically, under the workflow lock) and sign the attestation."""
+    now = timezone.now()
+    pointer = StagePointer.objects.select_for_update().filter(workflow_id=promotion.workflow_id,
+                                                              stage=promotion.stage).first()
+    previous = pointer.version if pointer else None
+    if pointer is None:
+        StagePointer.objects.create(tenant=promotion.tenant, workflow_id=promotion.workflow_id, stage=promotion.stage,
+                                    version=promotion.version, updated_at=now)
+    else:
+        pointer.version, pointer.updated_at = promotion.version, now
+        pointer.save(update_fields=["version", "updated_at"])
+    Promotion.objects.filter(workflow_id=promotion.workflow_id, stage=promotion.stage, state=PromotionState.PROMOTED,
+                             superseded_at__isnull=True).exclude(pk=promotion.pk).update(superseded_at=now)
+    promotion.previous_version = previous
+    promotion.state, promotion.promoted_at = PromotionState.PROMOTED, now
+    statement = attestations.statement(
+        subject_name=f"{promotion.tenant.slug}/{promotion.workflow.name}@{promotion.version.number}",
+        digest=promotion.version.digest,
+        predicate={
+            "tenant": promotion.tenant.slug, "workflow": promotion.workflow.name,
+            "version": promotion.version.number, "version_digest": promotion.version.digest,
+            "stage": promotion.stage, "kind": promotion.kind, "promotion": str(promotion.public_id),
+            "requested_by": promotion.requested_by.username, "promoted_at": _rfc3339(now),
+            "decision_ids": promotion.decisions, "final_decision_id": str(decision.decision_id),
+            "policy_revision": decision.policy_revision, "policy_engine": decision.engine,
+            "binding_digest": promotion.binding_digest,
+            "approvers": [{"user": a.user.username, "approved_at": _rfc3339(a.created_at), "otp_device": a.otp_device}
+                          for a in approvals],
+            "exemptions": facts["exemptions"],
+            "metrics_artifact": facts["metrics_artifact"],
+            "previous_version_digest": previous.digest if previous else "",
+        })
+    try:
+        promotion.attestation = attestations.sign_statement(statement, platform_keyring())
+    except KeyringError as exc:
+        raise AttestationUnavailable(f"The platform cannot sign the promotion attestation: {exc}") from None
+    promotion.attestation_digest = attestations.bundle_digest(promotion.attestation)
+    promotion.save()
+    record(action="promotion.promote", actor=actor_for(actor), tenant=promotion.tenant.slug, target=_target(promotion),
+           data={**_summary(promotion), "previous_version_digest": previous.digest if previous else "",
+                 "decision_id": str(decision.decision_id), "policy_revision": decision.policy_revision,
+                 "approvers": [a.user.username for a in approvals], "attestation_digest": promotion.attestation_digest})
+
+
+def platform_public_keys() -> dict[str, str]:
+    return {key.kid: key.public_pem for key in platform_keyring().keys()}
+
+
+# Expiry ----------------------------------------------------------------------------------
+
+
+def promotions_expire(*, moment=None) -> int:
+    """Close every open request past its expiry (a beat task). The candidates are read on the
+    platform alias, which sees every tenant; each is then closed under its own tenant."""
+    moment = moment or timezone.now()
+    due = list(Promotion.objects.using("platform").filter(state__in=OPEN_PROMOTION_STATES, expires_at__lte=moment)
+               .values_list("pk", "tenant_id", "workflow_id"))
+    closed = 0
+    for pk, tenant_id, workflow_id in due:
+        with transaction.atomic():
+            bind_rls(tenant_id=tenant_id)
+            promotion = _locked(Promotion(pk=pk, workflow_id=workflow_id))
+            if promotion.is_open and promotion.expires_at <= moment:
+                _expire(promotion)
+                closed += 1
+    return closed
+
+
+def _expire(promotion: Promotion) -> None:
+    _close(promotion, PromotionState.EXPIRED, reason="The request passed its expiry without a decision.")
+    record(action="promotion.expire", actor=Actor.system("promotions"), tenant=promotion.tenant.slug,
+           target=_target(promotion), data=_summary(promotion))
+
+
+def _expire_if_due(promotion: Promotion) -> None:
+    """In its own transaction, so the expiry stands when the decision asked for is refused."""
+    if promotion.is_open and promotion.expires_at <= timezone.now():
+        with transaction.atomic():
+            bind_rls(tenant_id=promotion.tenant_id)
+            locked = _locked(promotion)
+            if locked.is_open:
+                _expire(locked)
+        raise Conflict("This promotion request has expired; ask again.", code="promotion_expired")
+
+
+# Decisions by people ---------------------------------------------------------------------
+
+
+def _decide_as_approver(*, actor, promotion: Promotion, otp_token: str, verdict: str, comment: str, via: str,
+                        binding_digest: str | None) -> Promotion:
+    require_person(actor, f"{verdict} a promotion")
+    require(actor, promotion.tenant, "approve")
+    device = step_up_verify(user=actor, otp_token=otp_token, purpose=f"promotion.{verdict}")
+    _expire_if_due(promotion)
+    with transaction.atomic():
+        require(actor, promotion.tenant, "approve")
+        bind_rls(tenant_id=promotion.tenant_id)
+        promotion = _locked(promotion)
+        if promotion.state != PromotionState.AWAITING_APPROVAL:
+            raise Conflict(f"This promotion is {promotion.state.replace('_', ' ')}, not awaiting approval.",
+                           code="promotion_not_awaiting_approval")
+        if promotion.expires_at <= timezone.now():
+            raise Conflict("This promotion request has expired; ask again.", code="promotion_expired")
+        if actor.pk in (promotion.requested_by_id, promotion.version.created_by_id):
+            raise Forbidden("You asked for this promotion or wrote this version; someone else must approve it.",
+                            code="separation_of_duties")
+        facts = policy_input(promotion, moment=timezone.now())
+        binding, revision = binding_of(facts), get_engine().revision
+        if binding_digest and binding_digest != binding:
+            raise Conflict("What you reviewed has changed since (artifacts, policy data, waivers or overrides): "
+                           "review the promotion again.", code="binding_changed")
+        if (binding, revision) != (promotion.binding_digest, promotion.policy_revision):
+            promotion.binding_digest, promotion.policy_revision = binding, revision
+            promotion.save(update_fields=["binding_digest", "policy_revision"])
+        if promotion.approvals.filter(user=actor, binding_digest=binding, policy_revision=revision).exists():
+            raise Conflict("You have already decided on this promotion as it stands.", code="already_decided")
+        approval = Approval.objects.create(
+            tenant=promotion.tenant, promotion=promotion, user=actor, verdict=verdict, comment=(comment or "")[:2000],
+            version_digest=promotion.version.digest, binding_digest=binding, policy_revision=revision,
+            otp_device=device.persistent_id, via=via,
+            token=getattr(getattr(actor, "api_token", None), "public_id", "") or "")
+        record(action=f"promotion.{verdict}", actor=actor_for(actor), tenant=promotion.tenant.slug,
+               target=_target(promotion),
+               data={**_summary(promotion), "approval": approval.pk, "binding_digest": binding,
+                     "policy_revision": revision, "otp_device": device.persistent_id, "via": via,
+                     "comment": approval.comment})
+        if verdict == Approval.Verdict.REJECT:
+            _close(promotion, PromotionState.REJECTED, by=actor, reason=f"Rejected by {actor.username}: {comment}")
+        else:
+            _advance(promotion, actor=actor)
+    return promotion
+
+
+def promotion_approve(*, actor, promotion: Promotion, otp_token: str, comment: str = "", via: str = "api",
+                      binding_digest: str | None = None) -> Promotion:
+    return _decide_as_approver(actor=actor, promotion=promotion, otp_token=otp_token, verdict=Approval.Verdict.APPROVE,
+                               comment=comment, via=via, binding_digest=binding_digest)
+
+
+def promotion_reject(*, actor, promotion: Promotion, otp_token: str, comment: str, via: str = "api") -> Promotion:
+    if not (comment or "").strip():
+        raise Invalid("Say why you reject it.", field="comment")
+    return _decide_as_approver(actor=actor, promotion=promotion, otp_token=otp_token, verdict=Approval.Verdict.REJECT,
+                               comment=comment, via=via, binding_digest=None)
+
+
+def promotion_withdraw(*, actor, promotion: Promotion, reason: str = "") -> Promotion:
+    with transaction.atomic():
+        require(actor, promotion.tenant, "view")
+        bind_rls(tenant_id=promotion.tenant_id)
+        promotion = _locked(promotion)
+        if actor.pk != promotion.requested_by_id and not can(actor, promotion.tenant, "admin"):
+            raise Forbidden("Only the requester or a tenant admin can withdraw a promotion request.")
+        if not promotion.is_open:
+            raise Conflict(f"This promotion is already {promotion.state}.", code="promotion_closed")
+        _close(promotion, PromotionState.WITHDRAWN, by=actor, reason=reason or f"Withdrawn by {actor.username}.")
+        record(action="promotion.withdraw", actor=actor_for(actor), tenant=promotion.tenant.slug,
+               target=_target(promotion), data={**_summary(promotion), "reason": promotion.close_reason})
+    return promotion
+
+
+def promotion_recheck(*, actor, promotion: Promotion) -> Promotion:
+    """Evaluate again, for example after a waiver was approved or an artifact re-signed."""
+    _expire_if_due(promotion)
+    with transaction.atomic():
+        require(actor, promotion.tenant, "view")
+        if not (can(actor, promotion.tenant, "develop") or can(actor, promotion.tenant, "admin")):
+            raise Forbidden("Developers and tenant admins re-check promotions.")
+        bind_rls(tenant_id=promotion.tenant_id)
+        promotion = _locked(promotion)
+        if promotion.state not in (PromotionState.CHECKED, PromotionState.AWAITING_APPROVAL):
+            raise Conflict(f"This promotion is {promotion.state}; only an open one can be checked again.",
+                           code="promotion_closed")
+        _advance(promotion, actor=actor)
+    return promotion
+
+
+# Overrides of soft-mandatory violations --------------------------------------------------
+
+
+def promotion_override_request(*, actor, promotion: Promotion, rule: str, justification: str) -> PromotionOverride:
+    """A tenant admin asks to override one soft-mandatory violation; a second person confirms."""
+    if not (justification or "").strip():
+        raise Invalid("An override needs a justification.", field="justification")
+    require_person(actor, "override a policy violation")
+    with transaction.atomic():
+        require(actor, promotion.tenant, "admin")
+        bind_rls(tenant_id=promotion.tenant_id)
+        promotion = _locked(promotion)
+        if promotion.state != PromotionState.CHECKED:
+            raise Conflict("Only a promotion held by soft-mandatory violations can be overridden.",
+                           code="promotion_not_checked")
+        soft = {v["rule"] for v in promotion.violations if v["level"] == "soft-mandatory" and not v.get("exempt")}
+        if rule not in soft:
+            hard = {v["rule"] for v in promotion.violations if v["level"] == "hard-mandatory"}
+            why = "it is hard-mandatory: nobody can override it" if rule in hard else "it is not violated here"
+            raise Invalid(f"{rule} cannot be overridden: {why}.", field="rule", code="not_overridable")
+        if promotion.overrides.filter(rule=rule).exists():
+            raise Conflict(f"An override of {rule} was already asked for.", code="override_exists")
+        override = PromotionOverride.objects.create(tenant=promotion.tenant, promotion=promotion, rule=rule,
+                                                    justification=justification.strip()[:2000], requested_by=actor)
+        record(action="promotion.override_request", actor=actor_for(actor), tenant=promotion.tenant.slug,
+               target=_target(promotion), data={**_summary(promotion), "rule": rule, "override": override.pk,
+                                                "justification": override.justification})
+    return override
+
+
+def promotion_override_confirm(*, actor, override: PromotionOverride, otp_token: str) -> Promotion:
+    """A second person (tenant admin or approver, not the one who asked) confirms with a fresh
+    OTP; the promotion is checked again at once."""
+    require_person(actor, "confirm an override")
+    promotion = override.promotion
+    if not (can(actor, promotion.tenant, "admin") or can(actor, promotion.tenant, "approve")):
+        require(actor, promotion.tenant, "approve")
+    device = step_up_verify(user=actor, otp_token=otp_token, purpose="promotion.override_confirm")
+    _expire_if_due(promotion)
+    with transaction.atomic():
+        bind_rls(tenant_id=promotion.tenant_id)
+        promotion = _locked(promotion)
+        override = PromotionOverride.objects.select_for_update().get(pk=override.pk)
+        if override.confirmed_at is not None:
+            raise Conflict("This override is already confirmed.", code="override_confirmed")
+        if override.requested_by_id == actor.pk:
+            raise Forbidden("An override needs a second person: someone other than who asked must confirm it.",
+                            code="separation_of_duties")
+        if promotion.state != PromotionState.CHECKED:
+            raise Conflict(f"This promotion is {promotion.state}; the override no longer applies.",
+                           code="promotion_not_checked")
+        override.confirmed_by, override.confirmed_at = actor, timezone.now()
+        override.save(update_fields=["confirmed_by", "confirmed_at"])
+        record(action="promotion.override_confirm", actor=actor_for(actor), tenant=promotion.tenant.slug,
+               target=_target(promotion), data={**_summary(promotion), "rule": override.rule, "override": override.pk,
+                                                "otp_device": device.persistent_id})
+        _advance(promotion, actor=actor)
+    return promotion
+
+
+def promotion_by_id(*, actor, tenant: Tenant, public_id) -> Promotion:
+    promotion = (Promotion.objects.restrict(actor, "view").filter(tenant=tenant, public_id=public_id)
+                 .select_related("tenant", "workflow", "version__created_by", "requested_by", "metrics_artifact")
+                 .first())
+    if promotion is None:
+        raise NotFound("No such promotion.")
+    return promotion
+
