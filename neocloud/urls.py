@@ -2,6 +2,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from compliance import urls as compliance_urls
+from policies import tenant_api as policy_tenant_api
 from tenants import urls as tenant_urls
 from workflows import urls as workflow_urls
 from tenants.errors_views import handler403, handler404, handler500  # noqa: F401  (Django looks them up here)
@@ -9,6 +10,7 @@ from tenants.errors_views import handler403, handler404, handler500  # noqa: F40
 api_v1 = [
     *tenant_urls.api_urlpatterns,
     *workflow_urls.api_urlpatterns,
+    *policy_tenant_api.api_urlpatterns,
     *compliance_urls.api_urlpatterns,
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
