@@ -2,6 +2,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from compliance import urls as compliance_urls
+from policies import console as policy_console
 from policies import tenant_api as policy_tenant_api
 from tenants import urls as tenant_urls
 from workflows import urls as workflow_urls
@@ -20,5 +21,6 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     *tenant_urls.console_urlpatterns,
     *workflow_urls.console_urlpatterns,
+    *policy_console.console_urlpatterns,
     *compliance_urls.console_urlpatterns,
 ]

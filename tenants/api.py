@@ -1,13 +1,10 @@
 """The tenant-scoped API base view: every route under /api/v1/tenants/<tenant>/ uses it."""
 
-from contextlib import contextmanager
-
-from django.db import transaction
 from rest_framework import generics, status
 from rest_framework.response import Response
 
 from .access import tenant_for
-from .db import bind_rls
+from .db import tenant_reads
 
 
 class TenantScopedMixin:
@@ -31,13 +28,9 @@ class TenantScopedMixin:
         self.tenant = tenant_for(request.user, kwargs["tenant"], "view",
                                  context={"method": request.method, "path": request.path})
 
-    @contextmanager
     def tenant_reads(self):
-        """A transaction with the row-level security context bound, for reads in views that
-        run outside the request's transaction (streaming uploads, kept verifications)."""
-        with transaction.atomic():
-            bind_rls(user_id=self.request.user.pk, tenant_id=self.tenant.pk)
-            yield
+        """Reads in views that run outside the request's transaction (see tenants.db.tenant_reads)."""
+        return tenant_reads(self.request.user, self.tenant)
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation: no request, no tenant

@@ -176,14 +176,14 @@ class HomeView(LoginRequiredMixin, View):
             try:
                 tenant = services.tenant_create(actor=request.user, **form.cleaned_data)
             except DomainError as exc:
-                _form_error(form, exc)
+                form_error(form, exc)
             else:
                 messages.success(request, f"Tenant {tenant.slug} created.")
                 return redirect("tenant", tenant=tenant.slug)
         return self.get(request, form=form, status=400)
 
 
-def _form_error(form, exc: DomainError):
+def form_error(form, exc: DomainError):
     form.add_error(exc.field if exc.field in form.fields else None, exc.detail)
 
 
@@ -261,7 +261,7 @@ class _TenantAction(TenantConsoleMixin, View):
                 if form is None:
                     messages.error(request, exc.detail)
                     return redirect("tenant", tenant=self.tenant.slug)
-                _form_error(form, exc)
+                form_error(form, exc)
             else:
                 if isinstance(result, dict):
                     return TenantView.get(self, request, tenant, issued=result)

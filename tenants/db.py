@@ -14,8 +14,10 @@ transaction. Outside a transaction the setting does not survive the statement, s
 tenant reads then see nothing: the failure mode is closed.
 """
 
+from contextlib import contextmanager
+
 from django.conf import settings
-from django.db import connections, migrations
+from django.db import connections, migrations, transaction
 
 from audit.appendonly import APPEND_ONLY_TABLES
 
@@ -52,6 +54,15 @@ def bind_rls(*, user_id=None, tenant_id=None, token_hash=None, using: str = "def
     sql = "SELECT " + ", ".join("set_config(%s, %s, true)" for _ in pairs)
     with connection.cursor() as cursor:
         cursor.execute(sql, [item for pair in pairs for item in pair])
+
+
+@contextmanager
+def tenant_reads(user, tenant):
+    """A transaction with the row-level security context bound, for reads in views that run
+    outside the request's transaction (streaming uploads, step-up decisions)."""
+    with transaction.atomic():
+        bind_rls(user_id=user.pk, tenant_id=tenant.pk)
+        yield
 
 
 class EnableTenantRLS(migrations.operations.base.Operation):

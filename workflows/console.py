@@ -3,18 +3,22 @@
 import json
 
 from django import forms
+from django.contrib import messages
 from django.db.models import Max, Prefetch
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views import View
 
-from tenants.console import TenantConsoleMixin
+from policies.rules import RULES
+from policies.services import tenant_policy_of
+from tenants.console import TenantConsoleMixin, form_error
+from tenants.db import tenant_reads
 from tenants.errors import DomainError
 
-from . import trust
+from . import promotions, trust
 
 from .diff import version_diff
-from .models import Artifact, StagePointer, Workflow, WorkflowVersion
+from .models import Artifact, Promotion, PromotionState, Stage, StagePointer, Workflow, WorkflowVersion
 from .selectors import signature_status, with_verifications
 
 
@@ -151,3 +155,160 @@ class TrustPage(TenantConsoleMixin, View):
             field = {"public_keys": "public_key"}.get(field, field)  # the API's name for the form's field
             form.add_error(field if field in form.fields else None, exc.detail)
         return self.get(request, tenant, key_form=key_form, lists_form=lists_form, status=400)
+
+
+# Promotions ------------------------------------------------------------------------------
+
+
+class PromotionRequestForm(forms.Form):
+    workflow = forms.CharField(max_length=64)
+    version = forms.IntegerField(min_value=1)
+    stage = forms.ChoiceField(choices=Stage.choices)
+    justification = forms.CharField(max_length=2000, required=False, widget=forms.Textarea(attrs={"rows": 2}))
+
+
+class StepUpForm(forms.Form):
+    otp_token = forms.CharField(max_length=8, label="One-time password", required=False,
+                                widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}))
+    comment = forms.CharField(max_length=2000, required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    binding_digest = forms.CharField(max_length=71, required=False, widget=forms.HiddenInput)
+
+
+class OverrideForm(forms.Form):
+    rule = forms.CharField(max_length=100)
+    justification = forms.CharField(max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
+
+
+def _promotions(request, tenant):
+    return (Promotion.objects.restrict(request.user, "view").filter(tenant=tenant)
+            .select_related("workflow", "version", "requested_by"))
+
+
+class PromotionQueuePage(TenantConsoleMixin, View):
+    """The approver's queue (what waits for a decision) and recent requests."""
+
+    def get(self, request, tenant, form=None, status=200):
+        promotions = _promotions(request, self.tenant)
+        return render(request, "workflows/promotions.html", {
+            "tenant": self.tenant,
+            "waiting": promotions.filter(state=PromotionState.AWAITING_APPROVAL).order_by("requested_at"),
+            "held": promotions.filter(state=PromotionState.CHECKED).order_by("requested_at"),
+            "recent": promotions.exclude(state__in=[PromotionState.AWAITING_APPROVAL, PromotionState.CHECKED])[:50],
+            "can_request": self.can("develop"),
+            "form": form or PromotionRequestForm(auto_id="promotion_%s"),
+        }, status=status)
+
+    def post(self, request, tenant):
+        form = PromotionRequestForm(request.POST, auto_id="promotion_%s")
+        if form.is_valid():
+            data = form.cleaned_data
+            version = WorkflowVersion.objects.restrict(request.user, "view").filter(
+                tenant=self.tenant, workflow__name=data["workflow"], number=data["version"]).first()
+            if version is None:
+                form.add_error("version", f"No version {data['version']} of workflow {data['workflow']}.")
+            else:
+                try:
+                    promotion = promotions.promotion_request(actor=request.user, tenant=self.tenant, version=version,
+                                                             stage=data["stage"], justification=data["justification"])
+                except DomainError as exc:
+                    self.refuse_if_forbidden(exc)
+                    form_error(form, exc)
+                else:
+                    return redirect("promotion", tenant=self.tenant.slug, promotion=promotion.public_id)
+        return self.get(request, tenant, form=form, status=400)
+
+
+class PromotionPage(TenantConsoleMixin, View):
+    """One promotion, explained rule by rule, with what approvers decide on."""
+
+    def promotion(self):
+        try:
+            return promotions.promotion_by_id(actor=self.request.user, tenant=self.tenant,
+                                              public_id=self.kwargs["promotion"])
+        except DomainError:
+            raise Http404("No such promotion.") from None
+
+    def get(self, request, tenant, promotion, forms=None, status=200):
+        with tenant_reads(request.user, self.tenant):
+            return self._render(request, self.promotion(), forms or {}, status)
+
+    def _render(self, request, promotion, forms, status):
+        version, policy = promotion.version, tenant_policy_of(self.tenant)
+        artifacts = with_verifications(Artifact.objects.restrict(request.user, "view").filter(
+            tenant=self.tenant, version_links__version=version).order_by("name"))
+        metrics = promotions.metrics_of(promotion.metrics_artifact)
+        thresholds = [{"name": name, "minimum": minimum, "value": metrics.get(name),
+                       "met": isinstance(metrics.get(name), (int, float)) and metrics[name] >= minimum}
+                      for name, minimum in sorted(policy.metrics_thresholds.items())]
+        pointer = StagePointer.objects.filter(workflow=promotion.workflow, stage=promotion.stage).select_related(
+            "version").first()
+        current = pointer.version if pointer and pointer.version_id != version.pk else None
+        approvals = list(promotion.approvals.select_related("user"))
+        overrides = list(promotion.overrides.select_related("requested_by", "confirmed_by"))
+        return render(request, "workflows/promotion.html", {
+            "tenant": self.tenant, "promotion": promotion, "version": version,
+            "violations": promotion.violations, "rules": RULES,
+            "artifacts": [(a, signature_status(a)) for a in artifacts],
+            "thresholds": thresholds, "metrics_artifact": promotion.metrics_artifact,
+            "current": current, "diff": version_diff(current, version) if current else None,
+            "approvals": [(a, a.is_current_for(promotion)) for a in approvals], "overrides": overrides,
+            "can_approve": self.can("approve") and promotion.state == PromotionState.AWAITING_APPROVAL,
+            "can_override": self.can("admin") and promotion.state == PromotionState.CHECKED,
+            "can_confirm": (self.can("admin") or self.can("approve")) and promotion.state == PromotionState.CHECKED,
+            "can_withdraw": promotion.is_open and (request.user.pk == promotion.requested_by_id or self.can("admin")),
+            "can_recheck": promotion.state in (PromotionState.CHECKED, PromotionState.AWAITING_APPROVAL)
+                           and (self.can("develop") or self.can("admin")),
+            "stepup_form": forms.get("stepup") or StepUpForm(initial={"binding_digest": promotion.binding_digest},
+                                                             auto_id="stepup_%s"),
+            "override_form": forms.get("override") or OverrideForm(auto_id="override_%s"),
+            "confirm_form": forms.get("confirm") or StepUpForm(auto_id="confirm_%s"),
+        }, status=status)
+
+    def post(self, request, tenant, promotion):
+        """Every decision here commits in steps of its own (the OTP is spent first), so this
+        route is non-atomic; reads bind the tenant in transactions of their own."""
+        action = request.POST.get("action", "")
+        with tenant_reads(request.user, self.tenant):
+            subject = self.promotion()
+        form_key = {"approve": "stepup", "reject": "stepup", "override": "override", "confirm": "confirm"}.get(action)
+        form_class = {"stepup": StepUpForm, "override": OverrideForm, "confirm": StepUpForm}.get(form_key)
+        form = form_class(request.POST, auto_id=f"{form_key}_%s") if form_class else None
+        if form is None or form.is_valid():
+            data = form.cleaned_data if form else {}
+            try:
+                self._perform(request, action, subject, data)
+            except DomainError as exc:
+                self.refuse_if_forbidden(exc)
+                if form is None:
+                    messages.error(request, exc.detail)
+                    return redirect("promotion", tenant=self.tenant.slug, promotion=subject.public_id)
+                form_error(form, exc)
+            else:
+                return redirect("promotion", tenant=self.tenant.slug, promotion=subject.public_id)
+        with tenant_reads(request.user, self.tenant):
+            return self._render(request, self.promotion(), {form_key: form}, 400)
+
+    def _perform(self, request, action, subject, data):
+        user = request.user
+        if action == "approve":
+            promotions.promotion_approve(actor=user, promotion=subject, otp_token=data["otp_token"],
+                                         comment=data["comment"], via="console",
+                                         binding_digest=data["binding_digest"] or None)
+        elif action == "reject":
+            promotions.promotion_reject(actor=user, promotion=subject, otp_token=data["otp_token"],
+                                        comment=data["comment"], via="console")
+        elif action == "override":
+            promotions.promotion_override_request(actor=user, promotion=subject, rule=data["rule"],
+                                                  justification=data["justification"])
+        elif action == "confirm":
+            with tenant_reads(user, self.tenant):
+                override = subject.overrides.filter(pk=request.POST.get("override")).first()
+            if override is None:
+                raise DomainError("No such override.", field="otp_token")
+            promotions.promotion_override_confirm(actor=user, override=override, otp_token=data["otp_token"])
+        elif action == "withdraw":
+            promotions.promotion_withdraw(actor=user, promotion=subject)
+        elif action == "recheck":
+            promotions.promotion_recheck(actor=user, promotion=subject)
+        else:
+            raise DomainError("Unknown action.")

@@ -272,6 +272,10 @@ class Promotion(models.Model):
     def is_open(self) -> bool:
         return self.state in OPEN_PROMOTION_STATES
 
+    @property
+    def state_label(self) -> str:
+        return self.state.replace("_", " ").capitalize()
+
 
 class Approval(models.Model):
     """One person's approve or reject of a promotion, with the one-time password that backed it

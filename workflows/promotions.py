@@ -77,7 +77,7 @@ def _artifacts(version: WorkflowVersion) -> list[tuple[Artifact, object]]:
     return [(artifact, signature_status(artifact)) for artifact in artifacts]
 
 
-def _metrics_of(artifact: Artifact | None) -> dict:
+def metrics_of(artifact: Artifact | None) -> dict:
     """The numbers of a metrics artifact, read from the store (the upload check made them a
     JSON object of finite numbers). Numbers typed into a request never get here."""
     if artifact is None:
@@ -122,7 +122,7 @@ def policy_input(promotion: Promotion, *, moment) -> dict:
         },
         "tenant": {"slug": tenant.slug, "jurisdiction": tenant.jurisdiction, "quota": quota,
                    "policy": policy_data_document(tenant_policy_of(tenant))},
-        "metrics": _metrics_of(promotion.metrics_artifact),
+        "metrics": metrics_of(promotion.metrics_artifact),
         "metrics_artifact": promotion.metrics_artifact.digest if promotion.metrics_artifact else "",
         "requester": promotion.requested_by.username,
         "stages_reached": _stages_reached(version),

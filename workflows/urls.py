@@ -60,4 +60,6 @@ console_urlpatterns = [
          name="workflow-version"),
     path("t/<slug:tenant>/artifacts/", console.ArtifactListPage.as_view(), name="artifacts"),
     path("t/<slug:tenant>/trust/", console.TrustPage.as_view(), name="trust"),
+    path("t/<slug:tenant>/promotions/", console.PromotionQueuePage.as_view(), name="promotions"),
+    path("t/<slug:tenant>/promotions/<uuid:promotion>/", committing(console.PromotionPage), name="promotion"),
 ]
