@@ -249,8 +249,9 @@ _lock = threading.Lock()
 def get_engine() -> Engine:
     """The configured engine (``POLICY_ENGINE``), one per process and policy revision."""
     kind = settings.POLICY_ENGINE
+    key = (kind, settings.OPA_URL if kind == "opa" else "")
     with _lock:
-        engine = _engines.get(kind)
+        engine = _engines.get(key)
         if engine is None or engine.revision != PolicySource.load().revision:
             if kind == "embedded":
                 engine = EmbeddedEngine()
@@ -258,7 +259,7 @@ def get_engine() -> Engine:
                 engine = OpaServerEngine()
             else:
                 raise ValueError(f"POLICY_ENGINE must be embedded or opa, not {kind!r}.")
-            _engines[kind] = engine
+            _engines[key] = engine
     return engine
 
 

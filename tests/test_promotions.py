@@ -442,3 +442,37 @@ def test_parallel_requests_for_the_same_stage_open_only_one(gate, world, api):
         thread.join()
     assert sorted(results) == [201, 409, 409]
     assert Promotion.objects.using("owner").filter(stage="staging").count() == 1
+
+
+# Revocation --------------------------------------------------------------------------------
+
+
+def test_removing_a_signer_from_trust_blocks_the_versions_it_signed_until_re_signed(gate, world):
+    number = gate.version()
+    gate.promote(number, "development")
+    _, other_public = signing.generate_key_pair()
+    assert gate.admin.put(f"{T}/trust/", {"public_keys": {"ci-2027": other_public.decode()}}).status_code == 200
+    revoked = AuditEvent.objects.using("owner").filter(action="signature.revoke")
+    assert revoked.count() == 2  # the model and the metrics artifact
+    body = gate.request(number, "staging").json()
+    assert body["state"] == "rejected" and "baseline.artifacts_signed" in rules(body)
+    version = gate.developer.get(f"{T}/workflows/fraud-detector/versions/{number}/").json()
+    detail = gate.developer.get(f"{T}/artifacts/scorer/{version['artifacts'][0]}/")
+    if detail.status_code != 200:
+        detail = gate.developer.get(f"{T}/artifacts/scorer/{version['artifacts'][1]}/")
+    [signature] = detail.json()["signatures"]
+    assert "removed from the trust configuration" in json.dumps(signature)
+
+
+def test_an_opa_server_that_is_down_denies_the_promotion_and_the_decision_is_audited(gate, settings):
+    from policies.models import PolicyDecision
+
+    number = gate.version()
+    settings.POLICY_ENGINE, settings.OPA_URL, settings.OPA_TIMEOUT_SECONDS = "opa", "http://127.0.0.1:9", 1
+    body = gate.request(number, "development").json()
+    assert body["state"] == "rejected" and "could not be evaluated" in body["close_reason"]
+    decision = PolicyDecision.objects.using("owner").get()
+    assert decision.engine == "opa" and not decision.allow and "failed" in decision.error
+    event = AuditEvent.objects.using("owner").get(action="policy.decide")
+    assert event.outcome == "failed" and event.data["error"] == decision.error
+    assert not StagePointer.objects.using("owner").exists()

@@ -96,6 +96,7 @@ def trust_config_update(*, actor, tenant: Tenant, public_keys=None, ca_roots=Non
         bind_rls(tenant_id=tenant.pk)
         config = TrustConfiguration.objects.select_for_update().filter(tenant=tenant).first() \
             or TrustConfiguration(tenant=tenant)
+        before = _signers(config)
         for field, value in changes.items():
             setattr(config, field, value)
         config.revision += 1
@@ -108,7 +109,43 @@ def trust_config_update(*, actor, tenant: Tenant, public_keys=None, ca_roots=Non
                      "ca_roots": [_fingerprint(pem) for pem in config.ca_roots],
                      "allowed_identities": config.allowed_identities,
                      "sigstore_identities": config.sigstore_identities})
+        _revoke_removed_signers(actor=actor, tenant=tenant, before=before, config=config)
     return config
+
+
+def _signers(config: TrustConfiguration) -> dict:
+    """Who the configuration trusts, by verification mode: what a passing verification names."""
+    return {"key": set(config.public_keys), "certificate": set(config.allowed_identities),
+            "keyless": {pair[0] for pair in config.sigstore_identities}, "roots": set(config.ca_roots)}
+
+
+def _revoke_removed_signers(*, actor, tenant: Tenant, before: dict, config: TrustConfiguration) -> None:
+    """A signer removed from the trust configuration no longer vouches for anything: every
+    artifact whose standing verification it backed gets a failed verification on record, so
+    the versions using it cannot be promoted (nor run in production) until re-signed."""
+    after = _signers(config)
+    removed = {mode: before[mode] - after[mode] for mode in ("key", "certificate", "keyless")}
+    roots_removed = bool(before["roots"] - after["roots"])  # any certificate may chain to the removed root
+    latest = {}
+    for verification in Verification.objects.filter(tenant=tenant).select_related("artifact").order_by("performed_at", "id"):
+        latest[verification.signature_id] = verification
+    for verification in latest.values():
+        if not verification.verified:
+            continue
+        mode = verification.mode
+        if verification.identity in removed.get(mode, ()) or (mode == "certificate" and roots_removed):
+            what = "a CA root" if verification.identity not in removed.get(mode, ()) else verification.identity
+            reason = (f"Revoked: {what} was removed from the trust configuration (revision {config.revision}); "
+                      "re-sign the artifact with a trusted signer.")
+            Verification.objects.create(
+                tenant=tenant, artifact_id=verification.artifact_id, signature_id=verification.signature_id,
+                verified=False, mode=mode, identity=verification.identity, reason=reason,
+                trust_revision=config.revision, performed_by=actor.username)
+            artifact = verification.artifact
+            record(action="signature.revoke", actor=actor_for(actor), tenant=tenant.slug,
+                   target=Target("artifact", f"{artifact.name}@{artifact.digest}"), outcome="failed",
+                   data={"signature": verification.signature_id, "identity": verification.identity, "mode": mode,
+                         "trust_revision": config.revision})
 
 
 def _library_trust(config: TrustConfiguration) -> signing.TrustConfig:
