@@ -2,8 +2,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from compliance import urls as compliance_urls
-from policies import console as policy_console
-from policies import tenant_api as policy_tenant_api
+from policies import urls as policy_urls
 from tenants import urls as tenant_urls
 from workflows import urls as workflow_urls
 from tenants.errors_views import handler403, handler404, handler500  # noqa: F401  (Django looks them up here)
@@ -11,7 +10,7 @@ from tenants.errors_views import handler403, handler404, handler500  # noqa: F40
 api_v1 = [
     *tenant_urls.api_urlpatterns,
     *workflow_urls.api_urlpatterns,
-    *policy_tenant_api.api_urlpatterns,
+    *policy_urls.api_urlpatterns,
     *compliance_urls.api_urlpatterns,
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
@@ -21,6 +20,6 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     *tenant_urls.console_urlpatterns,
     *workflow_urls.console_urlpatterns,
-    *policy_console.console_urlpatterns,
+    *policy_urls.console_urlpatterns,
     *compliance_urls.console_urlpatterns,
 ]

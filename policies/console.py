@@ -53,7 +53,7 @@ class PolicyDataForm(forms.Form):
 class WaiverForm(forms.Form):
     rule = forms.ChoiceField(choices=[(r, r) for r in RULES])
     reason = forms.CharField(max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
-    ticket_url = forms.URLField(max_length=500, label="Ticket link")
+    ticket_url = forms.URLField(max_length=500, label="Ticket link", assume_scheme="https")
     expires_at = forms.DateTimeField(label="Expires at (UTC, YYYY-MM-DD HH:MM)")
 
 

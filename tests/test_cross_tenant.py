@@ -101,6 +101,9 @@ PATH_VALUES = {
     "number": lambda scene: scene.version.number,
     "name": lambda scene: scene.artifact.name,
     "digest": lambda scene: scene.artifact.digest,
+    "promotion": lambda scene: scene.promotion.public_id,
+    "override": lambda scene: scene.override.pk,
+    "waiver": lambda scene: scene.waiver.pk,
 }
 
 
@@ -133,6 +136,16 @@ def api_payload(scene, name, method):
         ("api-quota-detail", "PUT"): {"nominal": 512, "borrowing_limit": 512},
         ("api-version-list", "POST"): {"spec": {**scene.version.spec, "description": "intruder"}},
         ("api-artifact-upload", "POST"): {"files": {"config.json": scene.artifact.digest}},
+        ("api-promotion-list", "POST"): {"workflow": scene.version.workflow.name, "version": scene.version.number,
+                                         "stage": "staging"},
+        ("api-promotion-approve", "POST"): {"otp_token": "123456"},
+        ("api-promotion-reject", "POST"): {"otp_token": "123456", "comment": "intruder"},
+        ("api-promotion-overrides", "POST"): {"rule": "baseline.base_model_allowed", "justification": "intruder"},
+        ("api-promotion-override-confirm", "POST"): {"otp_token": "123456"},
+        ("api-policy-data", "PUT"): {"min_approvals": 5},
+        ("api-waiver-list", "POST"): {"rule": "baseline.base_model_allowed", "reason": "intruder",
+                                      "ticket_url": "https://tickets.example/1", "expires_at": "2099-01-01T00:00:00Z"},
+        ("api-waiver-approve", "POST"): {"otp_token": "123456"},
     }.get((name, method), {})
 
 
@@ -143,6 +156,9 @@ def console_form(scene, name):
         "tenant-member-role": {"role": "tenant_admin"},
         "tenant-service-account-add": {"name": "intruder", "role": "developer"},
         "tenant-token-issue": {"name": "intruder", "expires_in_days": "1", "service_account": ""},
+        "promotions": {"workflow": scene.version.workflow.name, "version": scene.version.number, "stage": "staging"},
+        "promotion": {"action": "withdraw"},
+        "policy": {"action": "data", "min_approvals": "5", "rollback_min_approvals": "1"},
     }.get(name, {})
 
 
@@ -158,6 +174,9 @@ class Scene:
     flavor: object  # a GPU flavor world.a holds a quota for
     version: object  # version 1 of a workflow in world.a
     artifact: object  # a stored artifact of world.a
+    promotion: object  # the promotion of that version to development
+    override: object  # an override asked for on it
+    waiver: object  # a waiver of world.a
 
 
 def on_default(obj):
@@ -203,9 +222,25 @@ def scene(world):
     version, _ = workflow_version_register(actor=developer, tenant=tenant, artifact_digests=[artifact.digest], spec={
         "name": "fraud-detector",
         "steps": [{"name": "train", "command": ["python", "train.py"], "gpu": {"flavor": "h100-80gb", "count": 1}}]})
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from policies.models import Waiver
+    from workflows.models import PromotionOverride
+    from workflows.promotions import promotion_request
+
+    promotion = promotion_request(actor=developer, tenant=tenant, version=version, stage="development")
+    override = PromotionOverride.objects.using("owner").create(
+        tenant=world.a.tenant, promotion_id=promotion.pk, rule="baseline.base_model_allowed", justification="j",
+        requested_by=world.a.admin)
+    waiver = Waiver.objects.using("owner").create(
+        tenant=world.a.tenant, rule="baseline.base_model_allowed", reason="r", ticket_url="https://tickets.example/2",
+        expires_at=timezone.now() + timedelta(days=1), requested_by=world.a.admin)
     return Scene(world=world, account=account, token=token,
                  foreign_token=issue_token(world.b.admin, world.b.tenant, name="b-admin-laptop"),
-                 flavor=flavor, version=version, artifact=artifact)
+                 flavor=flavor, version=version, artifact=artifact, promotion=promotion, override=override,
+                 waiver=waiver)
 
 
 def tenant_rows():
@@ -213,10 +248,13 @@ def tenant_rows():
     from tenants.models import ApiToken, Membership, ServiceAccount, Tenant, TenantQuota
     from workflows.models import Artifact, StagePointer, VersionArtifact, Workflow, WorkflowVersion
 
-    from workflows.models import Blob, Signature, TrustConfiguration, Verification
+    from policies.models import PolicyDecision, TenantPolicy, Waiver
+    from workflows.models import (Approval, Blob, Promotion, PromotionOverride, Signature, TrustConfiguration,
+                                  Verification)
 
     models = (Tenant, Membership, ServiceAccount, ApiToken, TenantQuota, Workflow, WorkflowVersion,
-              VersionArtifact, Artifact, StagePointer, TrustConfiguration, Signature, Verification, Blob)
+              VersionArtifact, Artifact, StagePointer, TrustConfiguration, Signature, Verification, Blob,
+              Promotion, Approval, PromotionOverride, TenantPolicy, Waiver, PolicyDecision)
     return {model._meta.db_table: list(model.objects.using("owner").order_by("pk").values()) for model in models}
 
 

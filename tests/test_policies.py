@@ -3,12 +3,15 @@ behaviour, the `policy` command, bundles, decision storage and the OPA-server ad
 
 The only stand-in is ``OpaRestDouble``, a TEST DOUBLE for an OPA server: a loopback HTTP
 server that speaks OPA's REST data API (``POST /v1/data/<path>``) and evaluates with the real
-OPA engine (opa-golib-python-bindings). Everything else is the real thing.
+OPA engine (opa-golib-python-bindings) the policies it pulled, as a real OPA does, from the
+platform's bundle endpoint on a live server. Everything else is the real thing.
 """
 
 import copy
 import io
 import json
+import secrets
+import shutil
 import socket
 import statistics
 import subprocess
@@ -16,8 +19,11 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
+import requests
 from django.core.management import call_command
 
 from policies.bundle import PolicySource, build_bundle, read_bundle
@@ -109,6 +115,25 @@ DECISION_TABLE = [
     ("wrong types", case(version__artifacts="all signed", version__gpus=[1]), False,
      {"baseline.input_shape", "baseline.artifacts_signed"}, set()),
     ("empty input", {}, False, {"baseline.stage_known", "baseline.artifacts_signed"}, set()),
+    ("tenant raises a level", case(tenant__policy__rule_levels={"baseline.base_model_allowed": "hard-mandatory"},
+                                   version__base_model="meta-llama/Llama-3-8B"),
+     False, {"baseline.base_model_allowed"}, set()),
+    ("tenant cannot lower a level", case(tenant__policy__rule_levels={"baseline.dataset_residency": "advisory"},
+                                         version__dataset_regions=["us-east1"]),
+     False, {"baseline.dataset_residency"}, set()),
+    ("an exemption lifts a soft violation", case(version__base_model="meta-llama/Llama-3-8B",
+                                                 exemptions=[{"rule": "baseline.base_model_allowed"}]),
+     True, {"baseline.base_model_allowed"}, set()),
+    ("an exemption never lifts a hard violation", case(version__dataset_regions=["us-east1"],
+                                                       exemptions=[{"rule": "baseline.dataset_residency"}]),
+     False, {"baseline.dataset_residency"}, set()),
+    ("rollback needs one approval", case(kind="rollback", approvals=[{"user": "bob"}]), True, set(), set()),
+    ("rollback without approvals is pending", case(kind="rollback", approvals=[]), True, {"baseline.min_approvals"},
+     {"baseline.min_approvals"}),
+    ("tenant rules tighten", case(tenant__policy__max_gpus={"h100": 1}, tenant__policy__allowed_regions=["eu-west-1"]),
+     False, {"tenant.max_gpus", "tenant.allowed_regions"}, set()),
+    ("malformed rule levels", case(tenant__policy__rule_levels=["raise everything"]), False,
+     {"baseline.input_shape"}, set()),
 ]
 
 
@@ -156,6 +181,23 @@ def test_decision_table_on_both_engines(embedded, opa_in_process, name, value, a
 
 
 @pytest.mark.embedded
+def test_the_rule_catalogue_agrees_with_the_rego(embedded):
+    """policies.rules validates tenant data and waivers; every rule the policy reports is in it
+    at the same baseline level."""
+    from policies.rules import RULES
+
+    seen = {}
+    for _, value, *_ in DECISION_TABLE:
+        if "rule_levels" in value.get("tenant", {}).get("policy", {}):
+            continue  # raised levels are not the baseline
+        for v in embedded.decide(DEFAULT_ENTRYPOINT, value).violations:
+            if v["rule"] != "baseline.metrics_thresholds" or value.get("stage") != "development":
+                seen[v["rule"]] = v["level"]
+    assert set(seen) == set(RULES)
+    assert all(RULES[rule][0] == level for rule, level in seen.items()), seen
+
+
+@pytest.mark.embedded
 def test_messages_name_the_values(embedded):
     decision = embedded.decide(DEFAULT_ENTRYPOINT, case(version__gpus={"h100": 5}, metrics={"accuracy": 0.5}))
     messages = {v["rule"]: v["message"] for v in decision.violations}
@@ -163,7 +205,7 @@ def test_messages_name_the_values(embedded):
         "version needs 5 h100 GPU(s); tenant quota (nominal + borrowing) is 4"
     assert messages["baseline.metrics_thresholds"] == "metric accuracy is 0.5, below the threshold 0.9"
     assert {v["level"] for v in decision.violations} == {"hard-mandatory", "soft-mandatory"}
-    assert decision.enforcement == {"advisory": 0, "soft-mandatory": 1, "hard-mandatory": 1, "pending": 0}
+    assert decision.enforcement == {"advisory": 0, "soft-mandatory": 1, "hard-mandatory": 1, "pending": 0, "exempt": 0}
 
 
 # Fail closed ---------------------------------------------------------------------------
@@ -351,15 +393,25 @@ def test_revision_changes_with_the_policy(tmp_path):
 
 # The OPA server adapter, against a TEST DOUBLE speaking OPA's REST data API ------------
 
+BUNDLE_TOKEN = "test-bundle-token-" + secrets.token_urlsafe(32)
+
 
 class OpaRestDouble:
-    """TEST DOUBLE of an OPA server: ``POST /v1/data/<path>`` evaluated by the real OPA engine,
-    answered as OPA does: ``{"result": ..., "decision_id": ...}``, ``{}`` when undefined.
+    """TEST DOUBLE of an OPA server pointed at the platform's bundle service.
+
+    Like a real OPA it has no policy of its own: ``poll()`` pulls ``bundle_url`` over HTTP with
+    the bearer token and ``If-None-Match: <last ETag>``; a 200 loads the bundle's modules into
+    the real OPA engine and remembers the ``.manifest`` revision, a 304 (or a failed pull) keeps
+    what it has. It answers ``POST /v1/data/<path>`` as OPA does: ``{"result": ..., "decision_id":
+    ...}``, without ``result`` when undefined (always, before the first bundle), and with
+    ``provenance.bundles.neocloud.revision`` when asked with ``?provenance``.
     ``delay`` makes it slow; ``undefined`` makes every answer undefined."""
 
-    def __init__(self, *, delay=0.0, undefined=False):
-        self.engine = opa_engine(PolicySource.load())
-        self.delay, self.undefined, self.requests = delay, undefined, []
+    def __init__(self, bundle_url, *, token=None, delay=0.0, undefined=False):
+        self.bundle_url, self.token = bundle_url, token
+        self.engine, self.revision, self.etag = None, None, None
+        self.delay, self.undefined, self.requests, self.pulls = delay, undefined, [], []
+        self._engines = []
         double = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -367,13 +419,19 @@ class OpaRestDouble:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 double.requests.append((self.path, body))
                 time.sleep(double.delay)
-                path = self.path.split("?")[0].removeprefix("/v1/data/").strip("/").replace("/", ".")
+                path, _, query = self.path.partition("?")
+                path = path.removeprefix("/v1/data/").strip("/").replace("/", ".")
                 answer = {"decision_id": f"opa-{len(double.requests)}"}
-                if not double.undefined:
+                engine = double.engine
+                if engine is not None and not double.undefined:
                     try:
-                        answer["result"] = double.engine.eval_document(path, body.get("input"))
+                        answer["result"] = engine.eval_document(path, body.get("input"))
                     except Exception:
                         pass  # undefined: OPA answers without "result"
+                # OPA's boolean query parameters: present and empty, or "true" in any case.
+                asked = parse_qs(query, keep_blank_values=True).get("provenance", [])
+                if double.revision and any(v == "" or v.lower() == "true" for v in asked):
+                    answer["provenance"] = {"bundles": {"neocloud": {"revision": double.revision}}}
                 data = json.dumps(answer).encode()
                 try:
                     self.send_response(200)
@@ -391,14 +449,39 @@ class OpaRestDouble:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def poll(self) -> int:
+        """One bundle download, as OPA's bundle plugin does it; returns the HTTP status."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        response = requests.get(self.bundle_url, headers=headers, timeout=30)
+        self.pulls.append((headers.get("If-None-Match"), response.status_code))
+        if response.status_code == 200:
+            files = read_bundle(response.content)
+            manifest = json.loads(files.pop(".manifest"))
+            modules = {name: data.decode("utf-8") for name, data in files.items() if name.endswith(".rego")}
+            self._engines.append(opa_engine(PolicySource(root=Path("bundle"), modules=modules, tests={})))
+            self.engine, self.revision, self.etag = self._engines[-1], manifest["revision"], response.headers["ETag"]
+        return response.status_code
+
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+        for engine in self._engines:
+            engine.close()
 
 
 @pytest.fixture
-def opa_double():
-    double = OpaRestDouble()
+def bundle_url(live_server, settings):
+    """The platform's bundle endpoint on a live server, with the token a real OPA would hold."""
+    settings.POLICY_BUNDLE_TOKEN = BUNDLE_TOKEN
+    return f"{live_server.url}/api/v1/policies/bundle"
+
+
+@pytest.fixture
+def opa_double(bundle_url):
+    double = OpaRestDouble(bundle_url, token=BUNDLE_TOKEN)
+    assert double.poll() == 200
     yield double
     double.close()
 
@@ -411,7 +494,7 @@ def test_opa_server_engine_agrees_with_embedded(opa_double, embedded, name, valu
     assert decision.error == ""
     assert (decision.allow, decision.violations) == (ours.allow, ours.violations) == (allow, ours.violations)
     assert decision.engine == "opa" and decision.decision_id.startswith("opa-")
-    assert decision.policy_revision == ours.policy_revision
+    assert decision.policy_revision == ours.policy_revision == opa_double.revision
     path, body = opa_double.requests[-1]
     assert path == "/v1/data/neocloud/platform/promotion/decision" and body == {"input": value}
 
@@ -426,9 +509,10 @@ def test_opa_server_down_is_a_deny():
 
 
 @pytest.mark.embedded
-def test_opa_server_slow_is_a_deny():
-    double = OpaRestDouble(delay=1.5)
+def test_opa_server_slow_is_a_deny(bundle_url):
+    double = OpaRestDouble(bundle_url, token=BUNDLE_TOKEN, delay=1.5)
     try:
+        assert double.poll() == 200
         started = time.perf_counter()
         decision = OpaServerEngine(double.url, timeout_seconds=0.3).decide(DEFAULT_ENTRYPOINT, GOOD)
         assert time.perf_counter() - started < 1.4
@@ -438,9 +522,10 @@ def test_opa_server_slow_is_a_deny():
 
 
 @pytest.mark.embedded
-def test_opa_server_without_result_is_a_deny():
-    double = OpaRestDouble(undefined=True)
+def test_opa_server_without_result_is_a_deny(bundle_url):
+    double = OpaRestDouble(bundle_url, token=BUNDLE_TOKEN, undefined=True)
     try:
+        assert double.poll() == 200
         decision = OpaServerEngine(double.url, timeout_seconds=2).decide(DEFAULT_ENTRYPOINT, GOOD)
         assert decision.allow is False and "no result" in decision.error
         assert decision.decision_id == "opa-1"
@@ -452,6 +537,66 @@ def test_opa_server_without_result_is_a_deny():
 def test_opa_server_undefined_rule_is_a_deny(opa_double):
     decision = OpaServerEngine(opa_double.url, timeout_seconds=2).decide("neocloud/platform/promotion/nope", GOOD)
     assert decision.allow is False and "no result" in decision.error
+
+
+def ask(double, entrypoint=DEFAULT_ENTRYPOINT, value=GOOD, query="provenance"):
+    """What the double answers on the wire."""
+    return requests.post(f"{double.url}/v1/data/{entrypoint}?{query}", json={"input": value}, timeout=10).json()
+
+
+@pytest.mark.embedded
+def test_the_double_decides_nothing_before_it_has_pulled_a_bundle(bundle_url):
+    double = OpaRestDouble(bundle_url, token=BUNDLE_TOKEN)
+    try:
+        assert ask(double) == {"decision_id": "opa-1"}  # undefined, and no bundle to name
+        decision = OpaServerEngine(double.url, timeout_seconds=5).decide(DEFAULT_ENTRYPOINT, GOOD)
+        assert decision.allow is False and "no result" in decision.error
+        # Only the platform's bundle endpoint gives it policies, and only with the token.
+        double.token = "test-bundle-token-wrong-" + secrets.token_urlsafe(32)
+        assert double.poll() == 401 and double.engine is None
+        double.token = BUNDLE_TOKEN
+        assert double.poll() == 200
+        assert OpaServerEngine(double.url, timeout_seconds=5).decide(DEFAULT_ENTRYPOINT, GOOD).allow is True
+    finally:
+        double.close()
+
+
+@pytest.mark.embedded
+def test_a_304_keeps_the_revision_and_a_new_policy_replaces_it(opa_double, tmp_path, monkeypatch):
+    first = opa_double.revision
+    assert first == PolicySource.load().revision and opa_double.etag == f'"{first}"'
+    assert opa_double.poll() == 304
+    assert opa_double.pulls == [(None, 200), (f'"{first}"', 304)]
+    answer = ask(opa_double)
+    assert opa_double.revision == first and answer["result"]["allow"] is True
+    assert answer["provenance"] == {"bundles": {"neocloud": {"revision": first}}}
+    assert "provenance" not in ask(opa_double, query="")  # only when asked, as OPA does
+    assert "result" not in ask(opa_double, "neocloud/extra/answer")
+
+    # The platform's policy changes: the next poll downloads and activates it.
+    candidate = tmp_path / "rego"
+    shutil.copytree(ROOT / "policies/rego", candidate)
+    (candidate / "extra.rego").write_text("package neocloud.extra\n\nanswer := 42\n")
+    monkeypatch.setattr("policies.bundle.REGO_DIR", candidate)
+    assert opa_double.poll() == 200
+    assert opa_double.revision == PolicySource.load(candidate).revision != first
+    answer = ask(opa_double, "neocloud/extra/answer")
+    assert answer["result"] == 42 and answer["provenance"]["bundles"]["neocloud"]["revision"] == opa_double.revision
+
+
+@pytest.mark.embedded
+def test_opa_server_engine_records_opa_decision_id_and_revision(opa_double, world, settings, monkeypatch):
+    from policies import engines
+    from policies.models import PolicyDecision
+    from policies.services import policy_decide
+
+    settings.POLICY_ENGINE, settings.OPA_URL = "opa", opa_double.url
+    monkeypatch.setattr(engines, "_engines", {})  # no engine cached from another configuration
+    row = policy_decide(actor=world.a.developer, tenant=world.a.tenant, entrypoint=DEFAULT_ENTRYPOINT, input=GOOD)
+    stored = PolicyDecision.objects.using("owner").get(pk=row.pk)
+    assert (stored.engine, stored.allow, stored.error) == ("opa", True, "")
+    assert stored.engine_decision_id == f"opa-{len(opa_double.requests)}"
+    assert stored.policy_revision == opa_double.revision
 
 
 # Decisions stored and audited ----------------------------------------------------------

@@ -1,0 +1,102 @@
+"""Platform-scope policy API: the OPA bundle, and what-if evaluation (which stores nothing)."""
+
+import hmac
+
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+from django.http import HttpResponse
+from django.utils.cache import parse_etags
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.permissions import BasePermission
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from tenants.access import is_platform_admin
+from tenants.authentication import BearerTokenAuthentication, VerifiedSessionAuthentication
+from tenants.errors import Forbidden
+
+from .bundle import PolicySource, build_bundle
+from .engines import DEFAULT_ENTRYPOINT
+from .whatif import policy_evaluate
+
+BUNDLE_PULL = "policy-bundle-token"  # request.auth of an OPA server that showed POLICY_BUNDLE_TOKEN
+
+
+class BundleTokenAuthentication(BaseAuthentication):
+    """``Authorization: Bearer <POLICY_BUNDLE_TOKEN>``: an OPA server pulling bundles. It acts
+    as no user; any other bearer falls through to the API-token check (which refuses it)."""
+
+    def authenticate(self, request):
+        expected = settings.POLICY_BUNDLE_TOKEN
+        scheme, _, credentials = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if not expected or scheme.lower() != "bearer":
+            return None
+        if hmac.compare_digest(credentials.strip().encode(), expected.encode()):
+            return AnonymousUser(), BUNDLE_PULL
+        return None
+
+    def authenticate_header(self, request):
+        return "Bearer"
+
+
+class BundleTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "policies.api.BundleTokenAuthentication"
+    name = "policyBundleToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer",
+                "description": "POLICY_BUNDLE_TOKEN: what an OPA server pulls the policy bundle with."}
+
+
+class PullsBundles(BasePermission):
+    def has_permission(self, request, view):
+        return request.auth == BUNDLE_PULL or bool(request.user and request.user.is_authenticated)
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    # GET compares weakly (RFC 9110): W/"x" matches "x".
+    tags = [tag.removeprefix("W/") for tag in parse_etags(header)]
+    return "*" in tags or etag in tags
+
+
+class PolicyBundleView(APIView):
+    """The OPA bundle of the platform policies, for OPA's bundle service (polls with If-None-Match)."""
+
+    authentication_classes = [BundleTokenAuthentication, BearerTokenAuthentication, VerifiedSessionAuthentication]
+    permission_classes = [PullsBundles]
+
+    @extend_schema(responses={(200, "application/gzip"): OpenApiTypes.BINARY,
+                              304: OpenApiResponse(description="The bundle has not changed since that ETag.")})
+    def get(self, request):
+        if request.auth != BUNDLE_PULL and not is_platform_admin(request.user):
+            raise Forbidden("Only a platform admin or the bundle token may pull the policy bundle.")
+        source = PolicySource.load()
+        etag = f'"{source.revision}"'
+        if _etag_matches(request.META.get("HTTP_IF_NONE_MATCH", ""), etag):
+            response = HttpResponse(status=304)
+        else:
+            response = HttpResponse(build_bundle(source), content_type="application/gzip")
+        response["ETag"] = etag
+        return response
+
+
+class EvaluateSerializer(serializers.Serializer):
+    input = serializers.JSONField()
+    entrypoint = serializers.CharField(required=False, default=DEFAULT_ENTRYPOINT, max_length=200)
+    policy = serializers.DictField(child=serializers.CharField(allow_blank=True, trim_whitespace=False),
+                                   required=False, help_text="Candidate modules: path ending in .rego -> source.")
+
+
+class PolicyEvaluateView(APIView):
+    """What-if: the decision the configured (or a candidate) policy would make. Stores nothing."""
+
+    @extend_schema(request=EvaluateSerializer, responses=OpenApiTypes.OBJECT)
+    def post(self, request):
+        serializer = EvaluateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        decision = policy_evaluate(actor=request.user, **serializer.validated_data)
+        return Response({**decision.as_dict(), "stored": False})
