@@ -19,6 +19,7 @@ from policies.bundle import PolicySource, build_bundle
 from policies.models import PolicyDecision
 
 from .conftest import ROOT, issue_token
+from .test_api import assert_error
 from .test_policies import GOOD, case
 
 pytestmark = pytest.mark.embedded
@@ -26,15 +27,6 @@ pytestmark = pytest.mark.embedded
 BUNDLE = "/api/v1/policies/bundle"
 EVALUATE = "/api/v1/policies/evaluate"
 TOKEN = "test-bundle-token-" + secrets.token_urlsafe(32)
-
-
-def assert_error(response, status, code):
-    assert response.status_code == status, response.content
-    assert response["Content-Type"].startswith("application/json")
-    body = response.json()
-    assert body["code"] == code, body
-    assert isinstance(body["detail"], str) and body["detail"]
-    return body
 
 
 def actions():

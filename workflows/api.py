@@ -353,30 +353,34 @@ class PromotionDetail(_Promotions):
         return self.answer(self.promotion())
 
 
-class PromotionApprove(_Promotions):
-    """Approve with a fresh one-time password (step-up). People only: a service-account token
-    is refused. The approval binds to the version digest, the policy input and its revision."""
+class _PromotionDecision(_Promotions):
+    verdict = ""
 
     @extend_schema(request=StepUpSerializer, responses={200: PromotionSerializer})
     def post(self, request, tenant, promotion):
         serializer = StepUpSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        result = promotions.promotion_approve(actor=request.user, promotion=self.promotion(),
-                                              otp_token=data["otp_token"], comment=data["comment"], via="api",
-                                              binding_digest=data["binding_digest"] or None)
+        common = {"actor": request.user, "promotion": self.promotion(), "otp_token": data["otp_token"],
+                  "comment": data["comment"], "via": "api"}
+        if self.verdict == "approve":
+            result = promotions.promotion_approve(**common, binding_digest=data["binding_digest"] or None)
+        else:
+            result = promotions.promotion_reject(**common)
         return self.answer(result)
 
 
-class PromotionReject(_Promotions):
-    @extend_schema(request=StepUpSerializer, responses={200: PromotionSerializer})
-    def post(self, request, tenant, promotion):
-        serializer = StepUpSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        result = promotions.promotion_reject(actor=request.user, promotion=self.promotion(),
-                                             otp_token=serializer.validated_data["otp_token"],
-                                             comment=serializer.validated_data["comment"], via="api")
-        return self.answer(result)
+class PromotionApprove(_PromotionDecision):
+    """Approve with a fresh one-time password (step-up). People only: a service-account token
+    is refused. The approval binds to the version digest, the policy input and its revision."""
+
+    verdict = "approve"
+
+
+class PromotionReject(_PromotionDecision):
+    """Reject with a fresh one-time password and a reason; the request closes."""
+
+    verdict = "reject"
 
 
 class PromotionWithdraw(_Promotions):
