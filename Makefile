@@ -31,6 +31,7 @@ run: install
 	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/python manage.py platform_keys init
 	$(BIN)/python manage.py seed_demo
+	$(BIN)/python manage.py seed_demo_workflows
 	$(BIN)/python scripts/devserver.py
 
 # Debian's chromium, for the browser tests (Playwright drives it; it downloads no browser).
@@ -66,8 +67,9 @@ test: test-postgres test-embedded
 
 # Refresh the README's console picture from the browser test.
 screenshot:
-	$(MAKE) test-embedded TEST_DB=neocloud_screenshot NEOCLOUD_SCREENSHOT=$(CURDIR)/docs/img/console.png \
-	  PYTEST_ARGS="tests/test_browser.py"
+	$(MAKE) test-embedded TEST_DB=neocloud_test_screenshot NEOCLOUD_SCREENSHOT=$(CURDIR)/docs/img/console.png \
+	  NEOCLOUD_PROMOTION_SCREENSHOT=$(CURDIR)/docs/img/promotion.png \
+	  PYTEST_ARGS="tests/test_browser.py tests/test_promotion_console.py"
 
 clean:
 	rm -rf $(VENV) var

@@ -1,14 +1,19 @@
 """The promotion console: the approver's queue, the promotion page explained rule by rule, and
 decisions with a one-time password; one journey in a real browser."""
 
+import os
 import re
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import VIEWPORT, fresh_totp, sign_in, sign_in_with_password
+from tests.conftest import ROOT, VIEWPORT, fresh_totp, sign_in, sign_in_with_password
 from tests.test_promotions import Gate
 
 pytestmark = pytest.mark.embedded
+
+# `make screenshot` points this at docs/img/promotion.png for the README.
+SCREENSHOT = Path(os.environ.get("NEOCLOUD_PROMOTION_SCREENSHOT", ROOT / "var" / "screenshots" / "promotion.png"))
 
 
 @pytest.fixture
@@ -102,6 +107,9 @@ def test_journey_denied_with_reasons_fixed_approved_twice_and_promoted(gate, wor
     developer.reload()
     assert "attestation" in developer.locator("#promoted").inner_text()
     assert developer.locator('#approvals tr[data-approver]').count() == 2
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    developer.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert SCREENSHOT.stat().st_size > 10_000
 
 
 def _sign_in(page, base, user):

@@ -1,0 +1,89 @@
+"""Add a demo workflow to the demo tenants (after `seed_demo`): a GPU flavor and quota, a
+trusted signing key, policy data, a signed model and metrics, version 1 promoted to
+development and waiting in staging for an approver. Idempotent; refused in production."""
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from audit.log import denials_recorded
+from policies.services import tenant_policy_of, tenant_policy_update
+from tenants.models import GpuFlavor, Tenant
+from tenants.services import gpu_flavor_create, tenant_quota_set
+from workflows import signing
+from workflows.models import Workflow
+from workflows.promotions import promotion_request
+from workflows.services import artifact_upload, workflow_version_register
+from workflows.trust import signature_attach, trust_config_update
+
+SPEC = {
+    "name": "fraud-detector",
+    "description": "Fine-tune the fraud model on last quarter's transactions",
+    "base_model": {"name": "mistralai/Mistral-7B"},
+    "inputs": [{"name": "transactions", "region": "eu", "uri": "s3://acme-data/tx.parquet",
+                "digest": "sha256:" + "3" * 64}],
+    "steps": [
+        {"name": "prepare", "command": ["python", "prepare.py"], "timeout_seconds": 600},
+        {"name": "train", "command": ["python", "train.py"], "gpu": {"flavor": "h100-80gb", "count": 2},
+         "depends_on": ["prepare"]},
+    ],
+}
+
+
+class Command(BaseCommand):
+    help = "Add the demo workflow, signed artifacts and promotions to acme-bank (after seed_demo)."
+
+    def handle(self, *args, **options):
+        if settings.PRODUCTION:
+            raise CommandError("The demo seed is for development only; it is refused in production.")
+        User = get_user_model()
+        people = {name: User.objects.filter(username=name).first() for name in ("ops-ada", "bank-dev", "bank-admin1")}
+        tenant = Tenant.objects.filter(slug="acme-bank").first()
+        if tenant is None or None in people.values():
+            raise CommandError("Run `manage.py seed_demo` first: the demo tenants and people are missing.")
+        if Workflow.objects.filter(tenant=tenant, name=SPEC["name"]).exists():
+            self.stdout.write("The demo workflow is already there.")
+            return
+        with denials_recorded():
+            self._seed(tenant, people["ops-ada"], people["bank-dev"], people["bank-admin1"])
+        self.stdout.write("Demo workflow fraud-detector: v1 is in development and waits in staging for an "
+                          "approver (sign in as bank-approver1).")
+
+    def _seed(self, tenant, operator, developer, admin):
+        flavor = GpuFlavor.objects.filter(name="h100-80gb").first() or gpu_flavor_create(
+            actor=operator, name="h100-80gb", memory_gb=80, billing_weight="1.0", description="NVIDIA H100 80GB")
+        tenant_quota_set(actor=operator, tenant=tenant, flavor=flavor, nominal=4, borrowing_limit=4)
+        private_pem, public_pem = signing.generate_key_pair()
+        trust_config_update(actor=admin, tenant=tenant, public_keys={"demo-ci": public_pem.decode()})
+        if tenant_policy_of(tenant).revision == 0:
+            tenant_policy_update(actor=admin, tenant=tenant, base_model_allowlist=["mistralai/*"],
+                                 metrics_thresholds={"accuracy": 0.9, "auc": 0.85}, comment="demo thresholds")
+        digests = [self._signed(tenant, developer, private_pem, "fraud-model", "model", os.urandom(64 * 1024)),
+                   self._signed(tenant, developer, private_pem, "fraud-eval", "metrics",
+                                json.dumps({"accuracy": 0.94, "auc": 0.91}).encode())]
+        version, _ = workflow_version_register(actor=developer, tenant=tenant, spec=SPEC, artifact_digests=digests)
+        promotion_request(actor=developer, tenant=tenant, version=version, stage="development",
+                          justification="First fine-tune of the quarter")
+        promotion_request(actor=developer, tenant=tenant, version=version, stage="staging",
+                          justification="Evaluation passed on the holdout set")
+
+    @staticmethod
+    def _signed(tenant, developer, private_pem, name, kind, data) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        artifact, _ = artifact_upload(actor=developer, tenant=tenant, name=name, kind=kind, region="eu",
+                                      digest=digest, declared_size=len(data), stream=io.BytesIO(data))
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / name
+            path.write_bytes(data)
+            bundle = signing.sign_path(path, private_key_pem=private_pem)
+        verification = signature_attach(actor=developer, tenant=tenant, artifact=artifact, bundle=bundle.encode())
+        if not verification.verified:
+            raise CommandError(f"The demo signature on {name} did not verify: {verification.reason}")
+        return digest
