@@ -105,9 +105,10 @@ class PolicyPage(TenantConsoleMixin, View):
         return self.get(request, tenant, forms={action: form}, status=400)
 
     def _waiver(self, request):
+        waiver_id = request.POST.get("waiver", "")
         with tenant_reads(request.user, self.tenant):
             waiver = Waiver.objects.restrict(request.user, "view").filter(
-                tenant=self.tenant, pk=request.POST.get("waiver") or 0).select_related("tenant").first()
+                tenant=self.tenant, pk=int(waiver_id) if waiver_id.isdigit() else 0).select_related("tenant").first()
         if waiver is None:
             raise DomainError("No such waiver.")
         return waiver

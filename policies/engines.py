@@ -9,7 +9,8 @@ deny with ``error`` set. The caller never sees an exception from ``decide``.
   quotes). rego-cpp cannot be interrupted, so a decision slower than the timeout is
   discarded after the fact and becomes a deny.
 - ``OpaServerEngine`` asks a real OPA server through opa-python-client
-  (``POST /v1/data/<entrypoint>``), with a timeout and no retries.
+  (``POST /v1/data/<entrypoint>?provenance=true``), with a timeout and no retries, and denies
+  unless OPA decided under the platform's own bundle revision.
 """
 
 import json
@@ -216,20 +217,14 @@ class OpaServerEngine(Engine):
         # The revision we expect OPA to serve: the bundle the platform builds from these sources.
         self.revision = revision or PolicySource.load().revision
 
-    def push_policies(self, source: PolicySource | None = None) -> None:
-        """Upload the modules directly (when no bundle server is used); never rewritten (rego_compat=False)."""
-        source = source or PolicySource.load()
-        for path, text in source.modules.items():
-            self.client.update_policy_from_string(text, path.replace("/", "_").removesuffix(".rego"),
-                                                  rego_compat=False)
-
     def decide(self, entrypoint: str, input: dict) -> Decision:
         started = time.perf_counter()
         try:
             entrypoint = check_entrypoint(entrypoint)
             encode_input(input)
             package, _, rule = entrypoint.rpartition("/")
-            answer = self.client.query_rule(input_data=input, package_path=package, rule_name=rule)
+            answer = self.client.query_rule(input_data=input, package_path=package, rule_name=rule,
+                                            query_params={"provenance": "true"})
         except Exception as exc:  # requests' raw exceptions included: fail closed
             return deny(engine=self.name, revision=self.revision, started=started,
                         error=f"OPA at {self.client.root_url} failed: {type(exc).__name__}: {exc}"[:1000])
@@ -238,8 +233,23 @@ class OpaServerEngine(Engine):
         if not isinstance(answer, dict) or "result" not in answer:
             return deny(engine=self.name, revision=self.revision, decision_id=decision_id, started=started,
                         error=f"OPA returned no result for {entrypoint} (undefined).")
+        served = served_revision(answer)
+        if served != self.revision:
+            # OPA decided under another bundle (stale, or not ours): the decision would name a
+            # policy that never ran.
+            return deny(engine=self.name, revision=served or "", decision_id=decision_id, started=started,
+                        error=f"OPA decided under bundle revision {served or '(none reported)'}, "
+                              f"not the platform's {self.revision}.")
         return interpret(answer["result"], engine=self.name, revision=self.revision, decision_id=decision_id,
                          started=started)
+
+
+def served_revision(answer: dict) -> str | None:
+    """The revision of the platform bundle OPA decided under (its ``provenance``)."""
+    try:
+        return answer["provenance"]["bundles"]["neocloud"]["revision"]
+    except (KeyError, TypeError):
+        return None
 
 
 _engines: dict = {}

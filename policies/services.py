@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from audit.hashing import canonical_json
 from audit.log import Actor, Target, record
-from tenants.access import actor_for, can, is_platform_admin, require
+from tenants.access import actor_for, is_platform_admin, require, require_one_of
 from tenants.db import bind_rls
 from tenants.errors import Conflict, Forbidden, Invalid, clean_or_invalid
 from tenants.models import Tenant
@@ -76,6 +76,7 @@ def _is_uuid(value: str) -> bool:
 POLICY_DATA_FIELDS = ("min_approvals", "rollback_min_approvals", "base_model_allowlist", "metrics_thresholds",
                       "allowed_regions", "max_gpus", "rule_levels")
 MAX_LIST = 200
+MAX_NUMBER = 10**15  # far above any threshold or GPU count; keeps huge JSON integers out
 
 
 def tenant_policy_of(tenant: Tenant) -> TenantPolicy:
@@ -109,9 +110,9 @@ def _numbers(value, field, *, whole=False) -> dict:
         raise Invalid(f"{field} maps names to numbers.", field=field)
     for name, number in value.items():
         kind = int if whole else (int, float)
-        if not name or isinstance(number, bool) or not isinstance(number, kind) or not math.isfinite(number) \
-                or number < 0:
-            raise Invalid(f"{field}.{name} must be a {'whole ' if whole else ''}number of 0 or more.",
+        if not name or isinstance(number, bool) or not isinstance(number, kind) or not 0 <= number <= MAX_NUMBER \
+                or not math.isfinite(number):
+            raise Invalid(f"{field}.{name} must be a {'whole ' if whole else ''}number from 0 to {MAX_NUMBER}.",
                           field=f"{field}.{name}")
     return value
 
@@ -200,10 +201,10 @@ def waiver_approve(*, actor, waiver: Waiver, otp_token: str) -> Waiver:
     """The second person (a tenant admin or approver, not the requester) approves with a fresh OTP."""
     require_person(actor, "approve a waiver")
     tenant = waiver.tenant
+    require_one_of(actor, tenant, ("admin", "approve"))
     device = step_up_verify(user=actor, otp_token=otp_token, purpose="waiver.approve")
     with transaction.atomic():
-        if not (can(actor, tenant, "admin") or can(actor, tenant, "approve")):
-            require(actor, tenant, "approve")
+        require_one_of(actor, tenant, ("admin", "approve"))
         bind_rls(tenant_id=tenant.pk)
         waiver = Waiver.objects.select_for_update().get(pk=waiver.pk)
         state = waiver.state_at(timezone.now())

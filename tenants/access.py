@@ -64,6 +64,17 @@ def can(user, tenant: Tenant, action: str) -> bool:
     return allowed is None or tenant.pk in allowed
 
 
+def require_one_of(user, tenant: Tenant, actions: tuple[str, ...]) -> str:
+    """Like ``require`` for the first of ``actions`` the user may do (suspension included);
+    refuses as the last one would when they may do none. Returns the action used."""
+    for action in actions:
+        if can(user, tenant, action):
+            require(user, tenant, action)
+            return action
+    require(user, tenant, actions[-1])
+    return actions[-1]
+
+
 def role_in(user, tenant) -> str | None:
     token = token_of(user)
     if token is not None:

@@ -496,7 +496,7 @@ def test_opa_server_engine_agrees_with_embedded(opa_double, embedded, name, valu
     assert decision.engine == "opa" and decision.decision_id.startswith("opa-")
     assert decision.policy_revision == ours.policy_revision == opa_double.revision
     path, body = opa_double.requests[-1]
-    assert path == "/v1/data/neocloud/platform/promotion/decision" and body == {"input": value}
+    assert path == "/v1/data/neocloud/platform/promotion/decision?provenance=true" and body == {"input": value}
 
 
 @pytest.mark.embedded
@@ -680,3 +680,15 @@ def test_policy_decisions_are_row_level_secured(world):
     with transaction.atomic():
         bind_rls(tenant_id=world.a.tenant.pk)
         assert PolicyDecision.objects.count() == 1
+
+
+@pytest.mark.embedded
+def test_an_opa_server_on_another_bundle_revision_is_a_deny(opa_double):
+    """The platform moved on (or OPA serves something else): OPA's answer names the bundle it
+    decided under, and a decision under any revision but the platform's is a deny."""
+    expected = "sha256:" + "0" * 64
+    decision = OpaServerEngine(opa_double.url, timeout_seconds=5, revision=expected).decide(DEFAULT_ENTRYPOINT, GOOD)
+    assert decision.allow is False and decision.policy_revision == opa_double.revision
+    assert f"decided under bundle revision {opa_double.revision}, not the platform's {expected}" in decision.error
+    path, _ = opa_double.requests[-1]
+    assert path.endswith("?provenance=true")

@@ -476,3 +476,87 @@ def test_an_opa_server_that_is_down_denies_the_promotion_and_the_decision_is_aud
     event = AuditEvent.objects.using("owner").get(action="policy.decide")
     assert event.outcome == "failed" and event.data["error"] == decision.error
     assert not StagePointer.objects.using("owner").exists()
+
+
+# Found in review: each of these was a way around the gate ------------------------------------
+
+
+def test_a_rollback_is_refused_at_approval_when_the_stage_moved_on_meanwhile(gate, world):
+    first, second = gate.version(), gate.version(accuracy=0.96)
+    gate.promote(first, "development")
+    gate.promote(second, "development")
+    rollback = gate.request(first, "development", kind="rollback").json()
+    assert rollback["state"] == "awaiting_approval"
+    third = gate.version(accuracy=0.97)
+    gate.promote(third, "development")  # the stage moves on: v1 is no longer the superseded version
+    body = gate.approve(rollback["id"], world.a.approver).json()
+    assert body["state"] == "rejected" and "immediately before" in body["close_reason"]
+    assert StagePointer.objects.using("owner").get(stage="development").version.number == third
+
+
+def test_a_stage_move_voids_approvals_given_before_it(gate, world):
+    first, second = gate.version(), gate.version(accuracy=0.96)
+    for number in (first, second):
+        gate.promote(number, "development")
+        gate.promote(number, "staging")
+    gate.promote(first, "production")
+    pending = gate.request(second, "production").json()
+    approved_once = gate.approve(pending["id"], world.a.approver).json()
+    gate.promote(gate.version(accuracy=0.97), "development")  # unrelated stage: nothing changes
+    third = gate.version(accuracy=0.98)
+    gate.promote(third, "development")
+    gate.promote(third, "staging")
+    gate.promote(third, "production")  # production now holds v3, not the v1 the approver saw
+    after = gate.approve(pending["id"], world.a.approver2).json()
+    assert after["binding_digest"] != approved_once["binding_digest"]
+    assert after["state"] == "awaiting_approval", after
+    assert {a["user"]: a["current"] for a in after["approvals"]}["acme-bank-approver"] is False
+
+
+def test_a_platform_admin_is_not_an_approver(gate, world, in_production):
+    assert_error(gate.approve(in_production, world.platform_admin), 403, "permission_denied")
+
+
+def test_an_approval_stops_counting_when_its_approver_loses_the_role(gate, world, in_production):
+    from tenants.models import Membership
+
+    assert gate.approve(in_production, world.a.approver).status_code == 200
+    Membership.objects.using("owner").filter(user=world.a.approver).update(role="auditor")
+    body = gate.approve(in_production, world.a.approver2).json()
+    assert body["state"] == "awaiting_approval"
+
+
+def test_a_suspended_tenant_cannot_move_a_promotion(gate, world, in_production):
+    from tenants.models import Tenant
+
+    Tenant.objects.using("owner").filter(pk=world.a.tenant.pk).update(status="suspended")
+    assert_error(gate.developer.post(f"{T}/promotions/{in_production}/recheck/"), 403, "tenant_suspended")
+    assert_error(gate.approve(in_production, world.a.approver), 403, "tenant_suspended")
+
+
+def test_a_stale_binding_refreshes_the_promotion_before_refusing(gate, world, in_production):
+    reviewed = gate.developer.get(f"{T}/promotions/{in_production}/").json()["binding_digest"]
+    gate.admin.put(f"{T}/policy-data/", {"metrics_thresholds": {"accuracy": 0.92}})
+    assert_error(gate.approve(in_production, world.a.approver, binding_digest=reviewed), 409, "binding_changed")
+    fresh = gate.developer.get(f"{T}/promotions/{in_production}/").json()["binding_digest"]
+    assert fresh != reviewed
+    assert gate.approve(in_production, world.a.approver, binding_digest=fresh).status_code == 200
+
+
+@pytest.mark.parametrize("value", [10**400, -1, "9"])
+def test_policy_data_numbers_out_of_range_are_refused(gate, value):
+    body = json.dumps({"metrics_thresholds": {"accuracy": value}})
+    response = gate.admin.client.generic("PUT", f"{T}/policy-data/", body, content_type="application/json",
+                                         **gate.admin.headers)
+    assert_error(response, 400, "invalid")
+
+
+def test_a_console_override_confirmation_with_a_bad_id_is_a_form_error(gate, world, client):
+    from .conftest import sign_in
+
+    number = gate.version(accuracy=0.5)
+    gate.promote(number, "development")
+    body = gate.request(number, "staging").json()
+    response = sign_in(client, world.a.admin2).post(f"/t/acme-bank/promotions/{body['id']}/",
+                                                   {"action": "confirm", "override": "abc", "otp_token": "123456"})
+    assert response.status_code == 400

@@ -301,8 +301,9 @@ class PromotionPage(TenantConsoleMixin, View):
             promotions.promotion_override_request(actor=user, promotion=subject, rule=data["rule"],
                                                   justification=data["justification"])
         elif action == "confirm":
+            override_id = request.POST.get("override", "")
             with tenant_reads(user, self.tenant):
-                override = subject.overrides.filter(pk=request.POST.get("override")).first()
+                override = subject.overrides.filter(pk=override_id).first() if override_id.isdigit() else None
             if override is None:
                 raise DomainError("No such override.", field="otp_token")
             promotions.promotion_override_confirm(actor=user, override=override, otp_token=data["otp_token"])

@@ -20,13 +20,20 @@ def check_metrics_file(path: Path) -> None:
         _refuse(f"this one is over {METRICS_MAX_BYTES} bytes")
     try:
         document = json.loads(path.read_bytes(), parse_constant=lambda name: _refuse(f"{name} is not a number"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer too long to read
         _refuse(f"it is not valid JSON ({exc})")
     if not isinstance(document, dict) or not document:
         _refuse("it must be a non-empty object")
     for name, value in document.items():
         if not name or len(name) > METRIC_NAME_MAX:
             _refuse(f"metric names are 1 to {METRIC_NAME_MAX} characters")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            _refuse(f"'{name}' is {json.dumps(value)}, not a finite number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+            _refuse(f"'{name}' is {json.dumps(value)[:40]}, not a finite number")
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 

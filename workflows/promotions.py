@@ -22,10 +22,11 @@ from audit.keys import KeyringError, platform_keyring
 from audit.log import Actor, Target, record
 from policies.engines import DEFAULT_ENTRYPOINT, get_engine
 from policies.services import active_waivers, input_digest, policy_data_document, policy_decide, tenant_policy_of
-from tenants.access import actor_for, can, require
+from tenants.access import actor_for, can, require, require_one_of, role_in
 from tenants.db import bind_rls
 from tenants.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from tenants.models import Tenant, TenantQuota
+from tenants.roles import Role
 from tenants.stepup import require_person, step_up_verify
 
 from . import attestations
@@ -108,9 +109,13 @@ def policy_input(promotion: Promotion, *, moment) -> dict:
     regions += [a.region for a, _ in artifacts if a.kind == ArtifactKind.DATASET]
     quota = {q.flavor.name: q.nominal + q.borrowing_limit
              for q in TenantQuota.objects.filter(tenant=tenant).select_related("flavor")}
+    pointer = StagePointer.objects.filter(workflow_id=promotion.workflow_id, stage=promotion.stage).select_related(
+        "version").first()
     return {
         "kind": promotion.kind,
         "stage": promotion.stage,
+        # What the stage holds now: approvers approve a move from it, so a move voids them.
+        "stage_version": pointer.version.digest if pointer else "",
         "version": {
             "digest": version.digest,
             "author": version.created_by.username,
@@ -138,8 +143,22 @@ def binding_of(facts: dict) -> str:
 
 
 def current_approvals(promotion: Promotion) -> list[Approval]:
+    """Approvals bound to the promotion as it stands, by people who still hold the approver role."""
     return [a for a in promotion.approvals.select_related("user")
-            if a.verdict == Approval.Verdict.APPROVE and a.is_current_for(promotion)]
+            if a.verdict == Approval.Verdict.APPROVE and a.is_current_for(promotion)
+            and a.user.is_active and is_approver(a.user, promotion.tenant)]
+
+
+def is_approver(user, tenant: Tenant) -> bool:
+    """Approvals come from the tenant's approver role (a platform admin is not one)."""
+    return role_in(user, tenant) == Role.APPROVER
+
+
+def _policy_revision() -> str:
+    try:
+        return get_engine().revision
+    except Exception:  # the decision that follows fails closed and says why
+        return ""
 
 
 # Reading ---------------------------------------------------------------------------------
@@ -242,6 +261,8 @@ def _check_rollback_target(*, version: WorkflowVersion, stage: str, pointer) -> 
                       code="not_rollback_target")
     try:
         attestations.verify_attestation(earlier.attestation, platform_public_keys())
+    except KeyringError as exc:
+        raise AttestationUnavailable(f"The platform's keys cannot be read to check the attestation: {exc}") from None
     except attestations.AttestationInvalid as exc:
         raise Invalid(f"The earlier attestation of version {version.number} does not verify: {exc}",
                       field="version", code="not_rollback_target") from None
@@ -255,7 +276,7 @@ def _advance(promotion: Promotion, *, actor) -> None:
     Runs inside the caller's transaction, with the promotion locked."""
     moment = timezone.now()
     facts = policy_input(promotion, moment=moment)
-    binding, revision = binding_of(facts), get_engine().revision
+    binding, revision = binding_of(facts), _policy_revision()
     if (binding, revision) != (promotion.binding_digest, promotion.policy_revision):
         # The facts or the policy changed: approvals bound to the old ones stop counting.
         promotion.binding_digest, promotion.policy_revision = binding, revision
@@ -284,6 +305,8 @@ def _advance(promotion: Promotion, *, actor) -> None:
                  "binding_digest": binding, "policy_revision": revision, "approvals": len(approvals),
                  "required_approvals": promotion.required_approvals,
                  "violations": [v["rule"] for v in decision.violations], "reason": reason})
+    if state == PromotionState.APPROVED:
+        state, reason = _final_checks(promotion, facts=facts, approvals=approvals, decision=decision)
     if state == PromotionState.REJECTED:
         _close(promotion, state, reason=reason)
         return
@@ -291,6 +314,26 @@ def _advance(promotion: Promotion, *, actor) -> None:
     promotion.save()
     if state == PromotionState.APPROVED:
         _promote(promotion, actor=actor, decision=decision, approvals=approvals, facts=facts)
+
+
+def _final_checks(promotion: Promotion, *, facts, approvals, decision) -> tuple[str, str]:
+    """Defence in depth before the pointer moves: the policy said allow, and the platform's own
+    rules agree (enough distinct approvers, none the requester or the author; only exemptions
+    the input carried; a rollback still goes to the immediately superseded version)."""
+    people = {a.user_id for a in approvals} - {promotion.requested_by_id, promotion.version.created_by_id}
+    if len(people) < promotion.required_approvals:
+        return PromotionState.AWAITING_APPROVAL, ""
+    exempted = {e["rule"] for e in facts["exemptions"]}
+    stray = [v["rule"] for v in decision.violations if v["exempt"] and v["rule"] not in exempted]
+    if stray:
+        return PromotionState.REJECTED, f"The policy exempted {', '.join(stray)} without a waiver or an override."
+    if promotion.kind == PromotionKind.ROLLBACK:
+        pointer = StagePointer.objects.filter(workflow_id=promotion.workflow_id, stage=promotion.stage).first()
+        try:
+            _check_rollback_target(version=promotion.version, stage=promotion.stage, pointer=pointer)
+        except Invalid as exc:
+            return PromotionState.REJECTED, exc.detail
+    return PromotionState.APPROVED, ""
 
 
 def _required_approvals(facts: dict) -> int:
@@ -409,31 +452,44 @@ def _decide_as_approver(*, actor, promotion: Promotion, otp_token: str, verdict:
         if actor.pk in (promotion.requested_by_id, promotion.version.created_by_id):
             raise Forbidden("You asked for this promotion or wrote this version; someone else must approve it.",
                             code="separation_of_duties")
+        if not is_approver(actor, promotion.tenant):
+            raise Forbidden("Only members with the approver role decide promotions.")
         facts = policy_input(promotion, moment=timezone.now())
-        binding, revision = binding_of(facts), get_engine().revision
-        if binding_digest and binding_digest != binding:
-            raise Conflict("What you reviewed has changed since (artifacts, policy data, waivers or overrides): "
-                           "review the promotion again.", code="binding_changed")
-        if (binding, revision) != (promotion.binding_digest, promotion.policy_revision):
-            promotion.binding_digest, promotion.policy_revision = binding, revision
-            promotion.save(update_fields=["binding_digest", "policy_revision"])
-        if promotion.approvals.filter(user=actor, binding_digest=binding, policy_revision=revision).exists():
-            raise Conflict("You have already decided on this promotion as it stands.", code="already_decided")
-        approval = Approval.objects.create(
-            tenant=promotion.tenant, promotion=promotion, user=actor, verdict=verdict, comment=(comment or "")[:2000],
-            version_digest=promotion.version.digest, binding_digest=binding, policy_revision=revision,
-            otp_device=device.persistent_id, via=via,
-            token=getattr(getattr(actor, "api_token", None), "public_id", "") or "")
-        record(action=f"promotion.{verdict}", actor=actor_for(actor), tenant=promotion.tenant.slug,
-               target=_target(promotion),
-               data={**_summary(promotion), "approval": approval.pk, "binding_digest": binding,
-                     "policy_revision": revision, "otp_device": device.persistent_id, "via": via,
-                     "comment": approval.comment})
-        if verdict == Approval.Verdict.REJECT:
-            _close(promotion, PromotionState.REJECTED, by=actor, reason=f"Rejected by {actor.username}: {comment}")
-        else:
+        binding, revision = binding_of(facts), _policy_revision()
+        stale = bool(binding_digest) and binding_digest != binding
+        if stale:
+            # Check again and keep the result (refused after the commit), so the page the
+            # approver reloads shows what changed.
             _advance(promotion, actor=actor)
+        else:
+            _record_verdict(actor=actor, promotion=promotion, verdict=verdict, comment=comment, via=via,
+                            device=device, binding=binding, revision=revision)
+    if stale:
+        raise Conflict("What you reviewed has changed since (artifacts, policy data, waivers, overrides or the "
+                       "version in the stage): review the promotion again.", code="binding_changed")
     return promotion
+
+
+def _record_verdict(*, actor, promotion: Promotion, verdict, comment, via, device, binding, revision) -> None:
+    if (binding, revision) != (promotion.binding_digest, promotion.policy_revision):
+        promotion.binding_digest, promotion.policy_revision = binding, revision
+        promotion.save(update_fields=["binding_digest", "policy_revision"])
+    if promotion.approvals.filter(user=actor, binding_digest=binding, policy_revision=revision).exists():
+        raise Conflict("You have already decided on this promotion as it stands.", code="already_decided")
+    approval = Approval.objects.create(
+        tenant=promotion.tenant, promotion=promotion, user=actor, verdict=verdict, comment=(comment or "")[:2000],
+        version_digest=promotion.version.digest, binding_digest=binding, policy_revision=revision,
+        otp_device=device.persistent_id, via=via,
+        token=getattr(getattr(actor, "api_token", None), "public_id", "") or "")
+    record(action=f"promotion.{verdict}", actor=actor_for(actor), tenant=promotion.tenant.slug,
+           target=_target(promotion),
+           data={**_summary(promotion), "approval": approval.pk, "binding_digest": binding,
+                 "policy_revision": revision, "otp_device": device.persistent_id, "via": via,
+                 "comment": approval.comment})
+    if verdict == Approval.Verdict.REJECT:
+        _close(promotion, PromotionState.REJECTED, by=actor, reason=f"Rejected by {actor.username}: {comment}")
+    else:
+        _advance(promotion, actor=actor)
 
 
 def promotion_approve(*, actor, promotion: Promotion, otp_token: str, comment: str = "", via: str = "api",
@@ -451,7 +507,7 @@ def promotion_reject(*, actor, promotion: Promotion, otp_token: str, comment: st
 
 def promotion_withdraw(*, actor, promotion: Promotion, reason: str = "") -> Promotion:
     with transaction.atomic():
-        require(actor, promotion.tenant, "view")
+        require_one_of(actor, promotion.tenant, ("develop", "admin"))
         bind_rls(tenant_id=promotion.tenant_id)
         promotion = _locked(promotion)
         if actor.pk != promotion.requested_by_id and not can(actor, promotion.tenant, "admin"):
@@ -468,9 +524,7 @@ def promotion_recheck(*, actor, promotion: Promotion) -> Promotion:
     """Evaluate again, for example after a waiver was approved or an artifact re-signed."""
     _expire_if_due(promotion)
     with transaction.atomic():
-        require(actor, promotion.tenant, "view")
-        if not (can(actor, promotion.tenant, "develop") or can(actor, promotion.tenant, "admin")):
-            raise Forbidden("Developers and tenant admins re-check promotions.")
+        require_one_of(actor, promotion.tenant, ("develop", "admin"))
         bind_rls(tenant_id=promotion.tenant_id)
         promotion = _locked(promotion)
         if promotion.state not in (PromotionState.CHECKED, PromotionState.AWAITING_APPROVAL):
@@ -515,11 +569,11 @@ def promotion_override_confirm(*, actor, override: PromotionOverride, otp_token:
     OTP; the promotion is checked again at once."""
     require_person(actor, "confirm an override")
     promotion = override.promotion
-    if not (can(actor, promotion.tenant, "admin") or can(actor, promotion.tenant, "approve")):
-        require(actor, promotion.tenant, "approve")
+    require_one_of(actor, promotion.tenant, ("admin", "approve"))
     device = step_up_verify(user=actor, otp_token=otp_token, purpose="promotion.override_confirm")
     _expire_if_due(promotion)
     with transaction.atomic():
+        require_one_of(actor, promotion.tenant, ("admin", "approve"))
         bind_rls(tenant_id=promotion.tenant_id)
         promotion = _locked(promotion)
         override = PromotionOverride.objects.select_for_update().get(pk=override.pk)

@@ -115,8 +115,9 @@ def trust_config_update(*, actor, tenant: Tenant, public_keys=None, ca_roots=Non
 
 def _signers(config: TrustConfiguration) -> dict:
     """Who the configuration trusts, by verification mode: what a passing verification names."""
-    return {"key": set(config.public_keys), "certificate": set(config.allowed_identities),
-            "keyless": {pair[0] for pair in config.sigstore_identities}, "roots": set(config.ca_roots)}
+    return {"key": {(kid, _fingerprint(pem)) for kid, pem in config.public_keys.items()},
+            "certificate": set(config.allowed_identities),
+            "keyless": {tuple(pair) for pair in config.sigstore_identities}, "roots": set(config.ca_roots)}
 
 
 def _revoke_removed_signers(*, actor, tenant: Tenant, before: dict, config: TrustConfiguration) -> None:
@@ -124,7 +125,10 @@ def _revoke_removed_signers(*, actor, tenant: Tenant, before: dict, config: Trus
     artifact whose standing verification it backed gets a failed verification on record, so
     the versions using it cannot be promoted (nor run in production) until re-signed."""
     after = _signers(config)
-    removed = {mode: before[mode] - after[mode] for mode in ("key", "certificate", "keyless")}
+    # By the name a verification records: a key id whose key changed, an identity whose issuer changed.
+    removed = {"key": {kid for kid, _ in before["key"] - after["key"]},
+               "certificate": before["certificate"] - after["certificate"],
+               "keyless": {identity for identity, _ in before["keyless"] - after["keyless"]}}
     roots_removed = bool(before["roots"] - after["roots"])  # any certificate may chain to the removed root
     latest = {}
     for verification in Verification.objects.filter(tenant=tenant).select_related("artifact").order_by("performed_at", "id"):
@@ -181,6 +185,14 @@ def _verify_and_record(*, actor, tenant, artifact, signature, config) -> Verific
                                             signed_at=None)
     with transaction.atomic():
         bind_rls(tenant_id=tenant.pk)
+        current = TrustConfiguration.objects.select_for_update().filter(tenant=tenant).first()
+        if result.verified and current is not None and current.revision != config.revision:
+            # The trust configuration changed while this verification ran (perhaps revoking its
+            # signer): it must not land after the revocation as the artifact's standing status.
+            result = signing.VerificationResult(
+                verified=False, mode=result.mode, identity=result.identity, digest=result.digest, signed_at=None,
+                reason=f"The trust configuration changed during verification (revision {config.revision} -> "
+                       f"{current.revision}); verify again.")
         verification = Verification.objects.create(
             tenant=tenant, artifact=artifact, signature=signature, verified=result.verified,
             mode=result.mode.value if result.mode else "", identity=result.identity[:500], reason=result.reason,

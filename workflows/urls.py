@@ -45,7 +45,7 @@ api_urlpatterns = [
     path(PROMOTION + "approve/", committing(api.PromotionApprove), name="api-promotion-approve"),
     path(PROMOTION + "reject/", committing(api.PromotionReject), name="api-promotion-reject"),
     path(PROMOTION + "withdraw/", api.PromotionWithdraw.as_view(), name="api-promotion-withdraw"),
-    path(PROMOTION + "recheck/", api.PromotionRecheck.as_view(), name="api-promotion-recheck"),
+    path(PROMOTION + "recheck/", committing(api.PromotionRecheck), name="api-promotion-recheck"),
     path(PROMOTION + "overrides/", api.PromotionOverrideList.as_view(), name="api-promotion-overrides"),
     path(PROMOTION + "overrides/<int:override>/confirm/", committing(api.PromotionOverrideConfirm),
          name="api-promotion-override-confirm"),
