@@ -135,8 +135,10 @@ def test_reverification_uses_todays_trust_configuration(trusted, world, api, dev
     api(world.a.admin).put("/api/v1/tenants/acme-bank/trust/", {"public_keys": {}})  # the key is withdrawn
     body = assert_error(developer.post(verify_url), 422, "signature_not_verified")
     assert body["verifications"][0]["trust_revision"] == 2
-    assert list(Verification.objects.using("owner").order_by("id").values_list("verified", flat=True)) == [
-        True, True, False]
+    # Withdrawing the key revoked the standing verification at once; re-verifying fails too.
+    rows = list(Verification.objects.using("owner").order_by("id").values_list("verified", "reason"))
+    assert [verified for verified, _ in rows] == [True, True, False, False]
+    assert rows[2][1].startswith("Revoked: ci-2026 was removed from the trust configuration")
 
 
 def test_only_developers_attach_signatures(trusted, world, api, keys, developer, model_file):
