@@ -127,3 +127,33 @@ def _request(page, number, stage):
     form.locator("#promotion_stage").select_option(stage)
     with page.expect_navigation():
         form.locator("button[type=submit]").click()
+
+
+def test_a_waiver_is_asked_for_and_approved_in_the_console_by_two_people(gate, world, client):
+    from datetime import timedelta
+
+    from django.test import Client
+    from django.utils import timezone
+
+    from policies.models import Waiver
+
+    in_ten_days = (timezone.now() + timedelta(days=10)).strftime("%Y-%m-%d %H:%M")
+
+    admin = sign_in(client, world.a.admin)
+    response = admin.post("/t/acme-bank/policy/", {"action": "waiver", "rule": "baseline.dataset_residency",
+                                                   "reason": "r", "ticket_url": "https://tickets.example/9",
+                                                   "expires_at": "2099-01-01 00:00"})
+    assert response.status_code == 400 and "hard-mandatory baseline rule" in response.content.decode()
+    response = admin.post("/t/acme-bank/policy/", {"action": "waiver", "rule": "baseline.base_model_allowed",
+                                                   "reason": "Pilot", "ticket_url": "https://tickets.example/9",
+                                                   "expires_at": in_ten_days})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    waiver = Waiver.objects.using("owner").get()
+    approver = sign_in(Client(), world.a.approver)
+    response = approver.post("/t/acme-bank/policy/", {"action": "approve", "waiver": waiver.pk, "otp_token": "1"})
+    assert response.status_code == 400 and 'id="approve_otp_token-error"' in response.content.decode()
+    response = approver.post("/t/acme-bank/policy/", {"action": "approve", "waiver": waiver.pk,
+                                                      "otp_token": fresh_totp(world.a.approver)})
+    assert response.status_code == 302
+    waiver.refresh_from_db()
+    assert waiver.approved_by_id == world.a.approver.pk

@@ -560,3 +560,21 @@ def test_a_console_override_confirmation_with_a_bad_id_is_a_form_error(gate, wor
     response = sign_in(client, world.a.admin2).post(f"/t/acme-bank/promotions/{body['id']}/",
                                                    {"action": "confirm", "override": "abc", "otp_token": "123456"})
     assert response.status_code == 400
+
+
+def test_a_new_policy_revision_voids_earlier_approvals(gate, world, in_production, tmp_path, monkeypatch):
+    import shutil
+
+    from policies import bundle
+
+    first = gate.approve(in_production, world.a.approver).json()
+    candidate = tmp_path / "rego"
+    shutil.copytree(bundle.REGO_DIR, candidate)
+    with open(candidate / "platform" / "promotion.rego", "a") as rego:
+        rego.write("\n# a reviewed change: the revision moves\n")
+    monkeypatch.setattr(bundle, "REGO_DIR", candidate)
+    after = gate.approve(in_production, world.a.approver2).json()
+    assert after["policy_revision"] != first["policy_revision"]
+    assert after["state"] == "awaiting_approval"
+    assert {a["user"]: a["current"] for a in after["approvals"]} == {"acme-bank-approver": False,
+                                                                     "acme-bank-approver2": True}
