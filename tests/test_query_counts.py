@@ -50,6 +50,10 @@ PINNED = {
     ("tenant-audit-events", "session"): 18,
     ("audit-events", "token"): 8,
     ("audit-events", "session"): 10,
+    ("promotions", "token"): 12,  # + 2 prefetches: approvals with their users, overrides with theirs
+    ("promotions", "session"): 17,
+    ("waivers", "token"): 10,
+    ("waivers", "session"): 15,
 }
 
 _serial = itertools.count()
@@ -123,6 +127,41 @@ def add_audit_events(world, k):
     sequence_pending()
 
 
+def add_promotions(world, k):
+    """k more promotions in world.a, each with two approvals and an override."""
+    from workflows.models import Approval, Promotion, PromotionOverride, Workflow, WorkflowVersion
+
+    workflow, _ = Workflow.objects.using("owner").get_or_create(tenant=world.a.tenant, name="counted",
+                                                                defaults={"created_by": world.a.developer})
+    for _ in range(k):
+        i = next(_serial)
+        version = WorkflowVersion.objects.using("owner").create(
+            tenant=world.a.tenant, workflow=workflow, number=i + 1, spec={"name": "counted"}, spec_canonical="{}",
+            digest=f"sha256:{i:064x}", created_by=world.a.developer)
+        promotion = Promotion.objects.using("owner").create(
+            tenant=world.a.tenant, workflow=workflow, version=version, stage="staging", requested_by=world.a.developer,
+            expires_at=timezone.now() + timedelta(days=1), state="awaiting_approval", binding_digest="sha256:b",
+            policy_revision="sha256:r")
+        for approver in (world.a.approver, world.a.approver2):
+            Approval.objects.using("owner").create(
+                tenant=world.a.tenant, promotion=promotion, user=approver, verdict="approve",
+                version_digest=version.digest, binding_digest="sha256:b", policy_revision="sha256:r",
+                otp_device="otp_totp.totpdevice/1", via="api")
+        PromotionOverride.objects.using("owner").create(tenant=world.a.tenant, promotion=promotion,
+                                                        rule="baseline.base_model_allowed", justification="j",
+                                                        requested_by=world.a.admin, confirmed_by=world.a.admin2)
+
+
+def add_waivers(world, k):
+    from policies.models import Waiver
+
+    for _ in range(k):
+        Waiver.objects.using("owner").create(
+            tenant=world.a.tenant, rule="baseline.base_model_allowed", reason="r", ticket_url="https://t.example/1",
+            expires_at=timezone.now() + timedelta(days=1), requested_by=world.a.admin, approved_by=world.a.admin2,
+            approved_at=timezone.now())
+
+
 ENDPOINTS = {
     "tenants": (lambda w: "/api/v1/tenants/", add_tenants),
     "members": (lambda w: f"/api/v1/tenants/{_tenant_slug(w)}/members/", add_members),
@@ -130,6 +169,8 @@ ENDPOINTS = {
     "tokens": (lambda w: f"/api/v1/tenants/{_tenant_slug(w)}/tokens/", add_tokens),
     "tenant-audit-events": (lambda w: f"/api/v1/tenants/{_tenant_slug(w)}/audit/events/", add_audit_events),
     "audit-events": (lambda w: "/api/v1/audit/events/", add_audit_events),
+    "promotions": (lambda w: f"/api/v1/tenants/{_tenant_slug(w)}/promotions/", add_promotions),
+    "waivers": (lambda w: f"/api/v1/tenants/{_tenant_slug(w)}/waivers/", add_waivers),
 }
 
 
