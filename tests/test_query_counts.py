@@ -218,3 +218,24 @@ def test_list_query_count_is_flat_and_pinned(world, endpoint, way):
         + "\n".join(sql_3n))
     assert at_n == PINNED[(endpoint, way)], (
         f"{endpoint} as {way} runs {at_n} queries, pinned at {PINNED[(endpoint, way)]}:\n" + "\n".join(sql_n))
+
+
+def test_the_promotion_queue_page_query_count_is_flat_and_pinned(world):
+    """The console's approver queue renders every open promotion without a query per row."""
+    assert ON_POSTGRES, "the query counts are pinned for PostgreSQL: run this module with `make test-postgres`"
+    client = sign_in(Client(), world.a.approver)
+    path = f"/t/{_tenant_slug(world)}/promotions/"
+
+    def count():
+        with CaptureQueriesContext(connections["default"]) as captured:
+            response = client.get(path)
+        assert response.status_code == 200
+        return len(captured), response.content.decode().count("data-promotion=")
+
+    count()  # warm per-process caches
+    add_promotions(world, N)
+    at_n, rows_n = count()
+    add_promotions(world, 2 * N)
+    at_3n, rows_3n = count()
+    assert (rows_n, rows_3n) == (N, 3 * N)
+    assert at_n == at_3n == 19, (at_n, at_3n)
