@@ -152,7 +152,8 @@ class LoopbackOpaServer:
     """A LOOPBACK OPA REST SERVER BACKED BY THE REAL OPA ENGINE (no OPA binary exists here).
 
     It answers ``POST /v1/data/<path>`` as OPA does, ``{"result": ..., "decision_id": ...}``
-    (no ``result`` when undefined), by evaluating the platform's policy bundle with
+    (no ``result`` when undefined; the bundle revision under ``provenance`` when asked with
+    ``?provenance=true``, which the platform checks), by evaluating the platform's policy bundle with
     opa-golib-python-bindings. HTTP/1.1 keep-alive and TCP_NODELAY, as OPA's Go server has."""
 
     def __init__(self):
@@ -172,7 +173,8 @@ class LoopbackOpaServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
-                path = self.path.partition("?")[0].removeprefix("/v1/data/").strip("/").replace("/", ".")
+                path, _, query = self.path.partition("?")
+                path = path.removeprefix("/v1/data/").strip("/").replace("/", ".")
                 with server.lock:
                     server.count += 1
                     answer = {"decision_id": f"loopback-{server.count}"}
@@ -180,6 +182,8 @@ class LoopbackOpaServer:
                         answer["result"] = server.engine.eval_document(path, body.get("input"))
                     except Exception:
                         pass  # undefined: OPA answers without "result"
+                if "provenance=true" in query.lower():
+                    answer["provenance"] = {"bundles": {"neocloud": {"revision": server.revision}}}
                 data = json.dumps(answer).encode()
                 head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                         f"Content-Length: {len(data)}\r\n\r\n").encode()
