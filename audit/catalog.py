@@ -16,6 +16,8 @@ ACTIONS = {
     "gpu_flavor.create": "A platform admin added a GPU flavor.",
     "gpu_flavor.update": "A platform admin changed a GPU flavor's description, billing weight or availability.",
     "tenant_quota.set": "A platform admin set a tenant's GPU quota for one flavor.",
+    "runner.register": "A runner node registered (or updated) itself with the GPUs it found.",
+    "runner.state_change": "A platform admin drained a runner node, took it down, or made it ready again.",
     # tenant scope
     "membership.grant": "A user was given a role in a tenant.",
     "membership.role_change": "A member's role in a tenant changed.",

@@ -144,6 +144,7 @@ INSTALLED_APPS = [
     "policies",
     "workflows",
     "compliance",
+    "runners",
 ]
 
 MIDDLEWARE = [
@@ -328,6 +329,14 @@ POLICY_TIMEOUT_SECONDS = float(env("POLICY_TIMEOUT_SECONDS", "2"))
 # An open promotion request closes as expired after this many hours without a decision.
 PROMOTION_TTL_HOURS = float(env("PROMOTION_TTL_HOURS", "168"))
 PROMOTION_EXPIRY_INTERVAL_SECONDS = float(env("PROMOTION_EXPIRY_INTERVAL_SECONDS", "60"))
+
+# Runner nodes (docs/operators.md, "Runner nodes"): what this machine offers when it registers.
+RUNNER_HOSTNAME = env("RUNNER_HOSTNAME", "")  # default: the machine's fully qualified name
+RUNNER_FLAVOR = env("RUNNER_FLAVOR", "")
+RUNNER_REGION = env("RUNNER_REGION", "")
+RUNNER_JURISDICTION = env("RUNNER_JURISDICTION", "")
+RUNNER_GPU_DEVICES = env("RUNNER_GPU_DEVICES", "")  # e.g. "0,1"; unset: discover through NVML
+RUNNER_HEARTBEAT_TIMEOUT_SECONDS = float(env("RUNNER_HEARTBEAT_TIMEOUT_SECONDS", "60"))
 # The bearer token an OPA server pulls GET /api/v1/policies/bundle with; unset, only platform
 # admins may pull it. A short token is guessable, so it is refused.
 POLICY_BUNDLE_TOKEN = env("POLICY_BUNDLE_TOKEN")

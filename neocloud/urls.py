@@ -3,6 +3,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from compliance import urls as compliance_urls
 from policies import urls as policy_urls
+from runners import api as runner_api
 from tenants import urls as tenant_urls
 from workflows import urls as workflow_urls
 from tenants.errors_views import handler403, handler404, handler500  # noqa: F401  (Django looks them up here)
@@ -12,6 +13,7 @@ api_v1 = [
     *workflow_urls.api_urlpatterns,
     *policy_urls.api_urlpatterns,
     *compliance_urls.api_urlpatterns,
+    *runner_api.api_urlpatterns,
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]
