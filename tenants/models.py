@@ -153,14 +153,22 @@ class GpuFlavor(models.Model):
         return self.name
 
 
+class BudgetMode(models.TextChoices):
+    HARD = "hard"  # a run is admitted only if the month's remaining GPU-hours cover it
+    SOFT = "soft"  # runs are admitted; alerts at 80% and 100%, overruns show in chargeback
+
+
 class TenantQuota(models.Model):
     """A tenant's GPU quota for one flavor, as Kueue models it: ``nominal`` devices are the
-    tenant's own; up to ``borrowing_limit`` more may be borrowed from idle capacity."""
+    tenant's own; up to ``borrowing_limit`` more may be borrowed from idle capacity. On top,
+    what Kueue lacks: a budget of GPU-hours per calendar month (none when empty)."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="quotas")
     flavor = models.ForeignKey(GpuFlavor, on_delete=models.PROTECT, related_name="quotas")
     nominal = models.PositiveIntegerField()
     borrowing_limit = models.PositiveIntegerField(default=0)
+    gpu_hours_budget = models.PositiveIntegerField(null=True, blank=True)
+    budget_mode = models.CharField(max_length=8, choices=BudgetMode.choices, default=BudgetMode.HARD)
     updated_at = models.DateTimeField(default=timezone.now)
 
     objects = TenantOwnedQuerySet.as_manager()

@@ -120,5 +120,5 @@ class TenantQuotaSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = TenantQuota
-        fields = ["flavor", "nominal", "borrowing_limit", "updated_at"]
+        fields = ["flavor", "nominal", "borrowing_limit", "gpu_hours_budget", "budget_mode", "updated_at"]
         read_only_fields = ["updated_at"]

@@ -20,6 +20,7 @@ from .db import bind_rls
 from .errors import Conflict, Forbidden, Invalid, NotFound, TenantSuspended, clean_or_invalid
 from .models import (
     ApiToken,
+    BudgetMode,
     GpuFlavor,
     Membership,
     ServiceAccount,
@@ -34,6 +35,9 @@ User = get_user_model()
 
 MAX_TOKEN_DAYS = 365
 DEFAULT_TOKEN_DAYS = 90
+
+
+MAX_GPU_HOURS_BUDGET = 10_000_000
 
 
 def _require_platform_admin(actor):
@@ -312,22 +316,33 @@ def gpu_flavor_update(*, actor, flavor: GpuFlavor, **changes) -> GpuFlavor:
     return flavor
 
 
-def tenant_quota_set(*, actor, tenant: Tenant, flavor: GpuFlavor, nominal: int, borrowing_limit: int = 0) -> TenantQuota:
-    """Set a tenant's quota for one flavor. Platform admins only: a tenant admin cannot raise
-    their own tenant's quota."""
+def tenant_quota_set(*, actor, tenant: Tenant, flavor: GpuFlavor, nominal: int, borrowing_limit: int = 0,
+                     gpu_hours_budget: int | None = None, budget_mode: str = BudgetMode.HARD) -> TenantQuota:
+    """Set a tenant's quota for one flavor, and its monthly GPU-hour budget (none when
+    ``gpu_hours_budget`` is None). Platform admins only: a tenant admin cannot raise their own
+    tenant's quota."""
     _require_platform_admin(actor)
     for field, value in (("nominal", nominal), ("borrowing_limit", borrowing_limit)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise Invalid(f"{field} must be a whole number of GPUs, 0 or more.", field=field)
+    if gpu_hours_budget is not None and (not isinstance(gpu_hours_budget, int) or isinstance(gpu_hours_budget, bool)
+                                         or not 0 <= gpu_hours_budget <= MAX_GPU_HOURS_BUDGET):
+        raise Invalid(f"gpu_hours_budget is a whole number of GPU-hours per month, 0 to {MAX_GPU_HOURS_BUDGET}, "
+                      "or null for no budget.", field="gpu_hours_budget")
+    if budget_mode not in BudgetMode.values:
+        raise Invalid(f"budget_mode is one of {', '.join(BudgetMode.values)}.", field="budget_mode")
+    wanted = {"nominal": nominal, "borrowing_limit": borrowing_limit, "gpu_hours_budget": gpu_hours_budget,
+              "budget_mode": budget_mode}
     with transaction.atomic():
         bind_rls(tenant_id=tenant.pk)
         quota = TenantQuota.objects.select_for_update().filter(tenant=tenant, flavor=flavor).first()
-        before = None if quota is None else {"nominal": quota.nominal, "borrowing_limit": quota.borrowing_limit}
+        before = None if quota is None else {field: getattr(quota, field) for field in wanted}
         if quota is None:
             quota = TenantQuota(tenant=tenant, flavor=flavor)
-        quota.nominal, quota.borrowing_limit, quota.updated_at = nominal, borrowing_limit, timezone.now()
+        for field, value in wanted.items():
+            setattr(quota, field, value)
+        quota.updated_at = timezone.now()
         quota.save()
         record(action="tenant_quota.set", actor=actor_for(actor), tenant=tenant.slug,
-               target=Target("tenant_quota", flavor.name),
-               data={"from": before, "to": {"nominal": nominal, "borrowing_limit": borrowing_limit}})
+               target=Target("tenant_quota", flavor.name), data={"from": before, "to": wanted})
     return quota

@@ -61,9 +61,10 @@ def test_platform_admin_sets_a_quota_and_the_tenant_reads_it(flavors, world, api
     quotas = api(world.a.developer).get("/api/v1/tenants/acme-bank/quota/").json()["results"]
     assert [(q["flavor"], q["nominal"], q["borrowing_limit"]) for q in quotas] == [("h100-80gb", 16, 0)]
     events = AuditEvent.objects.using("owner").filter(action="tenant_quota.set").order_by("id")
+    first = {"nominal": 8, "borrowing_limit": 4, "gpu_hours_budget": None, "budget_mode": "hard"}
     assert [e.data for e in events] == [
-        {"from": None, "to": {"nominal": 8, "borrowing_limit": 4}},
-        {"from": {"nominal": 8, "borrowing_limit": 4}, "to": {"nominal": 16, "borrowing_limit": 0}}]
+        {"from": None, "to": first},
+        {"from": first, "to": {**first, "nominal": 16, "borrowing_limit": 0}}]
     assert {e.tenant for e in events} == {"acme-bank"}
     assert api(world.b.developer).get("/api/v1/tenants/st-mary-hospital/quota/").json()["count"] == 0
 
@@ -84,3 +85,23 @@ def test_a_quota_is_a_whole_number_of_gpus(flavors, body, field):
 
 def test_a_quota_for_an_unknown_flavor_is_404(flavors):
     assert_error(flavors.put("/api/v1/tenants/acme-bank/quota/a100/", {"nominal": 1}), 404, "not_found")
+
+
+def test_a_monthly_gpu_hour_budget_is_set_with_its_mode_and_audited(flavors, world, api):
+    response = flavors.put("/api/v1/tenants/acme-bank/quota/h100-80gb/",
+                           {"nominal": 4, "gpu_hours_budget": 2000, "budget_mode": "soft"})
+    assert response.status_code == 200, response.content
+    [quota] = api(world.a.developer).get("/api/v1/tenants/acme-bank/quota/").json()["results"]
+    assert (quota["gpu_hours_budget"], quota["budget_mode"]) == (2000, "soft")
+    event = AuditEvent.objects.using("owner").get(action="tenant_quota.set")
+    assert event.data["to"] == {"nominal": 4, "borrowing_limit": 0, "gpu_hours_budget": 2000, "budget_mode": "soft"}
+    assert_error(api(world.a.admin).put("/api/v1/tenants/acme-bank/quota/h100-80gb/",
+                                        {"nominal": 4, "gpu_hours_budget": 99999}), 403, "permission_denied")
+
+
+@pytest.mark.parametrize("body, field", [({"nominal": 1, "gpu_hours_budget": -5}, "gpu_hours_budget"),
+                                         ({"nominal": 1, "budget_mode": "lenient"}, "budget_mode")])
+def test_a_budget_is_whole_gpu_hours_in_a_known_mode(flavors, body, field):
+    response = flavors.put("/api/v1/tenants/acme-bank/quota/h100-80gb/", body)
+    assert field in assert_error(response, 400, "invalid")["fields"]
+    assert not TenantQuota.objects.using("owner").exists()
