@@ -17,6 +17,8 @@ ACTIONS = {
     "gpu_flavor.update": "A platform admin changed a GPU flavor's description, billing weight or availability.",
     "tenant_quota.set": "A platform admin set a tenant's GPU quota for one flavor.",
     "runner.register": "A runner node registered (or updated) itself with the GPUs it found.",
+    "run.request": "A developer asked for a run; it passed the run policy and waits for admission.",
+    "run.admit": "The admission cycle reserved devices on one node for a run, within the tenant's quota.",
     "runner.state_change": "A platform admin drained a runner node, took it down, or made it ready again.",
     # tenant scope
     "membership.grant": "A user was given a role in a tenant.",

@@ -23,3 +23,8 @@ def schedule_platform_jobs(sender, **kwargs):
         sender.signature("workflows.expire_promotions"),
         name="promotion expiry",
     )
+    sender.add_periodic_task(
+        settings.ADMISSION_INTERVAL_SECONDS,
+        sender.signature("runners.admission_cycle"),
+        name="admission cycle",
+    )

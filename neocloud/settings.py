@@ -337,6 +337,7 @@ RUNNER_REGION = env("RUNNER_REGION", "")
 RUNNER_JURISDICTION = env("RUNNER_JURISDICTION", "")
 RUNNER_GPU_DEVICES = env("RUNNER_GPU_DEVICES", "")  # e.g. "0,1"; unset: discover through NVML
 RUNNER_HEARTBEAT_TIMEOUT_SECONDS = float(env("RUNNER_HEARTBEAT_TIMEOUT_SECONDS", "60"))
+ADMISSION_INTERVAL_SECONDS = float(env("ADMISSION_INTERVAL_SECONDS", "5"))
 # The bearer token an OPA server pulls GET /api/v1/policies/bundle with; unset, only platform
 # admins may pull it. A short token is guessable, so it is refused.
 POLICY_BUNDLE_TOKEN = env("POLICY_BUNDLE_TOKEN")

@@ -7,10 +7,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tenants.access import is_platform_admin
+from tenants.api import TenantScopedAPIView
 from tenants.errors import Forbidden, NotFound
+from workflows.models import WorkflowVersion
 
-from . import selectors, services
-from .models import RunnerNode
+from . import admission, selectors, services
+from .models import Run, RunnerNode
 
 
 class RunnerNodeSerializer(serializers.ModelSerializer):
@@ -83,7 +85,71 @@ class PoolList(APIView):
              "live_nodes": p.live_nodes, "other_nodes": p.other_nodes} for p in selectors.pools()]})
 
 
+class RunSerializer(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="public_id", read_only=True)
+    workflow = serializers.CharField(source="version.workflow.name", read_only=True)
+    version = serializers.IntegerField(source="version.number", read_only=True)
+    flavor = serializers.CharField(source="flavor.name", read_only=True, default=None)
+    node = serializers.CharField(source="node.hostname", read_only=True, default=None)
+    requested_by = serializers.CharField(source="requested_by.username", read_only=True)
+
+    class Meta:
+        model = Run
+        fields = ["id", "workflow", "version", "stage", "parameters", "priority", "state", "reason", "flavor", "gpus",
+                  "max_runtime_seconds", "node", "device_ids", "requested_by", "created_at", "admitted_at",
+                  "finished_at"]
+        read_only_fields = fields
+
+
+class RunRequestSerializer(serializers.Serializer):
+    workflow = serializers.CharField(max_length=64)
+    version = serializers.IntegerField(min_value=1)
+    stage = serializers.ChoiceField(choices=["development", "staging", "production"])
+    parameters = serializers.DictField(required=False, default=dict)
+
+
+class _Runs(TenantScopedAPIView):
+    model = Run
+    serializer_class = RunSerializer
+
+    def get_queryset(self):
+        return super().get_queryset().select_related("version__workflow", "flavor", "node", "requested_by")
+
+
+class RunList(_Runs, generics.ListAPIView):
+    """Runs, newest first. POST records a pending run after the run policy; the admission cycle
+    admits it when quota and capacity allow. Send an ``Idempotency-Key`` header to retry safely."""
+
+    filterset_fields = ["state", "stage"]
+
+    @extend_schema(request=RunRequestSerializer, responses={201: RunSerializer, 200: RunSerializer})
+    def post(self, request, tenant):
+        serializer = RunRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        version = WorkflowVersion.objects.restrict(request.user, "view").filter(
+            tenant=self.tenant, workflow__name=data["workflow"], number=data["version"]).select_related(
+            "workflow").first()
+        if version is None:
+            raise NotFound(f"No version {data['version']} of workflow {data['workflow']}.")
+        run, created = admission.run_request(actor=request.user, tenant=self.tenant, version=version,
+                                             stage=data["stage"], parameters=data["parameters"],
+                                             idempotency_key=request.headers.get("Idempotency-Key", "").strip())
+        run = self.get_queryset().get(pk=run.pk)
+        return Response(RunSerializer(run).data, status=201 if created else 200)
+
+
+class RunDetail(_Runs):
+    def get(self, request, tenant, run):
+        found = self.get_queryset().filter(public_id=run).first()
+        if found is None:
+            raise NotFound("No such run.")
+        return Response(RunSerializer(found).data)
+
+
 api_urlpatterns = [
+    path("tenants/<slug:tenant>/runs/", RunList.as_view(), name="api-run-list"),
+    path("tenants/<slug:tenant>/runs/<uuid:run>/", RunDetail.as_view(), name="api-run-detail"),
     path("runners/", RunnerNodeList.as_view(), name="api-runner-list"),
     path("runners/<str:hostname>/", RunnerNodeDetail.as_view(), name="api-runner-detail"),
     path("pools/", PoolList.as_view(), name="api-pool-list"),

@@ -1,12 +1,14 @@
-"""Runner nodes: the GPU machines runs execute on. Platform-wide, not tenant data."""
+"""Runner nodes (platform-wide) and runs (tenant data): what executes where."""
 
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from tenants.models import GpuFlavor
+from tenants.models import GpuFlavor, Tenant
+from tenants.querysets import TenantOwnedQuerySet
 
 
 class NodeState(models.TextChoices):
@@ -46,3 +48,59 @@ class RunnerNode(models.Model):
         moment = moment or timezone.now()
         fresh = moment - timedelta(seconds=settings.RUNNER_HEARTBEAT_TIMEOUT_SECONDS)
         return self.state == NodeState.READY and self.last_heartbeat_at > fresh
+
+
+class RunState(models.TextChoices):
+    PENDING = "pending"  # recorded; the admission cycle has not looked at it yet
+    QUEUED = "queued"  # waiting for quota or capacity
+    ADMITTED = "admitted"  # holds devices on one node
+    DISPATCHED = "dispatched"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+WAITING_STATES = (RunState.PENDING, RunState.QUEUED)
+HOLDING_STATES = (RunState.ADMITTED, RunState.DISPATCHED, RunState.RUNNING)  # these hold devices
+
+
+class Run(models.Model):
+    """One execution of a workflow version in a stage. Only the admission cycle (platform
+    role) moves it from waiting to admitted, reserving ``device_ids`` on ``node``."""
+
+    public_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    version = models.ForeignKey("workflows.WorkflowVersion", on_delete=models.PROTECT, related_name="runs")
+    stage = models.CharField(max_length=16)
+    parameters = models.JSONField(default=dict)
+    priority = models.IntegerField(default=0)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    flavor = models.ForeignKey(GpuFlavor, on_delete=models.PROTECT, related_name="+", null=True, blank=True)
+    gpus = models.PositiveIntegerField(default=0)
+    max_runtime_seconds = models.PositiveIntegerField()
+    state = models.CharField(max_length=16, choices=RunState.choices, default=RunState.PENDING)
+    reason = models.CharField(max_length=1000, blank=True, default="")  # why it waits, or how it ended
+    node = models.ForeignKey(RunnerNode, on_delete=models.PROTECT, related_name="runs", null=True, blank=True)
+    device_ids = models.JSONField(default=list)
+    fencing_token = models.PositiveBigIntegerField(default=0)
+    idempotency_key = models.CharField(max_length=200, blank=True, default="")
+    request_digest = models.CharField(max_length=71, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    admitted_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["state", "priority", "created_at"]),
+                   models.Index(fields=["node", "state"])]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "idempotency_key"], condition=~models.Q(idempotency_key=""),
+                                    name="one_run_per_idempotency_key"),
+        ]
+
+    def __str__(self):
+        return f"run {self.public_id} ({self.state})"

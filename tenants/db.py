@@ -115,6 +115,13 @@ def _role_exists(cursor, role):
     return cursor.fetchone() is not None
 
 
+# What platform jobs write besides the audit sequencer's tables. Admission admits every
+# tenant's runs and records each admission; it locks quota rows and nodes with SELECT ... FOR
+# UPDATE, which PostgreSQL allows only with an UPDATE privilege: a column one is enough.
+PLATFORM_WRITES = (("runners_run", "UPDATE"), ("audit_auditevent", "INSERT"),
+                   ("tenants_tenantquota", "UPDATE (updated_at)"), ("runners_runnernode", "UPDATE (last_heartbeat_at)"))
+
+
 def apply_role_grants(using=OWNER_ALIAS, **kwargs):
     """After every migrate: give the app and platform roles exactly their grants.
 
@@ -140,3 +147,6 @@ def apply_role_grants(using=OWNER_ALIAS, **kwargs):
             cursor.execute(f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO "{platform_role}"')
             cursor.execute(f'GRANT INSERT ON audit_auditleaf TO "{platform_role}"')
             cursor.execute(f'GRANT UPDATE ON audit_sequencerstate TO "{platform_role}"')
+            # Admission sees every tenant's runs and admits them, recording each admission.
+            for table, privilege in PLATFORM_WRITES:
+                cursor.execute(f'GRANT {privilege} ON {table} TO "{platform_role}"')

@@ -39,6 +39,13 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class Unprocessable(DomainError):
+    """Well-formed, but it contradicts what was sent before (an Idempotency-Key reused)."""
+
+    status = 422
+    code = "unprocessable"
+
+
 class Invalid(DomainError):
     status = 400
     code = "invalid"

@@ -104,6 +104,7 @@ PATH_VALUES = {
     "promotion": lambda scene: scene.promotion.public_id,
     "override": lambda scene: scene.override.pk,
     "waiver": lambda scene: scene.waiver.pk,
+    "run": lambda scene: scene.run.public_id,
 }
 
 
@@ -146,6 +147,8 @@ def api_payload(scene, name, method):
         ("api-waiver-list", "POST"): {"rule": "baseline.base_model_allowed", "reason": "intruder",
                                       "ticket_url": "https://tickets.example/1", "expires_at": "2099-01-01T00:00:00Z"},
         ("api-waiver-approve", "POST"): {"otp_token": "123456"},
+        ("api-run-list", "POST"): {"workflow": scene.version.workflow.name, "version": scene.version.number,
+                                   "stage": "development"},
     }.get((name, method), {})
 
 
@@ -177,6 +180,7 @@ class Scene:
     promotion: object  # the promotion of that version to development
     override: object  # an override asked for on it
     waiver: object  # a waiver of world.a
+    run: object  # a pending run of that version
 
 
 def on_default(obj):
@@ -237,10 +241,13 @@ def scene(world):
     waiver = Waiver.objects.using("owner").create(
         tenant=world.a.tenant, rule="baseline.base_model_allowed", reason="r", ticket_url="https://tickets.example/2",
         expires_at=timezone.now() + timedelta(days=1), requested_by=world.a.admin)
+    from runners.admission import run_request
+
+    run, _ = run_request(actor=developer, tenant=tenant, version=version, stage="development")
     return Scene(world=world, account=account, token=token,
                  foreign_token=issue_token(world.b.admin, world.b.tenant, name="b-admin-laptop"),
                  flavor=flavor, version=version, artifact=artifact, promotion=promotion, override=override,
-                 waiver=waiver)
+                 waiver=waiver, run=run)
 
 
 def tenant_rows():
@@ -249,12 +256,13 @@ def tenant_rows():
     from workflows.models import Artifact, StagePointer, VersionArtifact, Workflow, WorkflowVersion
 
     from policies.models import PolicyDecision, TenantPolicy, Waiver
+    from runners.models import Run
     from workflows.models import (Approval, Blob, Promotion, PromotionOverride, Signature, TrustConfiguration,
                                   Verification)
 
     models = (Tenant, Membership, ServiceAccount, ApiToken, TenantQuota, Workflow, WorkflowVersion,
               VersionArtifact, Artifact, StagePointer, TrustConfiguration, Signature, Verification, Blob,
-              Promotion, Approval, PromotionOverride, TenantPolicy, Waiver, PolicyDecision)
+              Promotion, Approval, PromotionOverride, TenantPolicy, Waiver, PolicyDecision, Run)
     return {model._meta.db_table: list(model.objects.using("owner").order_by("pk").values()) for model in models}
 
 

@@ -73,7 +73,7 @@ def _gpus(spec: dict) -> dict:
     return wanted
 
 
-def _artifacts(version: WorkflowVersion) -> list[tuple[Artifact, object]]:
+def artifacts_with_status(version: WorkflowVersion) -> list[tuple[Artifact, object]]:
     artifacts = with_verifications(Artifact.objects.filter(version_links__version=version).order_by("name", "digest"))
     return [(artifact, signature_status(artifact)) for artifact in artifacts]
 
@@ -104,7 +104,7 @@ def policy_input(promotion: Promotion, *, moment) -> dict:
     """The facts the policy decides on, all read from the database and the store; the caller
     adds ``approvals``."""
     version, tenant = promotion.version, promotion.tenant
-    artifacts = _artifacts(version)
+    artifacts = artifacts_with_status(version)
     regions = [i["region"] for i in version.spec.get("inputs", []) if i.get("region")]
     regions += [a.region for a, _ in artifacts if a.kind == ArtifactKind.DATASET]
     quota = {q.flavor.name: q.nominal + q.borrowing_limit

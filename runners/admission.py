@@ -1,0 +1,244 @@
+"""Run requests and admission.
+
+``run_request`` only records a pending run, after the run policy (stage, promotion and
+attestation for production, revoked artifacts, GPUs within the tenant's limits).
+``admission_cycle`` is the one platform job that admits runs: it sees every tenant's runs
+(platform role, BYPASSRLS) and admits each in its own transaction that locks, in one fixed
+order, the tenant's quota row, then the pool's nodes by id, then the run, so concurrent cycles
+and submitters can never over-admit. A run's devices all come from one node in a jurisdiction
+the tenant's residency allows.
+"""
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from audit.hashing import canonical_json
+from audit.log import Actor, Target, record
+from tenants.access import actor_for, require
+from tenants.db import bind_rls
+from tenants.errors import Conflict, Forbidden, Invalid, Unprocessable
+from tenants.models import GpuFlavor, Tenant, TenantQuota
+from workflows.models import Promotion, PromotionState, Stage, StagePointer, WorkflowVersion
+from workflows import attestations
+from workflows.promotions import artifacts_with_status, platform_public_keys
+
+from .models import HOLDING_STATES, WAITING_STATES, NodeState, Run, RunnerNode, RunState
+
+logger = logging.getLogger(__name__)
+
+PLATFORM = "platform"  # the alias whose role sees every tenant (docs/operators.md)
+DEFAULT_STEP_TIMEOUT_SECONDS = 3600
+
+
+# Requests --------------------------------------------------------------------------------
+
+
+def _flavor_and_gpus(spec: dict) -> tuple[str | None, int]:
+    """A run holds the most GPUs any one step asks for, of its one flavor."""
+    wanted = {}
+    for step in spec.get("steps", []):
+        gpu = step.get("gpu") or {}
+        if gpu.get("flavor"):
+            wanted[gpu["flavor"]] = max(wanted.get(gpu["flavor"], 0), int(gpu.get("count", 0)))
+    if len(wanted) > 1:
+        raise Invalid(f"A run uses one GPU flavor; this version asks for {', '.join(sorted(wanted))}.",
+                      field="version")
+    return next(iter(wanted.items()), (None, 0))
+
+
+def max_runtime_seconds(spec: dict) -> int:
+    """The longest a run may take: every step's timeout times its attempts."""
+    return sum(int(step.get("timeout_seconds", DEFAULT_STEP_TIMEOUT_SECONDS)) * (1 + int(step.get("retries", 0)))
+               for step in spec.get("steps", []))
+
+
+def _check_run_policy(*, tenant: Tenant, version: WorkflowVersion, stage: str, flavor: str | None, gpus: int) -> None:
+    """The run policy: the stage allows this version, production only what was promoted there
+    with an attestation that verifies and no revoked artifact, GPUs within the tenant's limits."""
+    if version.uses_images:
+        raise Invalid("This version has image steps; runs of them wait for a container backend.", field="version",
+                      code="images_not_supported")
+    if stage == Stage.STAGING and not Promotion.objects.filter(version=version, stage=stage,
+                                                               state=PromotionState.PROMOTED).exists():
+        raise Forbidden(f"Version {version.number} has not been promoted to staging.", code="run_policy_denied")
+    if stage == Stage.PRODUCTION:
+        pointer = StagePointer.objects.filter(workflow_id=version.workflow_id, stage=stage).first()
+        if pointer is None or pointer.version_id != version.pk:
+            raise Forbidden(f"Version {version.number} is not the version promoted to production.",
+                            code="run_policy_denied")
+        promotion = (Promotion.objects.filter(version=version, stage=stage, state=PromotionState.PROMOTED)
+                     .order_by("-promoted_at").first())
+        try:
+            statement = attestations.verify_attestation(promotion.attestation if promotion else "",
+                                                        platform_public_keys())
+        except attestations.AttestationInvalid as exc:
+            raise Forbidden(f"The production promotion's attestation does not verify: {exc}",
+                            code="run_policy_denied") from None
+        if statement["subject"][0]["digest"].get("sha256") != version.digest.removeprefix("sha256:"):
+            raise Forbidden("The production attestation is for another version.", code="run_policy_denied")
+        unverified = [a.digest for a, status in artifacts_with_status(version) if not status.verified]
+        if unverified:
+            raise Forbidden(f"Artifact {unverified[0]} is no longer verified: it was revoked or must be re-signed.",
+                            code="run_policy_denied")
+    if gpus:
+        quota = TenantQuota.objects.filter(tenant=tenant, flavor__name=flavor).first()
+        limit = quota.nominal + quota.borrowing_limit if quota else 0
+        if gpus > limit:
+            raise Forbidden(f"The run needs {gpus} {flavor} GPU(s); the tenant may hold at most {limit}.",
+                            code="run_policy_denied")
+
+
+def _request_digest(version: WorkflowVersion, stage: str, parameters: dict) -> str:
+    body = canonical_json({"version": version.digest, "stage": stage, "parameters": parameters})
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def run_request(*, actor, tenant: Tenant, version: WorkflowVersion, stage: str, parameters: dict | None = None,
+                idempotency_key: str = "") -> tuple[Run, bool]:
+    """Record a pending run after the run policy; return (run, created).
+
+    With an ``idempotency_key`` (scoped to the tenant) a retry returns the stored run
+    (created False); the same key with another payload is a 422."""
+    parameters = parameters or {}
+    if stage not in Stage.values:
+        raise Invalid(f"A stage is one of {', '.join(Stage.values)}.", field="stage")
+    if not isinstance(parameters, dict):
+        raise Invalid("parameters is a JSON object.", field="parameters")
+    if len(idempotency_key) > 200:
+        raise Invalid("An Idempotency-Key is at most 200 characters.", field="Idempotency-Key")
+    digest = _request_digest(version, stage, parameters)
+    with transaction.atomic():
+        require(actor, tenant, "develop")
+        bind_rls(tenant_id=tenant.pk)
+        if idempotency_key:
+            earlier = Run.objects.filter(tenant=tenant, idempotency_key=idempotency_key).first()
+            if earlier is not None:
+                if earlier.request_digest != digest:
+                    raise Unprocessable("This Idempotency-Key was used for a different request.",
+                                        field="Idempotency-Key", code="idempotency_key_reused")
+                return earlier, False
+        flavor_name, gpus = _flavor_and_gpus(version.spec)
+        _check_run_policy(tenant=tenant, version=version, stage=stage, flavor=flavor_name, gpus=gpus)
+        try:
+            with transaction.atomic():
+                run = Run.objects.create(
+                    tenant=tenant, version=version, stage=stage, parameters=parameters, requested_by=actor,
+                    flavor=GpuFlavor.objects.filter(name=flavor_name).first() if flavor_name else None, gpus=gpus,
+                    max_runtime_seconds=max_runtime_seconds(version.spec), idempotency_key=idempotency_key,
+                    request_digest=digest)
+        except IntegrityError:  # the same key, committed by a request running at the same time
+            raise Conflict("A request with this Idempotency-Key is being handled; retry to get its answer.",
+                           code="idempotency_key_in_flight") from None
+        record(action="run.request", actor=actor_for(actor), tenant=tenant.slug, target=Target("run", run.public_id),
+               data={"workflow": version.workflow.name, "version": version.number, "version_digest": version.digest,
+                     "stage": stage, "flavor": flavor_name or "", "gpus": gpus})
+        transaction.on_commit(wake_admission)
+    return run, True
+
+
+def wake_admission() -> None:
+    """Ask for an admission cycle now rather than at the next beat; if the broker cannot take
+    the message, beat's next cycle admits the run anyway."""
+    from .tasks import admission_cycle_task
+
+    try:
+        admission_cycle_task.apply_async(retry=False)
+    except Exception:
+        logger.warning("could not wake the admission cycle; beat will run it", exc_info=True)
+
+
+# Admission -------------------------------------------------------------------------------
+
+
+@dataclass
+class CycleResult:
+    admitted: int = 0
+    waiting: int = 0
+
+
+def _in_jurisdiction(node: RunnerNode, tenant: Tenant) -> bool:
+    return node.jurisdiction == tenant.jurisdiction
+
+
+def admission_cycle(*, moment=None) -> CycleResult:
+    """Look at every waiting run, highest priority first, then oldest; admit what fits."""
+    moment = moment or timezone.now()
+    result = CycleResult()
+    waiting = list(Run.objects.using(PLATFORM).filter(state__in=WAITING_STATES)
+                   .order_by("-priority", "created_at", "id").values_list("pk", flat=True))
+    for pk in waiting:
+        if _admit_one(pk, moment=moment):
+            result.admitted += 1
+        else:
+            result.waiting += 1
+    return result
+
+
+def _admit_one(pk: int, *, moment) -> bool:
+    with transaction.atomic(using=PLATFORM):
+        run = Run.objects.using(PLATFORM).select_related("tenant", "flavor").get(pk=pk)
+        if run.state not in WAITING_STATES:
+            return False
+        if run.gpus == 0:
+            return _admit(run, node=None, devices=[], moment=moment)
+        # The fixed lock order: the tenant's quota row, the pool's nodes by id, then the run.
+        quota = (TenantQuota.objects.using(PLATFORM).select_for_update(of=("self",))
+                 .filter(tenant_id=run.tenant_id, flavor_id=run.flavor_id).order_by("id").first())
+        nodes = list(RunnerNode.objects.using(PLATFORM).select_for_update(of=("self",))
+                     .filter(flavor_id=run.flavor_id, jurisdiction=run.tenant.jurisdiction, state=NodeState.READY)
+                     .order_by("id"))
+        run = Run.objects.using(PLATFORM).select_for_update(of=("self",)).select_related("tenant", "flavor").get(pk=pk)
+        if run.state not in WAITING_STATES:
+            return False
+        limit = quota.nominal + quota.borrowing_limit if quota else 0
+        held = (Run.objects.using(PLATFORM).filter(tenant_id=run.tenant_id, flavor_id=run.flavor_id,
+                                                   state__in=HOLDING_STATES)
+                .aggregate(total=Sum("gpus"))["total"] or 0)
+        if held + run.gpus > limit:
+            return _wait(run, f"The tenant holds {held} of its {limit} {run.flavor.name} GPU(s); "
+                              f"this run needs {run.gpus} more.")
+        node, devices = _place(run, [n for n in nodes if n.is_live(moment)])
+        if node is None:
+            return _wait(run, f"No live {run.flavor.name} node in {run.tenant.jurisdiction} has {run.gpus} free "
+                              "device(s) on one machine.")
+        return _admit(run, node=node, devices=devices, moment=moment)
+
+
+def _place(run: Run, nodes: list[RunnerNode]) -> tuple[RunnerNode | None, list[str]]:
+    """The node where the run fits best (fewest devices left over), and which devices."""
+    taken = {}
+    for node_id, device_ids in (Run.objects.using(PLATFORM).filter(node__in=nodes, state__in=HOLDING_STATES)
+                                .values_list("node_id", "device_ids")):
+        taken.setdefault(node_id, set()).update(device_ids)
+    best = None
+    for node in nodes:
+        free = [d for d in node.device_ids if d not in taken.get(node.pk, set())]
+        if len(free) >= run.gpus and (best is None or len(free) < len(best[1])):
+            best = (node, free)
+    if best is None:
+        return None, []
+    return best[0], best[1][: run.gpus]
+
+
+def _wait(run: Run, reason: str) -> bool:
+    if (run.state, run.reason) != (RunState.QUEUED, reason):
+        run.state, run.reason = RunState.QUEUED, reason
+        run.save(using=PLATFORM, update_fields=["state", "reason"])
+    return False
+
+
+def _admit(run: Run, *, node, devices, moment) -> bool:
+    run.state, run.reason = RunState.ADMITTED, ""
+    run.node, run.device_ids, run.admitted_at = node, devices, moment
+    run.fencing_token += 1
+    run.save(using=PLATFORM, update_fields=["state", "reason", "node", "device_ids", "admitted_at", "fencing_token"])
+    record(action="run.admit", actor=Actor.system("admission"), tenant=run.tenant.slug,
+           target=Target("run", run.public_id), using=PLATFORM,
+           data={"node": node.hostname if node else "", "devices": devices, "gpus": run.gpus,
+                 "flavor": run.flavor.name if run.flavor else "", "fencing_token": run.fencing_token})
+    return True

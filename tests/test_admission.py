@@ -1,0 +1,179 @@
+"""Runs and admission: the run policy at the request, then the admission cycle reserving
+devices on one node inside the tenant's quota and jurisdiction, never more, even with many
+submitters and cycles at once."""
+
+import threading
+
+import pytest
+from django.db import connections
+
+from audit.models import AuditEvent
+from runners.admission import admission_cycle
+from runners.discovery import Discovery, parse_declared
+from runners.models import Run
+from runners.services import runner_register
+
+from .test_api import assert_error
+from .test_promotions import SPEC, T, Gate
+
+pytestmark = pytest.mark.embedded
+
+RUNS = f"{T}/runs/"
+
+
+@pytest.fixture
+def gate(world, api, tmp_path):
+    return Gate(world, api, tmp_path)  # acme-bank (eu): h100-80gb quota 2 nominal + 2 borrowing
+
+
+def node(hostname, devices, jurisdiction="eu"):
+    return runner_register(hostname=hostname, flavor_name="h100-80gb",
+                           discovery=Discovery("declared", parse_declared(devices)), region=jurisdiction,
+                           jurisdiction=jurisdiction)
+
+
+def gpus_step(count):
+    return {"steps": [{"name": "train", "command": ["python", "train.py"], "timeout_seconds": 600, "retries": 1,
+                       "gpu": {"flavor": "h100-80gb", "count": count}}]}
+
+
+def ask(gate, number, stage="development", **extra):
+    return gate.developer.post(RUNS, {"workflow": "fraud-detector", "version": number, "stage": stage}, **extra)
+
+
+def state_of(run_id):
+    return Run.objects.using("owner").select_related("node").get(public_id=run_id)
+
+
+def test_a_run_is_recorded_pending_and_admitted_on_one_node_of_its_jurisdiction(gate):
+    node("gpu-eu-1", "0,1,2,3")
+    number = gate.version()
+    response = ask(gate, number)
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["state"] == "pending" and body["gpus"] == 2 and body["max_runtime_seconds"] == 3600
+    assert admission_cycle().admitted == 1
+    run = state_of(body["id"])
+    assert run.state == "admitted" and run.node.hostname == "gpu-eu-1" and run.device_ids == ["0", "1"]
+    assert run.fencing_token == 1
+    event = AuditEvent.objects.using("owner").get(action="run.admit")
+    assert event.tenant == "acme-bank" and event.data["devices"] == ["0", "1"] and event.actor_type == "system"
+
+
+def test_a_four_gpu_run_is_never_split_across_two_nodes(gate):
+    node("gpu-eu-1", "0,1")
+    node("gpu-eu-2", "0,1")
+    number = gate.version(spec_changes=gpus_step(4))
+    run_id = ask(gate, number).json()["id"]
+    assert admission_cycle().admitted == 0
+    run = state_of(run_id)
+    assert run.state == "queued" and "4 free device(s) on one machine" in run.reason and run.device_ids == []
+    node("gpu-eu-3", "0,1,2,3")
+    admission_cycle()
+    run = state_of(run_id)
+    assert (run.state, run.node.hostname, run.device_ids) == ("admitted", "gpu-eu-3", ["0", "1", "2", "3"])
+
+
+def test_an_eu_tenant_is_never_placed_on_a_us_node(gate):
+    node("gpu-us-1", "0,1,2,3,4,5,6,7", jurisdiction="us")
+    run_id = ask(gate, gate.version()).json()["id"]
+    admission_cycle()
+    assert state_of(run_id).state == "queued"
+    node("gpu-eu-1", "0,1")
+    admission_cycle()
+    assert state_of(run_id).node.hostname == "gpu-eu-1"
+
+
+def test_a_tenant_never_holds_more_than_its_nominal_quota_plus_borrowing(gate):
+    node("gpu-eu-1", "0,1,2,3,4,5,6,7")
+    number = gate.version()
+    ids = [ask(gate, number, parameters={"seed": i}).json()["id"] for i in range(3)]
+    assert admission_cycle().admitted == 2
+    states = [state_of(i) for i in ids]
+    assert [r.state for r in states] == ["admitted", "admitted", "queued"]
+    assert "holds 4 of its 4 h100-80gb GPU(s)" in states[2].reason
+    assert len({d for r in states[:2] for d in r.device_ids}) == 4  # distinct devices
+
+
+def test_the_run_policy_refuses_at_the_request(gate, world):
+    number = gate.version()
+    assert_error(ask(gate, number, "staging"), 403, "run_policy_denied")
+    assert_error(ask(gate, number, "production"), 403, "run_policy_denied")
+    assert_error(ask(gate, gate.version(spec_changes=gpus_step(8))), 403, "run_policy_denied")
+    images = gate.version(spec_changes={"steps": [{"name": "train", "image": "registry.example/train:1"}]})
+    assert_error(ask(gate, images), 400, "images_not_supported")
+    assert not Run.objects.using("owner").exists()
+
+
+def test_a_production_run_needs_the_promoted_version_with_a_valid_attestation_and_nothing_revoked(gate, world):
+    from workflows import signing
+    from workflows.models import Promotion
+
+    number = gate.version()
+    for stage in ("development", "staging", "production"):
+        gate.promote(number, stage)
+    assert ask(gate, number, "production").status_code == 201
+    promotion = Promotion.objects.using("owner").get(stage="production")
+    good = promotion.attestation
+    Promotion.objects.using("owner").filter(pk=promotion.pk).update(attestation=good.replace('"sig": "', '"sig": "A'))
+    assert "attestation does not verify" in assert_error(ask(gate, number, "production"), 403,
+                                                         "run_policy_denied")["detail"]
+    Promotion.objects.using("owner").filter(pk=promotion.pk).update(attestation=good)
+    _, other = signing.generate_key_pair()
+    gate.admin.put(f"{T}/trust/", {"public_keys": {"ci-2027": other.decode()}})  # revokes ci-2026
+    assert "no longer verified" in assert_error(ask(gate, number, "production"), 403, "run_policy_denied")["detail"]
+
+
+def test_an_idempotency_key_returns_the_stored_run_and_refuses_another_payload(gate):
+    number = gate.version()
+    first = ask(gate, number, HTTP_IDEMPOTENCY_KEY="nightly-2026-11-29")
+    again = ask(gate, number, HTTP_IDEMPOTENCY_KEY="nightly-2026-11-29")
+    assert (first.status_code, again.status_code) == (201, 200) and first.json()["id"] == again.json()["id"]
+    other = gate.developer.post(RUNS, {"workflow": "fraud-detector", "version": number, "stage": "development",
+                                       "parameters": {"epochs": 9}}, HTTP_IDEMPOTENCY_KEY="nightly-2026-11-29")
+    assert_error(other, 422, "idempotency_key_reused")
+    assert Run.objects.using("owner").count() == 1
+
+
+def test_another_tenants_run_is_not_found(gate, world, api):
+    run_id = ask(gate, gate.version()).json()["id"]
+    assert_error(api(world.b.admin).get(f"{RUNS}{run_id}/"), 404, "not_found")
+    assert gate.developer.get(f"{RUNS}{run_id}/").json()["state"] == "pending"
+
+
+@pytest.mark.postgres
+def test_no_over_admission_with_16_concurrent_submitters_and_cycles(gate, world, api):
+    """Sixteen developers' pipelines ask for 2-GPU runs at once, each then running an admission
+    cycle: the tenant's limit (4) and each node's devices are never exceeded."""
+    node("gpu-eu-1", "0,1,2")
+    node("gpu-eu-2", "0,1,2")
+    number = gate.version()
+    barrier = threading.Barrier(16)
+    errors = []
+
+    def submit(index):
+        client = api(world.a.developer)
+        try:
+            barrier.wait()
+            response = client.post(RUNS, {"workflow": "fraud-detector", "version": number, "stage": "development",
+                                          "parameters": {"shard": index}})
+            assert response.status_code == 201, response.content
+            admission_cycle()
+        except Exception as exc:  # reported below, with the thread's own message
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    admission_cycle()
+    held = list(Run.objects.using("owner").filter(state="admitted").select_related("node"))
+    assert sum(r.gpus for r in held) == 4 and len(held) == 2  # the tenant's 2 + 2, and no more
+    for hostname in ("gpu-eu-1", "gpu-eu-2"):
+        devices = [d for r in held if r.node.hostname == hostname for d in r.device_ids]
+        assert len(devices) == len(set(devices)) <= 3
+    assert Run.objects.using("owner").filter(state="queued").count() == 14
