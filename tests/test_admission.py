@@ -52,7 +52,7 @@ def test_a_run_is_recorded_pending_and_admitted_on_one_node_of_its_jurisdiction(
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["state"] == "pending" and body["gpus"] == 2 and body["max_runtime_seconds"] == 3600
-    assert admission_cycle().admitted == 1
+    admission_cycle()  # (a worker's cycle, woken by the request, may have admitted it already)
     run = state_of(body["id"])
     assert run.state == "admitted" and run.node.hostname == "gpu-eu-1" and run.device_ids == ["0", "1"]
     assert run.fencing_token == 1
@@ -65,7 +65,7 @@ def test_a_four_gpu_run_is_never_split_across_two_nodes(gate):
     node("gpu-eu-2", "0,1")
     number = gate.version(spec_changes=gpus_step(4))
     run_id = ask(gate, number).json()["id"]
-    assert admission_cycle().admitted == 0
+    admission_cycle()
     run = state_of(run_id)
     assert run.state == "queued" and "4 free device(s) on one machine" in run.reason and run.device_ids == []
     node("gpu-eu-3", "0,1,2,3")
@@ -88,7 +88,7 @@ def test_a_tenant_never_holds_more_than_its_nominal_quota_plus_borrowing(gate):
     node("gpu-eu-1", "0,1,2,3,4,5,6,7")
     number = gate.version()
     ids = [ask(gate, number, parameters={"seed": i}).json()["id"] for i in range(3)]
-    assert admission_cycle().admitted == 2
+    admission_cycle()
     states = [state_of(i) for i in ids]
     assert [r.state for r in states] == ["admitted", "admitted", "queued"]
     assert "holds 4 of its 4 h100-80gb GPU(s)" in states[2].reason
@@ -138,7 +138,7 @@ def test_an_idempotency_key_returns_the_stored_run_and_refuses_another_payload(g
 def test_another_tenants_run_is_not_found(gate, world, api):
     run_id = ask(gate, gate.version()).json()["id"]
     assert_error(api(world.b.admin).get(f"{RUNS}{run_id}/"), 404, "not_found")
-    assert gate.developer.get(f"{RUNS}{run_id}/").json()["state"] == "pending"
+    assert gate.developer.get(f"{RUNS}{run_id}/").json()["state"] in ("pending", "queued")
 
 
 @pytest.mark.postgres

@@ -54,6 +54,8 @@ PINNED = {
     ("promotions", "session"): 17,
     ("waivers", "token"): 10,
     ("waivers", "session"): 15,
+    ("runs", "token"): 10,
+    ("runs", "session"): 15,
 }
 
 _serial = itertools.count()
@@ -162,6 +164,21 @@ def add_waivers(world, k):
             approved_at=timezone.now())
 
 
+def add_runs(world, k):
+    from runners.models import Run
+    from workflows.models import Workflow, WorkflowVersion
+
+    workflow, _ = Workflow.objects.using("owner").get_or_create(tenant=world.a.tenant, name="ran",
+                                                                defaults={"created_by": world.a.developer})
+    version = WorkflowVersion.objects.using("owner").filter(workflow=workflow).first() or \
+        WorkflowVersion.objects.using("owner").create(tenant=world.a.tenant, workflow=workflow, number=1,
+                                                      spec={"name": "ran"}, spec_canonical="{}",
+                                                      digest="sha256:" + "e" * 64, created_by=world.a.developer)
+    for _ in range(k):
+        Run.objects.using("owner").create(tenant=world.a.tenant, version=version, stage="development",
+                                          requested_by=world.a.developer, max_runtime_seconds=60)
+
+
 ENDPOINTS = {
     "tenants": (lambda w: "/api/v1/tenants/", add_tenants),
     "members": (lambda w: f"/api/v1/tenants/{_tenant_slug(w)}/members/", add_members),
@@ -171,6 +188,7 @@ ENDPOINTS = {
     "audit-events": (lambda w: "/api/v1/audit/events/", add_audit_events),
     "promotions": (lambda w: f"/api/v1/tenants/{_tenant_slug(w)}/promotions/", add_promotions),
     "waivers": (lambda w: f"/api/v1/tenants/{_tenant_slug(w)}/waivers/", add_waivers),
+    "runs": (lambda w: f"/api/v1/tenants/{_tenant_slug(w)}/runs/", add_runs),
 }
 
 
@@ -239,3 +257,4 @@ def test_the_promotion_queue_page_query_count_is_flat_and_pinned(world):
     at_3n, rows_3n = count()
     assert (rows_n, rows_3n) == (N, 3 * N)
     assert at_n == at_3n == 19, (at_n, at_3n)
+
