@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import Max, Min, Sum
 from django.utils import timezone
 
 from audit.hashing import canonical_json
@@ -161,60 +161,73 @@ class CycleResult:
     waiting: int = 0
 
 
-def _in_jurisdiction(node: RunnerNode, tenant: Tenant) -> bool:
-    return node.jurisdiction == tenant.jurisdiction
-
-
 def admission_cycle(*, moment=None) -> CycleResult:
-    """Look at every waiting run, highest priority first, then oldest; admit what fits."""
+    """Admit what fits, one (tenant, flavor) group at a time: the group whose best waiting run
+    has the highest priority, then the oldest, goes first."""
     moment = moment or timezone.now()
     result = CycleResult()
-    waiting = list(Run.objects.using(PLATFORM).filter(state__in=WAITING_STATES)
-                   .order_by("-priority", "created_at", "id").values_list("pk", flat=True))
-    for pk in waiting:
-        if _admit_one(pk, moment=moment):
-            result.admitted += 1
-        else:
-            result.waiting += 1
+    groups = (Run.objects.using(PLATFORM).filter(state__in=WAITING_STATES).order_by()
+              .values("tenant_id", "flavor_id").annotate(top=Max("priority"), oldest=Min("created_at"))
+              .order_by("-top", "oldest"))
+    for group in list(groups):
+        admitted, waiting = _admit_group(group["tenant_id"], group["flavor_id"], moment=moment)
+        result.admitted += admitted
+        result.waiting += waiting
     return result
 
 
-def _admit_one(pk: int, *, moment) -> bool:
+def _admit_group(tenant_id: int, flavor_id: int | None, *, moment) -> tuple[int, int]:
+    """One transaction: lock, in the fixed order, the tenant's quota row for the flavor, the
+    pool's nodes by id, then the group's waiting runs; admit them in order while they fit."""
     with transaction.atomic(using=PLATFORM):
-        run = Run.objects.using(PLATFORM).select_related("tenant", "flavor").get(pk=pk)
-        if run.state not in WAITING_STATES:
-            return False
-        if run.gpus == 0:
-            return _admit(run, node=None, devices=[], moment=moment)
-        # The fixed lock order: the tenant's quota row, the pool's nodes by id, then the run.
-        quota = (TenantQuota.objects.using(PLATFORM).select_for_update(of=("self",))
-                 .filter(tenant_id=run.tenant_id, flavor_id=run.flavor_id).order_by("id").first())
-        nodes = list(RunnerNode.objects.using(PLATFORM).select_for_update(of=("self",))
-                     .filter(flavor_id=run.flavor_id, jurisdiction=run.tenant.jurisdiction, state=NodeState.READY)
-                     .order_by("id"))
-        run = Run.objects.using(PLATFORM).select_for_update(of=("self",)).select_related("tenant", "flavor").get(pk=pk)
-        if run.state not in WAITING_STATES:
-            return False
+        tenant = Tenant.objects.using(PLATFORM).get(pk=tenant_id)
+        quota = nodes = None
+        if flavor_id is not None:
+            quota = (TenantQuota.objects.using(PLATFORM).select_for_update(of=("self",))
+                     .filter(tenant_id=tenant_id, flavor_id=flavor_id).order_by("id").first())
+            nodes = list(RunnerNode.objects.using(PLATFORM).select_for_update(of=("self",))
+                         .filter(flavor_id=flavor_id, jurisdiction=tenant.jurisdiction, state=NodeState.READY)
+                         .order_by("id"))
+        runs = list(Run.objects.using(PLATFORM).select_for_update(of=("self",)).select_related("flavor")
+                    .filter(tenant_id=tenant_id, flavor_id=flavor_id, state__in=WAITING_STATES)
+                    .order_by("-priority", "created_at", "id"))
+        if flavor_id is None:  # no GPU: nothing to reserve
+            for run in runs:
+                _admit(run, tenant=tenant, node=None, devices=[], moment=moment)
+            return len(runs), 0
         limit = quota.nominal + quota.borrowing_limit if quota else 0
-        held = (Run.objects.using(PLATFORM).filter(tenant_id=run.tenant_id, flavor_id=run.flavor_id,
-                                                   state__in=HOLDING_STATES)
+        held = (Run.objects.using(PLATFORM).filter(tenant_id=tenant_id, flavor_id=flavor_id, state__in=HOLDING_STATES)
                 .aggregate(total=Sum("gpus"))["total"] or 0)
-        if held + run.gpus > limit:
-            return _wait(run, f"The tenant holds {held} of its {limit} {run.flavor.name} GPU(s); "
-                              f"this run needs {run.gpus} more.")
-        node, devices = _place(run, [n for n in nodes if n.is_live(moment)])
-        if node is None:
-            return _wait(run, f"No live {run.flavor.name} node in {run.tenant.jurisdiction} has {run.gpus} free "
-                              "device(s) on one machine.")
-        return _admit(run, node=node, devices=devices, moment=moment)
+        live = [n for n in nodes if n.is_live(moment)]
+        taken = _devices_taken(live)
+        admitted = 0
+        for run in runs:
+            if held + run.gpus > limit:
+                _wait(run, f"The tenant holds {held} of its {limit} {run.flavor.name} GPU(s); "
+                           f"this run needs {run.gpus} more.")
+                continue
+            node, devices = _place(run, live, taken)
+            if node is None:
+                _wait(run, f"No live {run.flavor.name} node in {tenant.jurisdiction} has {run.gpus} free "
+                           "device(s) on one machine.")
+                continue
+            _admit(run, tenant=tenant, node=node, devices=devices, moment=moment)
+            held += run.gpus
+            taken.setdefault(node.pk, set()).update(devices)
+            admitted += 1
+        return admitted, len(runs) - admitted
 
 
-def _place(run: Run, nodes: list[RunnerNode]) -> tuple[RunnerNode | None, list[str]]:
-    """The node where the run fits best (fewest devices left over), and which devices."""
+def _devices_taken(nodes: list[RunnerNode]) -> dict[int, set]:
     taken = {}
     for node_id, device_ids in (Run.objects.using(PLATFORM).filter(node__in=nodes, state__in=HOLDING_STATES)
                                 .values_list("node_id", "device_ids")):
         taken.setdefault(node_id, set()).update(device_ids)
+    return taken
+
+
+def _place(run: Run, nodes: list[RunnerNode], taken: dict) -> tuple[RunnerNode | None, list[str]]:
+    """The node where the run fits best (fewest devices left over), and which devices."""
     best = None
     for node in nodes:
         free = [d for d in node.device_ids if d not in taken.get(node.pk, set())]
@@ -232,12 +245,12 @@ def _wait(run: Run, reason: str) -> bool:
     return False
 
 
-def _admit(run: Run, *, node, devices, moment) -> bool:
+def _admit(run: Run, *, tenant: Tenant, node, devices, moment) -> bool:
     run.state, run.reason = RunState.ADMITTED, ""
     run.node, run.device_ids, run.admitted_at = node, devices, moment
     run.fencing_token += 1
     run.save(using=PLATFORM, update_fields=["state", "reason", "node", "device_ids", "admitted_at", "fencing_token"])
-    record(action="run.admit", actor=Actor.system("admission"), tenant=run.tenant.slug,
+    record(action="run.admit", actor=Actor.system("admission"), tenant=tenant.slug,
            target=Target("run", run.public_id), using=PLATFORM,
            data={"node": node.hostname if node else "", "devices": devices, "gpus": run.gpus,
                  "flavor": run.flavor.name if run.flavor else "", "fencing_token": run.fencing_token})
