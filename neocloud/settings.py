@@ -265,6 +265,9 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "RoleEnum": "tenants.roles.Role",
         "ServiceAccountRoleEnum": "tenants.roles.SERVICE_ACCOUNT_ROLE_CHOICES",
+        "StageEnum": "workflows.models.Stage",
+        "ArtifactKindEnum": "workflows.models.ArtifactKind",
+        "PromotionKindEnum": "workflows.models.PromotionKind",
     },
 }
 

@@ -9,7 +9,7 @@ from rest_framework.views import APIView
 from tenants.access import is_platform_admin
 from tenants.api import TenantScopedAPIView
 from tenants.errors import Forbidden, NotFound
-from workflows.models import WorkflowVersion
+from workflows.models import Stage, WorkflowVersion
 
 from . import admission, selectors, services
 from .models import Run, RunnerNode
@@ -104,7 +104,7 @@ class RunSerializer(serializers.ModelSerializer):
 class RunRequestSerializer(serializers.Serializer):
     workflow = serializers.CharField(max_length=64)
     version = serializers.IntegerField(min_value=1)
-    stage = serializers.ChoiceField(choices=["development", "staging", "production"])
+    stage = serializers.ChoiceField(choices=Stage.choices)
     parameters = serializers.DictField(required=False, default=dict)
 
 

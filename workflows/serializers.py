@@ -6,8 +6,10 @@ from .models import (
     Approval,
     Artifact,
     Promotion,
+    PromotionKind,
     PromotionOverride,
     Signature,
+    Stage,
     StagePointer,
     TrustConfiguration,
     Verification,
@@ -150,8 +152,8 @@ class PromotionSerializer(serializers.ModelSerializer):
 class PromotionRequestSerializer(serializers.Serializer):
     workflow = serializers.CharField(max_length=64)
     version = serializers.IntegerField(min_value=1)
-    stage = serializers.ChoiceField(choices=["development", "staging", "production"])
-    kind = serializers.ChoiceField(choices=["promotion", "rollback"], default="promotion")
+    stage = serializers.ChoiceField(choices=Stage.choices)
+    kind = serializers.ChoiceField(choices=PromotionKind.choices, default=PromotionKind.PROMOTION)
     justification = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
     metrics_artifact = serializers.RegexField(r"^sha256:[0-9a-f]{64}$", required=False, allow_null=True, default=None)
 
