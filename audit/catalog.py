@@ -18,6 +18,7 @@ ACTIONS = {
     "tenant_quota.set": "A platform admin set a tenant's GPU quota for one flavor.",
     "runner.register": "A runner node registered (or updated) itself with the GPUs it found.",
     "run.request": "A developer asked for a run; it passed the run policy and waits for admission.",
+    "run.queue": "The admission cycle could not admit a run yet (quota or capacity); the reason says why.",
     "run.admit": "The admission cycle reserved devices on one node for a run, within the tenant's quota.",
     "runner.state_change": "A platform admin drained a runner node, took it down, or made it ready again.",
     # tenant scope

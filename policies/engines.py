@@ -79,6 +79,12 @@ def _summarise(violations) -> dict:
     return summary
 
 
+def blocking(violations) -> list:
+    """The violations that deny: neither advisory, nor pending approvals, nor exempt."""
+    return [v for v in violations
+            if v.get("level") != "advisory" and not v.get("pending") and not v.get("exempt")]
+
+
 def interpret(result, *, engine: str, revision: str, decision_id: str, started: float) -> Decision:
     """Turn an engine's result document into a Decision, or a deny if it is malformed."""
     duration = (time.perf_counter() - started) * 1000
@@ -98,9 +104,8 @@ def interpret(result, *, engine: str, revision: str, decision_id: str, started: 
         violations.append({"rule": v["rule"], "level": v["level"], "message": v["message"], "pending": v["pending"],
                            "exempt": exempt})
     violations.sort(key=lambda v: (v["rule"], v["message"]))
-    blocking = [v for v in violations if v["level"] != "advisory" and not v["pending"] and not v["exempt"]]
     # Defence in depth: a policy that says allow next to a blocking violation is a deny.
-    allow = result["allow"] and not blocking
+    allow = result["allow"] and not blocking(violations)
     return Decision(allow=allow, violations=violations, enforcement=_summarise(violations), engine=engine,
                     policy_revision=revision, decision_id=decision_id, duration_ms=round(duration, 3))
 

@@ -13,7 +13,7 @@ from audit.log import Actor, Target, record
 from tenants.access import actor_for, is_platform_admin, require, require_one_of
 from tenants.db import bind_rls
 from tenants.errors import Conflict, Forbidden, Invalid, clean_or_invalid
-from tenants.models import Tenant
+from tenants.models import Tenant, region_in_jurisdiction
 from tenants.stepup import require_person, step_up_verify
 
 from .engines import Decision, PolicyInputError, decide, encode_input
@@ -149,7 +149,7 @@ def tenant_policy_update(*, actor, tenant: Tenant, comment: str = "", **changes)
     }
     cleaned = {field: checks[field](value) for field, value in changes.items()}
     for region in cleaned.get("allowed_regions", []):
-        if not (region == tenant.jurisdiction or region.startswith(f"{tenant.jurisdiction}-")):
+        if not region_in_jurisdiction(region, tenant.jurisdiction):
             raise Invalid(f"Region {region} is outside the tenant's jurisdiction ({tenant.jurisdiction}).",
                           field="allowed_regions")
     with transaction.atomic():

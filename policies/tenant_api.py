@@ -2,6 +2,7 @@
 
 from django.db import transaction
 from django.urls import path
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
@@ -70,8 +71,6 @@ class WaiverList(TenantScopedAPIView, generics.ListAPIView):
         return super().get_queryset().select_related("requested_by", "approved_by")
 
     def get_serializer_context(self):
-        from django.utils import timezone
-
         return {**super().get_serializer_context(), "now": timezone.now()}
 
     def post(self, request, tenant):

@@ -17,8 +17,16 @@ from audit.log import Actor, Target, record
 from tenants.access import allowed_tenant_ids, is_platform_admin
 from tenants.errors import Forbidden, Invalid
 
-from .engines import DEFAULT_ENTRYPOINT, Decision, EmbeddedEngine, PolicyInputError, check_entrypoint, decide, \
-    encode_input
+from .engines import (
+    DEFAULT_ENTRYPOINT,
+    Decision,
+    EmbeddedEngine,
+    PolicyInputError,
+    blocking,
+    check_entrypoint,
+    decide,
+    encode_input,
+)
 from .models import PolicyDecision
 
 MAX_CANDIDATE_FILES = 50
@@ -90,9 +98,7 @@ def policy_evaluate(*, actor, input, entrypoint: str = DEFAULT_ENTRYPOINT, polic
 
 
 def blocking_rules(violations) -> frozenset:
-    """The rule ids that deny: not advisory, not pending, not exempt."""
-    return frozenset(v["rule"] for v in violations
-                     if v.get("level") != "advisory" and not v.get("pending") and not v.get("exempt"))
+    return frozenset(v["rule"] for v in blocking(violations))
 
 
 @dataclass

@@ -26,6 +26,7 @@ from tenants.models import GpuFlavor, Tenant, TenantQuota
 from workflows.models import Promotion, PromotionState, Stage, StagePointer, WorkflowVersion
 from workflows import attestations
 from workflows.promotions import artifacts_with_status, platform_public_keys
+from workflows.spec import gpus_by_flavor
 
 from .models import HOLDING_STATES, WAITING_STATES, NodeState, Run, RunnerNode, RunState
 
@@ -40,11 +41,7 @@ DEFAULT_STEP_TIMEOUT_SECONDS = 3600
 
 def _flavor_and_gpus(spec: dict) -> tuple[str | None, int]:
     """A run holds the most GPUs any one step asks for, of its one flavor."""
-    wanted = {}
-    for step in spec.get("steps", []):
-        gpu = step.get("gpu") or {}
-        if gpu.get("flavor"):
-            wanted[gpu["flavor"]] = max(wanted.get(gpu["flavor"], 0), int(gpu.get("count", 0)))
+    wanted = gpus_by_flavor(spec)
     if len(wanted) > 1:
         raise Invalid(f"A run uses one GPU flavor; this version asks for {', '.join(sorted(wanted))}.",
                       field="version")
@@ -203,13 +200,13 @@ def _admit_group(tenant_id: int, flavor_id: int | None, *, moment) -> tuple[int,
         admitted = 0
         for run in runs:
             if held + run.gpus > limit:
-                _wait(run, f"The tenant holds {held} of its {limit} {run.flavor.name} GPU(s); "
-                           f"this run needs {run.gpus} more.")
+                _wait(run, tenant=tenant, reason=f"The tenant holds {held} of its {limit} {run.flavor.name} "
+                                                 f"GPU(s); this run needs {run.gpus} more.")
                 continue
             node, devices = _place(run, live, taken)
             if node is None:
-                _wait(run, f"No live {run.flavor.name} node in {tenant.jurisdiction} has {run.gpus} free "
-                           "device(s) on one machine.")
+                _wait(run, tenant=tenant, reason=f"No live {run.flavor.name} node in {tenant.jurisdiction} has "
+                                                 f"{run.gpus} free device(s) on one machine.")
                 continue
             _admit(run, tenant=tenant, node=node, devices=devices, moment=moment)
             held += run.gpus
@@ -238,14 +235,18 @@ def _place(run: Run, nodes: list[RunnerNode], taken: dict) -> tuple[RunnerNode |
     return best[0], best[1][: run.gpus]
 
 
-def _wait(run: Run, reason: str) -> bool:
+def _wait(run: Run, *, tenant: Tenant, reason: str) -> None:
+    """Queue the run with why it waits. Entering the queue is audited; a reason that changes
+    while it waits (the tenant's holdings move) is only an explanation and is not."""
+    if run.state != RunState.QUEUED:
+        record(action="run.queue", actor=Actor.system("admission"), tenant=tenant.slug,
+               target=Target("run", run.public_id), using=PLATFORM, data={"reason": reason})
     if (run.state, run.reason) != (RunState.QUEUED, reason):
         run.state, run.reason = RunState.QUEUED, reason
         run.save(using=PLATFORM, update_fields=["state", "reason"])
-    return False
 
 
-def _admit(run: Run, *, tenant: Tenant, node, devices, moment) -> bool:
+def _admit(run: Run, *, tenant: Tenant, node, devices, moment) -> None:
     run.state, run.reason = RunState.ADMITTED, ""
     run.node, run.device_ids, run.admitted_at = node, devices, moment
     run.fencing_token += 1
@@ -254,4 +255,3 @@ def _admit(run: Run, *, tenant: Tenant, node, devices, moment) -> bool:
            target=Target("run", run.public_id), using=PLATFORM,
            data={"node": node.hostname if node else "", "devices": devices, "gpus": run.gpus,
                  "flavor": run.flavor.name if run.flavor else "", "fencing_token": run.fencing_token})
-    return True

@@ -9,7 +9,8 @@ from rest_framework.views import APIView
 from tenants.access import is_platform_admin
 from tenants.api import TenantScopedAPIView
 from tenants.errors import Forbidden, NotFound
-from workflows.models import Stage, WorkflowVersion
+from workflows.models import Stage
+from workflows.selectors import version_named
 
 from . import admission, selectors, services
 from .models import Run, RunnerNode
@@ -127,9 +128,7 @@ class RunList(_Runs, generics.ListAPIView):
         serializer = RunRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        version = WorkflowVersion.objects.restrict(request.user, "view").filter(
-            tenant=self.tenant, workflow__name=data["workflow"], number=data["version"]).select_related(
-            "workflow").first()
+        version = version_named(request.user, self.tenant, data["workflow"], data["version"])
         if version is None:
             raise NotFound(f"No version {data['version']} of workflow {data['workflow']}.")
         run, created = admission.run_request(actor=request.user, tenant=self.tenant, version=version,

@@ -6,7 +6,7 @@ from django.utils import timezone
 from audit.log import Actor, Target, record
 from tenants.access import actor_for, is_platform_admin
 from tenants.errors import Forbidden, Invalid, NotFound, clean_or_invalid
-from tenants.models import GpuFlavor
+from tenants.models import GpuFlavor, region_in_jurisdiction
 
 from .discovery import Discovery
 from .models import NodeState, RunnerNode
@@ -19,7 +19,7 @@ def runner_register(*, hostname: str, flavor_name: str, discovery: Discovery, re
     if not discovery.devices:
         raise Invalid(f"No GPU to offer: {discovery.detail or 'nothing was found'}. Set RUNNER_GPU_DEVICES "
                       "on a machine without NVML.", field="devices")
-    if not (region == jurisdiction or region.startswith(f"{jurisdiction}-")):
+    if not region_in_jurisdiction(region, jurisdiction):
         raise Invalid(f"Region {region} is not inside jurisdiction {jurisdiction}.", field="region")
     flavor = GpuFlavor.objects.filter(name=flavor_name, is_active=True).first()
     if flavor is None:
@@ -46,7 +46,8 @@ def runner_register(*, hostname: str, flavor_name: str, discovery: Discovery, re
 
 
 def runner_heartbeat(*, hostname: str) -> None:
-    """One conditional UPDATE: a node nobody registered has nothing to refresh."""
+    """One conditional UPDATE: a node nobody registered has nothing to refresh. Not audited: a
+    heartbeat is liveness, not a change anyone decided."""
     if not RunnerNode.objects.filter(hostname=hostname).update(last_heartbeat_at=timezone.now()):
         raise NotFound(f"No runner node {hostname} is registered.")
 

@@ -16,6 +16,11 @@ jurisdiction_validator = RegexValidator(r"^[a-z]{2}(?:-[a-z0-9]{1,8})?$",
                                         "Use a lowercase region code such as eu, us, uk or ch-zh.")
 
 
+def region_in_jurisdiction(region: str, jurisdiction: str) -> bool:
+    """A region belongs to a jurisdiction when it is the jurisdiction or a sub-region of it (eu-west1 in eu)."""
+    return region == jurisdiction or region.startswith(f"{jurisdiction}-")
+
+
 class Tenant(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"

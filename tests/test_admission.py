@@ -68,6 +68,9 @@ def test_a_four_gpu_run_is_never_split_across_two_nodes(gate):
     admission_cycle()
     run = state_of(run_id)
     assert run.state == "queued" and "4 free device(s) on one machine" in run.reason and run.device_ids == []
+    admission_cycle()  # still waiting: entering the queue was audited once
+    [queued] = AuditEvent.objects.using("owner").filter(action="run.queue")
+    assert queued.actor_type == "system" and "4 free device(s)" in queued.data["reason"]
     node("gpu-eu-3", "0,1,2,3")
     admission_cycle()
     run = state_of(run_id)

@@ -26,6 +26,7 @@ from .models import (
     Workflow,
     WorkflowVersion,
 )
+from .selectors import version_named
 from .serializers import (
     ArtifactSerializer,
     AssembleSerializer,
@@ -337,9 +338,7 @@ class PromotionList(_Promotions, generics.ListAPIView):
         serializer = PromotionRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        version = WorkflowVersion.objects.restrict(request.user, "view").filter(
-            tenant=self.tenant, workflow__name=data["workflow"], number=data["version"]).select_related(
-            "workflow", "created_by").first()
+        version = version_named(request.user, self.tenant, data["workflow"], data["version"])
         if version is None:
             raise NotFound(f"No version {data['version']} of workflow {data['workflow']}.")
         promotion = promotions.promotion_request(

@@ -19,7 +19,7 @@ from . import promotions, trust
 
 from .diff import version_diff
 from .models import Artifact, Promotion, PromotionState, Stage, StagePointer, Workflow, WorkflowVersion
-from .selectors import signature_status, with_verifications
+from .selectors import signature_status, version_named, with_verifications
 
 
 class WorkflowListPage(TenantConsoleMixin, View):
@@ -202,8 +202,7 @@ class PromotionQueuePage(TenantConsoleMixin, View):
         form = PromotionRequestForm(request.POST, auto_id="promotion_%s")
         if form.is_valid():
             data = form.cleaned_data
-            version = WorkflowVersion.objects.restrict(request.user, "view").filter(
-                tenant=self.tenant, workflow__name=data["workflow"], number=data["version"]).first()
+            version = version_named(request.user, self.tenant, data["workflow"], data["version"])
             if version is None:
                 form.add_error("version", f"No version {data['version']} of workflow {data['workflow']}.")
             else:

@@ -20,7 +20,8 @@ from django.utils import timezone
 
 from audit.keys import KeyringError, platform_keyring
 from audit.log import Actor, Target, record
-from policies.engines import DEFAULT_ENTRYPOINT, get_engine
+from policies.engines import DEFAULT_ENTRYPOINT, blocking, get_engine
+from policies.models import PRODUCTION_APPROVALS_FLOOR, ROLLBACK_APPROVALS_FLOOR
 from policies.services import active_waivers, input_digest, policy_data_document, policy_decide, tenant_policy_of
 from tenants.access import actor_for, can, require, require_one_of, role_in
 from tenants.db import bind_rls
@@ -45,6 +46,7 @@ from .models import (
     WorkflowVersion,
 )
 from .selectors import signature_status, with_verifications
+from .spec import gpus_by_flavor
 from .store import get_store
 
 ENTRYPOINT = DEFAULT_ENTRYPOINT
@@ -61,16 +63,6 @@ class AttestationUnavailable(DomainError):
 def _rfc3339(moment) -> str:
     # A numeric offset, never "Z": regopy fails on it.
     return moment.astimezone(UTC).isoformat(timespec="seconds")
-
-
-def _gpus(spec: dict) -> dict:
-    """The most GPUs of each flavor any one step asks for."""
-    wanted = {}
-    for step in spec.get("steps", []):
-        gpu = step.get("gpu") or {}
-        if gpu.get("flavor"):
-            wanted[gpu["flavor"]] = max(wanted.get(gpu["flavor"], 0), int(gpu.get("count", 0)))
-    return wanted
 
 
 def artifacts_with_status(version: WorkflowVersion) -> list[tuple[Artifact, object]]:
@@ -121,7 +113,7 @@ def policy_input(promotion: Promotion, *, moment) -> dict:
             "author": version.created_by.username,
             "artifacts": [{"digest": a.digest, "name": a.name, "kind": a.kind, "verified": status.verified,
                            "identity": status.identity if status.verified else ""} for a, status in artifacts],
-            "gpus": _gpus(version.spec),
+            "gpus": gpus_by_flavor(version.spec),
             "base_model": (version.spec.get("base_model") or {}).get("name", ""),
             "dataset_regions": sorted(set(regions)),
         },
@@ -286,14 +278,14 @@ def _advance(promotion: Promotion, *, actor) -> None:
     promotion.decisions = [*promotion.decisions, str(decision.decision_id)]
     promotion.violations = decision.violations
     promotion.required_approvals = _required_approvals(facts)
-    blocking = [v for v in decision.violations if v["level"] != "advisory" and not v["pending"] and not v["exempt"]]
+    denying = blocking(decision.violations)
     pending = [v for v in decision.violations if v["pending"]]
     if decision.error:
         state, reason = PromotionState.REJECTED, f"The policy could not be evaluated, so it denies: {decision.error}"
-    elif any(v["level"] == "hard-mandatory" for v in blocking):
+    elif any(v["level"] == "hard-mandatory" for v in denying):
         state = PromotionState.REJECTED
-        reason = "; ".join(f"{v['rule']}: {v['message']}" for v in blocking if v["level"] == "hard-mandatory")
-    elif blocking:
+        reason = "; ".join(f"{v['rule']}: {v['message']}" for v in denying if v["level"] == "hard-mandatory")
+    elif denying:
         state, reason = PromotionState.CHECKED, ""
     elif pending or not decision.allow:
         state, reason = PromotionState.AWAITING_APPROVAL, ""
@@ -339,9 +331,9 @@ def _final_checks(promotion: Promotion, *, facts, approvals, decision) -> tuple[
 def _required_approvals(facts: dict) -> int:
     policy = facts["tenant"]["policy"]
     if facts["kind"] == PromotionKind.ROLLBACK:
-        return max(1, policy["rollback_min_approvals"])
+        return max(ROLLBACK_APPROVALS_FLOOR, policy["rollback_min_approvals"])
     if facts["stage"] == Stage.PRODUCTION:
-        return max(2, policy["min_approvals"])
+        return max(PRODUCTION_APPROVALS_FLOOR, policy["min_approvals"])
     return {Stage.DEVELOPMENT: 0, Stage.STAGING: 1}.get(facts["stage"], 0)
 
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from django.db.models import Prefetch
 
-from .models import Artifact, Verification
+from .models import Artifact, Verification, WorkflowVersion
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,13 @@ class SignatureStatus:
     @property
     def verified(self):
         return self.state == "verified"
+
+
+def version_named(user, tenant, workflow: str, number: int) -> WorkflowVersion | None:
+    """A version by its workflow's name and its number, read through the choke point."""
+    return (WorkflowVersion.objects.restrict(user, "view")
+            .filter(tenant=tenant, workflow__name=workflow, number=number)
+            .select_related("workflow", "created_by").first())
 
 
 def with_verifications(artifacts):

@@ -11,7 +11,7 @@ from audit.log import Target, record
 from tenants.access import actor_for, require
 from tenants.db import bind_rls
 from tenants.errors import Invalid, TooLarge, clean_or_invalid
-from tenants.models import GpuFlavor, Tenant
+from tenants.models import GpuFlavor, Tenant, region_in_jurisdiction
 
 from .digests import version_digest
 from .metrics import check_metrics_file
@@ -99,10 +99,6 @@ def workflow_version_register(*, actor, tenant: Tenant, spec, artifact_digests=(
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
-def _in_jurisdiction(region: str, jurisdiction: str) -> bool:
-    return region == jurisdiction or region.startswith(f"{jurisdiction}-")
-
-
 def receive_bytes(stream, *, declared_size: int, digest: str, check=None):
     """Stream bytes into the store; the store's refusals become API errors on ``content``."""
     try:
@@ -125,7 +121,7 @@ def artifact_upload(*, actor, tenant: Tenant, name: str, kind: str, region: str,
     clean_or_invalid(probe, exclude=["tenant", "created_by", "digest", "size_bytes"])
     if not DIGEST_RE.match(digest or ""):
         raise Invalid("A digest is 'sha256:' followed by 64 lowercase hex digits.", field="digest")
-    if not _in_jurisdiction(region, tenant.jurisdiction):
+    if not region_in_jurisdiction(region, tenant.jurisdiction):
         raise Invalid(f"Region {region} is outside {tenant.slug}'s jurisdiction ({tenant.jurisdiction}).",
                       field="region")
     with transaction.atomic():

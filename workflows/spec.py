@@ -283,5 +283,15 @@ def validate(document: dict, *, known_flavors: set[str]) -> dict:
     return document
 
 
+def gpus_by_flavor(document: dict) -> dict[str, int]:
+    """The most GPUs of each flavor any one step asks for: what a run of the version holds."""
+    wanted = {}
+    for step in document.get("steps", []):
+        gpu = step.get("gpu") or {}
+        if gpu.get("flavor"):
+            wanted[gpu["flavor"]] = max(wanted.get(gpu["flavor"], 0), int(gpu.get("count", 0)))
+    return wanted
+
+
 def uses_images(document: dict) -> bool:
     return any("image" in step for step in document.get("steps", []))
