@@ -20,6 +20,12 @@ ACTIONS = {
     "run.request": "A developer asked for a run; it passed the run policy and waits for admission.",
     "run.queue": "The admission cycle could not admit a run yet (quota or capacity); the reason says why.",
     "run.admit": "The admission cycle reserved devices on one node for a run, within the tenant's quota.",
+    "run.claim_refused": "A runner refused a run message: the run's devices are reserved on another node.",
+    "run.start": "A runner claimed an admitted run with its fencing token and started its steps.",
+    "run.finish": "A run ended on its runner: succeeded, failed (with the step and why) or cancelled.",
+    "run.cancel": "A member asked to cancel a run; a waiting run ends at once, a running one when its runner sees it.",
+    "run.requeue": "The reaper took a run back from a node that did not claim it or stopped renewing its lease.",
+    "run.lost": "The reaper gave up on a run that had been requeued the most times allowed.",
     "runner.state_change": "A platform admin drained a runner node, took it down, or made it ready again.",
     # tenant scope
     "membership.grant": "A user was given a role in a tenant.",

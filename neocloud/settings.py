@@ -268,6 +268,8 @@ SPECTACULAR_SETTINGS = {
         "StageEnum": "workflows.models.Stage",
         "ArtifactKindEnum": "workflows.models.ArtifactKind",
         "PromotionKindEnum": "workflows.models.PromotionKind",
+        "RunStateEnum": "runners.models.RunState",
+        "StepStateEnum": "runners.models.StepState",
     },
 }
 
@@ -341,6 +343,18 @@ RUNNER_JURISDICTION = env("RUNNER_JURISDICTION", "")
 RUNNER_GPU_DEVICES = env("RUNNER_GPU_DEVICES", "")  # e.g. "0,1"; unset: discover through NVML
 RUNNER_HEARTBEAT_TIMEOUT_SECONDS = float(env("RUNNER_HEARTBEAT_TIMEOUT_SECONDS", "60"))
 ADMISSION_INTERVAL_SECONDS = float(env("ADMISSION_INTERVAL_SECONDS", "5"))
+# Execution (docs/operators.md, "Workers"): a worker renews a running run's lease; the
+# admission cycle reaps an expired lease, or a dispatched run nobody claimed within
+# RUN_CLAIM_TIMEOUT_SECONDS, and requeues it at most RUN_MAX_REQUEUES times before it is lost.
+RUNNER_LEASE_SECONDS = float(env("RUNNER_LEASE_SECONDS", "30"))
+RUN_CLAIM_TIMEOUT_SECONDS = float(env("RUN_CLAIM_TIMEOUT_SECONDS", "120"))
+RUN_MAX_REQUEUES = int(env("RUN_MAX_REQUEUES", "2"))
+RUN_LOG_MAX_BYTES = int(env("RUN_LOG_MAX_BYTES", str(1024 * 1024)))
+RUN_LOG_FOLLOW_SECONDS = float(env("RUN_LOG_FOLLOW_SECONDS", "600"))  # longest one streaming log response lasts
+RUNNER_WORK_DIR = Path(env("RUNNER_WORK_DIR", str(DATA_DIR / "runs")))
+RUNNER_SANDBOX_UID = int(env("RUNNER_SANDBOX_UID", "65534"))  # nobody: steps never run as the worker's user
+RUNNER_SANDBOX_GID = int(env("RUNNER_SANDBOX_GID", "65534"))
+RUNNER_BWRAP = env("RUNNER_BWRAP", "bwrap")
 # The bearer token an OPA server pulls GET /api/v1/policies/bundle with; unset, only platform
 # admins may pull it. A short token is guessable, so it is refused.
 POLICY_BUNDLE_TOKEN = env("POLICY_BUNDLE_TOKEN")

@@ -12,9 +12,11 @@ the tenant's residency allows.
 import hashlib
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Min, Sum
+from django.db.models import Count, Max, Min, Sum
 from django.utils import timezone
 
 from audit.hashing import canonical_json
@@ -28,6 +30,7 @@ from workflows import attestations
 from workflows.promotions import artifacts_with_status, platform_public_keys
 from workflows.spec import gpus_by_flavor
 
+from .dispatch import outbox_add, outbox_sweep, reap_expired
 from .models import HOLDING_STATES, WAITING_STATES, NodeState, Run, RunnerNode, RunState
 
 logger = logging.getLogger(__name__)
@@ -156,6 +159,8 @@ def wake_admission() -> None:
 class CycleResult:
     admitted: int = 0
     waiting: int = 0
+    published: int = 0  # outbox rows a dead process had left unsent
+    reaped: int = 0
 
 
 def admission_cycle(*, moment=None) -> CycleResult:
@@ -163,6 +168,8 @@ def admission_cycle(*, moment=None) -> CycleResult:
     has the highest priority, then the oldest, goes first."""
     moment = moment or timezone.now()
     result = CycleResult()
+    result.published = outbox_sweep()
+    result.reaped = reap_expired(moment=moment)
     groups = (Run.objects.using(PLATFORM).filter(state__in=WAITING_STATES).order_by()
               .values("tenant_id", "flavor_id").annotate(top=Max("priority"), oldest=Min("created_at"))
               .order_by("-top", "oldest"))
@@ -188,10 +195,8 @@ def _admit_group(tenant_id: int, flavor_id: int | None, *, moment) -> tuple[int,
         runs = list(Run.objects.using(PLATFORM).select_for_update(of=("self",)).select_related("flavor")
                     .filter(tenant_id=tenant_id, flavor_id=flavor_id, state__in=WAITING_STATES)
                     .order_by("-priority", "created_at", "id"))
-        if flavor_id is None:  # no GPU: nothing to reserve
-            for run in runs:
-                _admit(run, tenant=tenant, node=None, devices=[], moment=moment)
-            return len(runs), 0
+        if flavor_id is None:  # no GPU: nothing to reserve, but it still runs on a node in the jurisdiction
+            return _admit_without_gpus(runs, tenant=tenant, moment=moment)
         limit = quota.nominal + quota.borrowing_limit if quota else 0
         held = (Run.objects.using(PLATFORM).filter(tenant_id=tenant_id, flavor_id=flavor_id, state__in=HOLDING_STATES)
                 .aggregate(total=Sum("gpus"))["total"] or 0)
@@ -213,6 +218,22 @@ def _admit_group(tenant_id: int, flavor_id: int | None, *, moment) -> tuple[int,
             taken.setdefault(node.pk, set()).update(devices)
             admitted += 1
         return admitted, len(runs) - admitted
+
+
+def _admit_without_gpus(runs: list[Run], *, tenant: Tenant, moment) -> tuple[int, int]:
+    nodes = [n for n in RunnerNode.objects.using(PLATFORM).select_for_update(of=("self",))
+             .filter(jurisdiction=tenant.jurisdiction, state=NodeState.READY).order_by("id") if n.is_live(moment)]
+    if not nodes:
+        for run in runs:
+            _wait(run, tenant=tenant, reason=f"No live runner node in {tenant.jurisdiction}.")
+        return 0, len(runs)
+    load = dict(Run.objects.using(PLATFORM).filter(node__in=nodes, state__in=HOLDING_STATES).order_by()
+                .values("node_id").annotate(count=Count("id")).values_list("node_id", "count"))
+    for run in runs:
+        node = min(nodes, key=lambda n: (load.get(n.pk, 0), n.pk))
+        _admit(run, tenant=tenant, node=node, devices=[], moment=moment)
+        load[node.pk] = load.get(node.pk, 0) + 1
+    return len(runs), 0
 
 
 def _devices_taken(nodes: list[RunnerNode]) -> dict[int, set]:
@@ -247,10 +268,15 @@ def _wait(run: Run, *, tenant: Tenant, reason: str) -> None:
 
 
 def _admit(run: Run, *, tenant: Tenant, node, devices, moment) -> None:
+    """Reserve the devices and write the dispatch message in the same transaction; the run
+    must be claimed within RUN_CLAIM_TIMEOUT_SECONDS or the reaper takes it back."""
     run.state, run.reason = RunState.ADMITTED, ""
     run.node, run.device_ids, run.admitted_at = node, devices, moment
+    run.lease_expires_at = moment + timedelta(seconds=settings.RUN_CLAIM_TIMEOUT_SECONDS)
     run.fencing_token += 1
-    run.save(using=PLATFORM, update_fields=["state", "reason", "node", "device_ids", "admitted_at", "fencing_token"])
+    run.save(using=PLATFORM, update_fields=["state", "reason", "node", "device_ids", "admitted_at", "fencing_token",
+                                            "lease_expires_at"])
+    outbox_add(run)
     record(action="run.admit", actor=Actor.system("admission"), tenant=tenant.slug,
            target=Target("run", run.public_id), using=PLATFORM,
            data={"node": node.hostname if node else "", "devices": devices, "gpus": run.gpus,

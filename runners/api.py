@@ -1,5 +1,10 @@
-"""Platform-scope API for runner nodes and pools (platform admins only)."""
+"""Runs (tenant routes: request, list, detail, cancel, logs) and runner nodes and pools
+(platform admins only)."""
 
+import time
+
+from django.conf import settings
+from django.http import StreamingHttpResponse
 from django.urls import path
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
@@ -8,12 +13,13 @@ from rest_framework.views import APIView
 
 from tenants.access import is_platform_admin
 from tenants.api import TenantScopedAPIView
-from tenants.errors import Forbidden, NotFound
+from tenants.db import tenant_reads
+from tenants.errors import Forbidden, Invalid, NotFound
 from workflows.models import Stage
 from workflows.selectors import version_named
 
-from . import admission, selectors, services
-from .models import Run, RunnerNode
+from . import admission, execution, selectors, services
+from .models import Run, RunLogChunk, RunnerNode, RunStep
 
 
 class RunnerNodeSerializer(serializers.ModelSerializer):
@@ -86,6 +92,13 @@ class PoolList(APIView):
              "live_nodes": p.live_nodes, "other_nodes": p.other_nodes} for p in selectors.pools()]})
 
 
+class RunStepSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RunStep
+        fields = ["name", "position", "state", "attempts", "exit_code", "reason", "started_at", "finished_at"]
+        read_only_fields = fields
+
+
 class RunSerializer(serializers.ModelSerializer):
     id = serializers.UUIDField(source="public_id", read_only=True)
     workflow = serializers.CharField(source="version.workflow.name", read_only=True)
@@ -97,9 +110,22 @@ class RunSerializer(serializers.ModelSerializer):
     class Meta:
         model = Run
         fields = ["id", "workflow", "version", "stage", "parameters", "priority", "state", "reason", "flavor", "gpus",
-                  "max_runtime_seconds", "node", "device_ids", "requested_by", "created_at", "admitted_at",
-                  "finished_at"]
+                  "max_runtime_seconds", "node", "device_ids", "requested_by", "requeues", "cancel_requested_at",
+                  "log_bytes", "log_dropped_bytes", "created_at", "admitted_at", "started_at", "finished_at"]
         read_only_fields = fields
+
+
+class RunDetailSerializer(RunSerializer):
+    steps = serializers.SerializerMethodField()
+
+    class Meta(RunSerializer.Meta):
+        fields = [*RunSerializer.Meta.fields, "steps"]
+        read_only_fields = fields
+
+    def get_steps(self, run) -> list[dict]:
+        """The steps of the run's latest admission (a requeued run starts them again)."""
+        steps = [s for s in run.steps.all() if s.fencing_token == run.fencing_token]
+        return RunStepSerializer(steps, many=True).data
 
 
 class RunRequestSerializer(serializers.Serializer):
@@ -138,17 +164,76 @@ class RunList(_Runs, generics.ListAPIView):
         return Response(RunSerializer(run).data, status=201 if created else 200)
 
 
-class RunDetail(_Runs):
-    def get(self, request, tenant, run):
-        found = self.get_queryset().filter(public_id=run).first()
+class _OneRun(_Runs):
+    def run(self, run_id) -> Run:
+        found = self.get_queryset().prefetch_related("steps").filter(public_id=run_id).first()
         if found is None:
             raise NotFound("No such run.")
-        return Response(RunSerializer(found).data)
+        return found
+
+
+class RunDetail(_OneRun):
+    serializer_class = RunDetailSerializer
+
+    def get(self, request, tenant, run):
+        return Response(RunDetailSerializer(self.run(run)).data)
+
+
+class RunCancel(_OneRun):
+    """Cancel a run: one that waits ends now; a running one ends when its runner sees the
+    request (within about a second) and kills the steps' processes."""
+
+    serializer_class = RunDetailSerializer
+
+    @extend_schema(request=None, responses=RunDetailSerializer)
+    def post(self, request, tenant, run):
+        execution.run_cancel(actor=request.user, run=self.run(run))
+        return Response(RunDetailSerializer(self.run(run)).data)
+
+
+class RunLogs(_OneRun):
+    """The run's output, from chunk ``after`` on, as JSON; with ``follow=1``, as plain text
+    that streams while the run is running and ends when it ends (or after
+    RUN_LOG_FOLLOW_SECONDS)."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request, tenant, run):
+        found = self.run(run)
+        try:
+            after = int(request.query_params.get("after", "0"))
+        except ValueError:
+            raise Invalid("after is a chunk id, a whole number.", field="after") from None
+        if request.query_params.get("follow") in ("1", "true"):
+            response = StreamingHttpResponse(self._follow(request.user, self.tenant, found.pk, after),
+                                             content_type="text/plain; charset=utf-8")
+            response["X-Accel-Buffering"] = "no"  # let a proxy pass each piece on as it comes
+            return response
+        chunks = list(RunLogChunk.objects.filter(run=found, id__gt=after).order_by("id")[:500])
+        return Response({"chunks": [{"id": c.id, "text": c.text} for c in chunks],
+                         "next": chunks[-1].id if chunks else after, "finished": found.is_finished,
+                         "log_bytes": found.log_bytes, "log_dropped_bytes": found.log_dropped_bytes})
+
+    @staticmethod
+    def _follow(user, tenant, run_pk: int, after: int):
+        deadline = time.monotonic() + settings.RUN_LOG_FOLLOW_SECONDS
+        while time.monotonic() < deadline:
+            with tenant_reads(user, tenant):
+                finished = Run.objects.get(pk=run_pk).is_finished
+                chunks = list(RunLogChunk.objects.filter(run_id=run_pk, id__gt=after).order_by("id")[:500])
+            for chunk in chunks:
+                after = chunk.id
+                yield chunk.text
+            if finished and not chunks:
+                return
+            if not chunks:
+                time.sleep(0.5)
 
 
 api_urlpatterns = [
     path("tenants/<slug:tenant>/runs/", RunList.as_view(), name="api-run-list"),
     path("tenants/<slug:tenant>/runs/<uuid:run>/", RunDetail.as_view(), name="api-run-detail"),
+    path("tenants/<slug:tenant>/runs/<uuid:run>/cancel/", RunCancel.as_view(), name="api-run-cancel"),
+    path("tenants/<slug:tenant>/runs/<uuid:run>/logs/", RunLogs.as_view(), name="api-run-logs"),
     path("runners/", RunnerNodeList.as_view(), name="api-runner-list"),
     path("runners/<str:hostname>/", RunnerNodeDetail.as_view(), name="api-runner-detail"),
     path("pools/", PoolList.as_view(), name="api-pool-list"),

@@ -87,8 +87,14 @@ class Run(models.Model):
     fencing_token = models.PositiveBigIntegerField(default=0)
     idempotency_key = models.CharField(max_length=200, blank=True, default="")
     request_digest = models.CharField(max_length=71, blank=True, default="")
+    requeues = models.PositiveIntegerField(default=0)  # times a dead or silent worker gave it back
+    lease_expires_at = models.DateTimeField(null=True, blank=True)  # the holder renews it; the reaper ends it
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    log_bytes = models.PositiveBigIntegerField(default=0)  # kept in RunLogChunk, up to RUN_LOG_MAX_BYTES
+    log_dropped_bytes = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
     admitted_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     objects = TenantOwnedQuerySet.as_manager()
@@ -104,3 +110,96 @@ class Run(models.Model):
 
     def __str__(self):
         return f"run {self.public_id} ({self.state})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+
+FINISHED_STATES = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.LOST)
+
+
+class StepState(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # an earlier step failed, or the run was cancelled first
+    CANCELLED = "cancelled"
+
+
+class RunStep(models.Model):
+    """One step of one attempt at a run (a requeued run starts its steps again)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    fencing_token = models.PositiveBigIntegerField()  # which admission of the run this belongs to
+    position = models.PositiveIntegerField()  # dependency order
+    name = models.CharField(max_length=64)
+    state = models.CharField(max_length=16, choices=StepState.choices, default=StepState.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    exit_code = models.IntegerField(null=True, blank=True)
+    reason = models.CharField(max_length=1000, blank=True, default="")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["run", "fencing_token", "position"]
+        constraints = [models.UniqueConstraint(fields=["run", "fencing_token", "name"], name="one_step_per_attempt")]
+
+
+class RunLogChunk(models.Model):
+    """A piece of a run's combined step output, in order; the API streams these."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="log_chunks")
+    text = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["run", "id"]
+
+
+class DispatchOutbox(models.Model):
+    """Transactional outbox: written in the transaction that admits a run, published to the
+    node's queue after commit, and published again by the sweeper if the process died first."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="+")
+    fencing_token = models.PositiveBigIntegerField()
+    queue = models.CharField(max_length=300)
+    created_at = models.DateTimeField(default=timezone.now)
+    published_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["published_at", "created_at"])]
+        constraints = [models.UniqueConstraint(fields=["run", "fencing_token"], name="one_dispatch_per_admission")]
+
+
+class UsageEntry(models.Model):
+    """The append-only usage ledger: one row per admission of a run that held GPUs, written
+    once when that admission ends (finished, cancelled, or reaped). GPU-seconds x the flavor's
+    billing weight is what chargeback bills."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    flavor = models.ForeignKey(GpuFlavor, on_delete=models.PROTECT, related_name="+")
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="usage")
+    fencing_token = models.PositiveBigIntegerField()
+    month = models.DateField()  # the first day of the calendar month (UTC) the usage ended in
+    gpus = models.PositiveIntegerField()
+    seconds = models.DecimalField(max_digits=14, decimal_places=3)
+    gpu_seconds = models.DecimalField(max_digits=16, decimal_places=3)
+    weight = models.DecimalField(max_digits=8, decimal_places=3)
+    weighted_gpu_seconds = models.DecimalField(max_digits=18, decimal_places=3)
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-recorded_at", "-id"]
+        indexes = [models.Index(fields=["tenant", "flavor", "month"])]
+        constraints = [models.UniqueConstraint(fields=["run", "fencing_token"], name="one_usage_entry_per_admission")]

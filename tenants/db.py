@@ -118,8 +118,12 @@ def _role_exists(cursor, role):
 # What platform jobs write besides the audit sequencer's tables. Admission admits every
 # tenant's runs and records each admission; it locks quota rows and nodes with SELECT ... FOR
 # UPDATE, which PostgreSQL allows only with an UPDATE privilege: a column one is enough.
+# Runner workers execute every tenant's runs through the same role: they claim runs, record
+# steps and logs, bill usage and publish the dispatch outbox.
 PLATFORM_WRITES = (("runners_run", "UPDATE"), ("audit_auditevent", "INSERT"),
-                   ("tenants_tenantquota", "UPDATE (updated_at)"), ("runners_runnernode", "UPDATE (last_heartbeat_at)"))
+                   ("tenants_tenantquota", "UPDATE (updated_at)"), ("runners_runnernode", "UPDATE (last_heartbeat_at)"),
+                   ("runners_runstep", "INSERT, UPDATE"), ("runners_runlogchunk", "INSERT"),
+                   ("runners_dispatchoutbox", "INSERT, UPDATE"), ("runners_usageentry", "INSERT"))
 
 
 def apply_role_grants(using=OWNER_ALIAS, **kwargs):
@@ -141,6 +145,8 @@ def apply_role_grants(using=OWNER_ALIAS, **kwargs):
             for table in (*APPEND_ONLY_TABLES, "audit_sequencerstate"):
                 cursor.execute(f'REVOKE UPDATE, DELETE, TRUNCATE ON {table} FROM "{app_role}"')
             cursor.execute(f'REVOKE INSERT ON audit_auditleaf, audit_sequencerstate FROM "{app_role}"')
+            # Only runners bill; the ledger is written once and never changed.
+            cursor.execute(f'REVOKE INSERT, UPDATE ON runners_usageentry FROM "{app_role}"')
         if _role_exists(cursor, platform_role):
             cursor.execute(f'GRANT USAGE ON SCHEMA public TO "{platform_role}"')
             cursor.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{platform_role}"')

@@ -10,7 +10,7 @@ from django.db import connections
 from audit.models import AuditEvent
 from runners.admission import admission_cycle
 from runners.discovery import Discovery, parse_declared
-from runners.models import Run
+from runners.models import HOLDING_STATES, Run
 from runners.services import runner_register
 
 from .test_api import assert_error
@@ -54,7 +54,8 @@ def test_a_run_is_recorded_pending_and_admitted_on_one_node_of_its_jurisdiction(
     assert body["state"] == "pending" and body["gpus"] == 2 and body["max_runtime_seconds"] == 3600
     admission_cycle()  # (a worker's cycle, woken by the request, may have admitted it already)
     run = state_of(body["id"])
-    assert run.state == "admitted" and run.node.hostname == "gpu-eu-1" and run.device_ids == ["0", "1"]
+    # Admitted, and at once dispatched through the outbox to the node's queue.
+    assert run.state == "dispatched" and run.node.hostname == "gpu-eu-1" and run.device_ids == ["0", "1"]
     assert run.fencing_token == 1
     event = AuditEvent.objects.using("owner").get(action="run.admit")
     assert event.tenant == "acme-bank" and event.data["devices"] == ["0", "1"] and event.actor_type == "system"
@@ -74,7 +75,7 @@ def test_a_four_gpu_run_is_never_split_across_two_nodes(gate):
     node("gpu-eu-3", "0,1,2,3")
     admission_cycle()
     run = state_of(run_id)
-    assert (run.state, run.node.hostname, run.device_ids) == ("admitted", "gpu-eu-3", ["0", "1", "2", "3"])
+    assert (run.state, run.node.hostname, run.device_ids) == ("dispatched", "gpu-eu-3", ["0", "1", "2", "3"])
 
 
 def test_an_eu_tenant_is_never_placed_on_a_us_node(gate):
@@ -93,7 +94,7 @@ def test_a_tenant_never_holds_more_than_its_nominal_quota_plus_borrowing(gate):
     ids = [ask(gate, number, parameters={"seed": i}).json()["id"] for i in range(3)]
     admission_cycle()
     states = [state_of(i) for i in ids]
-    assert [r.state for r in states] == ["admitted", "admitted", "queued"]
+    assert [r.state for r in states] == ["dispatched", "dispatched", "queued"]
     assert "holds 4 of its 4 h100-80gb GPU(s)" in states[2].reason
     assert len({d for r in states[:2] for d in r.device_ids}) == 4  # distinct devices
 
@@ -174,7 +175,7 @@ def test_no_over_admission_with_16_concurrent_submitters_and_cycles(gate, world,
         thread.join()
     assert not errors, errors
     admission_cycle()
-    held = list(Run.objects.using("owner").filter(state="admitted").select_related("node"))
+    held = list(Run.objects.using("owner").filter(state__in=HOLDING_STATES).select_related("node"))
     assert sum(r.gpus for r in held) == 4 and len(held) == 2  # the tenant's 2 + 2, and no more
     for hostname in ("gpu-eu-1", "gpu-eu-2"):
         devices = [d for r in held if r.node.hostname == hostname for d in r.device_ids]

@@ -58,7 +58,7 @@ def test_a_good_spec_validates_from_yaml_and_from_json():
 
 def test_unknown_keys_are_named_with_their_path():
     assert problems(spec_with(gpus=2)) == [
-        ("$.steps[1].gpus", "unknown key 'gpus'; allowed: command, depends_on, env, gpu, image, name, retries, timeout_seconds")]
+        ("$.steps[1].gpus", "unknown key 'gpus'; allowed: command, depends_on, env, gpu, image, name, network, retries, timeout_seconds")]
     document = parse(GOOD)
     document["schedule"] = "nightly"
     assert problems(json.dumps(document))[0][0] == "$.schedule"

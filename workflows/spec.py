@@ -87,6 +87,7 @@ SCHEMA = {
                     },
                     "timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 7 * 24 * 3600},
                     "retries": {"type": "integer", "minimum": 0, "maximum": 10},
+                    "network": {"type": "boolean"},  # off unless asked for
                     "depends_on": {"type": "array", "items": _name, "uniqueItems": True},
                 },
             },
@@ -291,6 +292,20 @@ def gpus_by_flavor(document: dict) -> dict[str, int]:
         if gpu.get("flavor"):
             wanted[gpu["flavor"]] = max(wanted.get(gpu["flavor"], 0), int(gpu.get("count", 0)))
     return wanted
+
+
+def step_order(document: dict) -> list[dict]:
+    """The steps in dependency order; among steps that are ready, the spec's own order."""
+    steps = document.get("steps", [])
+    done: set[str] = set()
+    ordered: list[dict] = []
+    while len(ordered) < len(steps):
+        ready = [s for s in steps if s["name"] not in done and set(s.get("depends_on", [])) <= done]
+        if not ready:
+            raise ValueError("the steps' dependencies form a cycle")  # validate() refuses such specs
+        ordered.append(ready[0])
+        done.add(ready[0]["name"])
+    return ordered
 
 
 def uses_images(document: dict) -> bool:

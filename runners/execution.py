@@ -1,0 +1,154 @@
+"""The state changes of a run while it executes: claim, lease, steps, logs, finish, cancel.
+
+A runner works through the platform role (it executes every tenant's runs). Every write it
+makes is conditional on the run's fencing token and state, so a worker that lost its run to
+the reaper (its lease expired, the run was admitted again with a higher token) can change
+nothing any more, and notices that at its next lease renewal.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from audit.log import Actor, Target, record
+from tenants.access import actor_for, require
+from tenants.db import bind_rls
+from tenants.errors import Conflict
+from workflows.spec import step_order
+
+from .ledger import bill
+from .models import FINISHED_STATES, WAITING_STATES, Run, RunLogChunk, RunState, RunStep, StepState
+
+logger = logging.getLogger(__name__)
+
+PLATFORM = "platform"
+RUNNER = Actor.system("runner")
+
+
+@dataclass
+class Lease:
+    """What a worker holds while it executes one admission of a run."""
+
+    run: Run
+    fencing_token: int
+    hostname: str
+
+    def fenced(self):
+        return Run.objects.using(PLATFORM).filter(pk=self.run.pk, fencing_token=self.fencing_token,
+                                                  state=RunState.RUNNING)
+
+
+def _record(action: str, run: Run, **data) -> None:
+    record(action=action, actor=RUNNER, tenant=run.tenant.slug, target=Target("run", run.public_id),
+           using=PLATFORM, data=data)
+
+
+def run_claim(*, run_id: str, fencing_token: int, hostname: str) -> Lease | None:
+    """The first transaction of a delivery: take the run if this message is still the one
+    that counts. A duplicate or stale delivery returns None and changes nothing; a message
+    for devices reserved on another node is refused (and audited)."""
+    now = timezone.now()
+    with transaction.atomic(using=PLATFORM):
+        run = (Run.objects.using(PLATFORM).select_for_update(of=("self",))
+               .select_related("tenant", "node", "flavor", "version").filter(public_id=run_id).first())
+        if run is None:
+            logger.warning("run %s does not exist; message dropped", run_id)
+            return None
+        if run.node is None or run.node.hostname != hostname:
+            _record("run.claim_refused", run, node=hostname, fencing_token=fencing_token,
+                    reserved_on=run.node.hostname if run.node else "")
+            return None
+        if run.fencing_token != fencing_token or run.state not in (RunState.ADMITTED, RunState.DISPATCHED):
+            logger.info("run %s: delivery with token %s is stale or a duplicate (token %s, %s); no effect",
+                        run_id, fencing_token, run.fencing_token, run.state)
+            return None
+        run.state, run.reason, run.started_at = RunState.RUNNING, "", now
+        run.lease_expires_at = now + timedelta(seconds=settings.RUNNER_LEASE_SECONDS)
+        run.save(using=PLATFORM, update_fields=["state", "reason", "started_at", "lease_expires_at"])
+        RunStep.objects.using(PLATFORM).bulk_create([
+            RunStep(tenant_id=run.tenant_id, run=run, fencing_token=fencing_token, position=position, name=step["name"])
+            for position, step in enumerate(step_order(run.version.spec))])
+        _record("run.start", run, node=hostname, devices=run.device_ids, fencing_token=fencing_token)
+    return Lease(run=run, fencing_token=fencing_token, hostname=hostname)
+
+
+def lease_renew(lease: Lease) -> tuple[bool, bool]:
+    """Extend the lease; return (still held, cancel requested). One conditional UPDATE."""
+    expires = timezone.now() + timedelta(seconds=settings.RUNNER_LEASE_SECONDS)
+    held = bool(lease.fenced().update(lease_expires_at=expires))
+    cancel = held and lease.fenced().filter(cancel_requested_at__isnull=False).exists()
+    return held, cancel
+
+
+def step_update(lease: Lease, name: str, **changes) -> None:
+    RunStep.objects.using(PLATFORM).filter(run_id=lease.run.pk, fencing_token=lease.fencing_token,
+                                           name=name).update(**changes)
+
+
+def log_append(lease: Lease, text: str) -> None:
+    """Keep the run's output up to RUN_LOG_MAX_BYTES; count what is dropped beyond it."""
+    if not text:
+        return
+    data = text.encode("utf-8", "replace")
+    room = max(0, settings.RUN_LOG_MAX_BYTES - lease.run.log_bytes)
+    kept = data[:room].decode("utf-8", "ignore")
+    kept_bytes = len(kept.encode("utf-8"))
+    with transaction.atomic(using=PLATFORM):
+        if not lease.fenced().update(log_bytes=F("log_bytes") + kept_bytes,
+                                     log_dropped_bytes=F("log_dropped_bytes") + len(data) - kept_bytes):
+            return
+        if kept:
+            RunLogChunk.objects.using(PLATFORM).create(tenant_id=lease.run.tenant_id, run_id=lease.run.pk, text=kept)
+    lease.run.log_bytes += kept_bytes
+    lease.run.log_dropped_bytes += len(data) - kept_bytes
+
+
+def run_finish(lease: Lease, *, state: str, reason: str = "") -> bool:
+    """End the admission: record the outcome, release the devices, bill the GPU time once."""
+    now = timezone.now()
+    with transaction.atomic(using=PLATFORM):
+        run = (lease.fenced().select_for_update(of=("self",)).select_related("tenant", "flavor").first())
+        if run is None:  # the reaper took it back meanwhile; it billed what this admission used
+            return False
+        if run.log_dropped_bytes:
+            RunLogChunk.objects.using(PLATFORM).create(
+                tenant_id=run.tenant_id, run_id=run.pk,
+                text=f"\n[log capped at {settings.RUN_LOG_MAX_BYTES} bytes: {run.log_dropped_bytes} bytes "
+                     f"were not kept]\n")
+        run.state, run.reason, run.finished_at, run.lease_expires_at = state, reason[:1000], now, None
+        run.save(using=PLATFORM, update_fields=["state", "reason", "finished_at", "lease_expires_at"])
+        RunStep.objects.using(PLATFORM).filter(run=run, fencing_token=lease.fencing_token,
+                                               state=StepState.PENDING).update(state=StepState.SKIPPED)
+        entry = bill(run, until=now, using=PLATFORM)
+        _record("run.finish", run, state=state, reason=run.reason, node=lease.hostname, devices=run.device_ids,
+                gpu_seconds=str(entry.gpu_seconds) if entry else "0")
+    return True
+
+
+def run_cancel(*, actor, run: Run) -> Run:
+    """A member cancels a run. One that waits, or holds devices but has not started, ends
+    now; a running one is marked, and its runner kills the steps at its next check."""
+    now = timezone.now()
+    with transaction.atomic():
+        require(actor, run.tenant, "develop")
+        bind_rls(tenant_id=run.tenant_id)
+        run = Run.objects.select_for_update(of=("self",)).select_related("tenant").get(pk=run.pk)
+        if run.state in FINISHED_STATES:
+            raise Conflict(f"The run already ended ({run.state}).", code="run_finished")
+        if run.cancel_requested_at is None:
+            run.cancel_requested_at = now
+            fields = ["cancel_requested_at"]
+            if run.state in WAITING_STATES or run.state in (RunState.ADMITTED, RunState.DISPATCHED):
+                run.state, run.reason, run.finished_at = RunState.CANCELLED, f"Cancelled by {actor.username}.", now
+                run.node, run.device_ids, run.lease_expires_at = None, [], None
+                fields += ["state", "reason", "finished_at", "node", "device_ids", "lease_expires_at"]
+            run.save(update_fields=fields)
+            record(action="run.cancel", actor=actor_for(actor), tenant=run.tenant.slug,
+                   target=Target("run", run.public_id), data={"state": run.state})
+    return run
+

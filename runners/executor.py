@@ -1,0 +1,232 @@
+"""The worker's side of a run: fetch inputs, run the steps in the sandbox, stream their output.
+
+``execute`` is what the run task calls on the node that holds the run's devices. The run's
+state lives in the database (runners.execution); this module only drives processes. Each
+step runs in its own process group, so a timeout, a cancellation or a lost lease kills the
+step and everything it started.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from workflows.spec import step_order
+from workflows.store import get_store
+
+from . import sandbox
+from .execution import Lease, lease_renew, log_append, run_claim, run_finish, step_update
+from .models import RunState, StepState
+
+logger = logging.getLogger(__name__)
+
+LOG_FLUSH_SECONDS = 0.5
+LOG_FLUSH_BYTES = 64 * 1024
+CANCEL_CHECK_SECONDS = 1.0
+
+
+class StepsStopped(Exception):
+    """The run must stop: cancelled, or its lease was lost to the reaper."""
+
+    def __init__(self, outcome: str, reason: str):
+        super().__init__(reason)
+        self.outcome, self.reason = outcome, reason
+
+
+class InputRefused(Exception):
+    pass
+
+
+@dataclass
+class Attempt:
+    exit_code: int | None
+    timed_out: bool
+
+
+def execute(*, run_id: str, fencing_token: int, hostname: str) -> str | None:
+    """Claim the run and execute it; return the state it ended in, or None if this delivery
+    had nothing to do (a duplicate, a stale token, another node's run)."""
+    lease = run_claim(run_id=run_id, fencing_token=fencing_token, hostname=hostname)
+    if lease is None:
+        return None
+    workdir = Path(settings.RUNNER_WORK_DIR) / f"{lease.run.public_id}-{fencing_token}"
+    try:
+        state, reason = _execute(lease, workdir)
+    except StepsStopped as stop:
+        state, reason = stop.outcome, stop.reason
+    except Exception as exc:  # the platform's own failure: the run fails with it, the worker lives on
+        logger.exception("run %s failed inside the runner", run_id)
+        state, reason = RunState.FAILED, f"The runner failed: {exc}"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if state == "lost":  # the reaper owns the run now; nothing of ours may be written
+        return None
+    run_finish(lease, state=state, reason=reason)
+    return state
+
+
+def _execute(lease: Lease, workdir: Path) -> tuple[str, str]:
+    run = lease.run
+    sandbox.bwrap_path()  # refuse to run anything without the sandbox
+    _prepare(run, workdir)
+    try:
+        _fetch_inputs(run.version.spec, workdir)
+    except InputRefused as exc:
+        log_append(lease, f"{exc}\n")
+        return RunState.FAILED, str(exc)
+    for step in step_order(run.version.spec):
+        ok, reason = _run_step(lease, step, workdir)
+        if not ok:
+            return RunState.FAILED, reason
+    return RunState.SUCCEEDED, ""
+
+
+def _prepare(run, workdir: Path) -> None:
+    workdir.mkdir(parents=True, mode=0o700)
+    (workdir / "inputs").mkdir()
+    (workdir / sandbox.SCRATCH).mkdir()
+    parameters = {**run.version.spec.get("parameters", {}), **run.parameters}
+    (workdir / "parameters.json").write_text(json.dumps(parameters, indent=2, sort_keys=True))
+    if os.geteuid() == 0:  # the steps run as the sandbox user, who must own only this directory
+        for path in (workdir, workdir / "inputs", workdir / sandbox.SCRATCH, workdir / "parameters.json"):
+            os.chown(path, settings.RUNNER_SANDBOX_UID, settings.RUNNER_SANDBOX_GID)
+
+
+def _fetch_inputs(spec: dict, workdir: Path) -> None:
+    """Copy each declared input from the artifact store, checking its digest on the way."""
+    store = get_store()
+    for item in spec.get("inputs", []):
+        target = workdir / "inputs" / item["name"]
+        if not store.exists(item["digest"]):
+            raise InputRefused(f"Input {item['name']} ({item['digest']}) is not in the artifact store.")
+        hasher = hashlib.sha256()
+        with store.open(item["digest"]) as source, open(target, "wb") as out:
+            while chunk := source.read(1024 * 1024):
+                hasher.update(chunk)
+                out.write(chunk)
+        if "sha256:" + hasher.hexdigest() != item["digest"]:
+            target.unlink()
+            raise InputRefused(f"Input {item['name']}: the stored bytes hash to sha256:{hasher.hexdigest()}, "
+                               f"not {item['digest']}.")
+        if os.geteuid() == 0:
+            os.chown(target, settings.RUNNER_SANDBOX_UID, settings.RUNNER_SANDBOX_GID)
+        os.chmod(target, 0o400)
+
+
+def _run_step(lease: Lease, step: dict, workdir: Path) -> tuple[bool, str]:
+    name = step["name"]
+    if "command" not in step:
+        step_update(lease, name, state=StepState.FAILED, reason="Image steps need a container backend.")
+        return False, f"Step {name} is an image step; runs of them wait for a container backend."
+    attempts = 1 + int(step.get("retries", 0))
+    timeout = int(step.get("timeout_seconds", 3600))
+    step_update(lease, name, state=StepState.RUNNING, started_at=timezone.now())
+    for number in range(1, attempts + 1):
+        step_update(lease, name, attempts=number)
+        log_append(lease, f"==> step {name}, attempt {number} of {attempts}\n")
+        result = _attempt(lease, step, workdir)
+        if result.timed_out:
+            why = f"timed out after {timeout} s"
+        elif result.exit_code == 0:
+            log_append(lease, f"<== step {name} succeeded\n")
+            step_update(lease, name, state=StepState.SUCCEEDED, exit_code=0, finished_at=timezone.now())
+            return True, ""
+        else:
+            why = f"exited with code {result.exit_code}"
+        log_append(lease, f"<== step {name} {why}\n")
+        step_update(lease, name, exit_code=result.exit_code, reason=f"Attempt {number}: {why}.")
+    reason = f"Step {name} failed after {attempts} attempt(s): the last {why}."
+    step_update(lease, name, state=StepState.FAILED, reason=reason, finished_at=timezone.now())
+    return False, reason
+
+
+def _attempt(lease: Lease, step: dict, workdir: Path) -> Attempt:
+    """One attempt at a step: start it in its own process group, stream its output, and kill
+    the group on timeout, cancellation or a lost lease."""
+    run = lease.run
+    env = {**step.get("env", {}), "CUDA_VISIBLE_DEVICES": ",".join(run.device_ids),
+           "NEOCLOUD_RUN_ID": str(run.public_id), "NEOCLOUD_STEP": step["name"],
+           "NEOCLOUD_PARAMETERS": f"{sandbox.WORKSPACE}/parameters.json"}
+    argv = sandbox.command(argv=step["command"], workdir=workdir, env=env, network=bool(step.get("network")),
+                           device_ids=run.device_ids)
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env={}, cwd=workdir, **sandbox.popen_options())
+    output: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=_read_into, args=(process.stdout, output), daemon=True)
+    reader.start()
+    started = time.monotonic()
+    deadline = started + int(step.get("timeout_seconds", 3600))
+    renew_every = settings.RUNNER_LEASE_SECONDS / 3
+    next_renewal, next_cancel_check = started + renew_every, started + CANCEL_CHECK_SECONDS
+    pending, last_flush = [], started
+    try:
+        while True:
+            try:
+                chunk = output.get(timeout=0.2)
+            except queue.Empty:
+                chunk = b""
+            if chunk is None:  # the pipe closed: every process of the step has exited
+                break
+            pending.append(chunk)
+            now = time.monotonic()
+            if now - last_flush >= LOG_FLUSH_SECONDS or sum(map(len, pending)) >= LOG_FLUSH_BYTES:
+                log_append(lease, b"".join(pending).decode("utf-8", "replace"))
+                pending, last_flush = [], now
+            if now >= deadline:
+                _kill(process)
+                return Attempt(exit_code=None, timed_out=True)
+            if now >= next_renewal or now >= next_cancel_check:
+                held, cancelled = lease_renew(lease) if now >= next_renewal else (True, _cancel_requested(lease))
+                if now >= next_renewal:
+                    next_renewal = now + renew_every
+                next_cancel_check = now + CANCEL_CHECK_SECONDS
+                if not held:
+                    _kill(process)
+                    raise StepsStopped("lost", "The lease was lost to the reaper.")
+                if cancelled:
+                    _kill(process)
+                    log_append(lease, b"".join(pending).decode("utf-8", "replace") + "<== cancelled\n")
+                    pending = []
+                    step_update(lease, step["name"], state=StepState.CANCELLED, reason="Cancelled while running.")
+                    raise StepsStopped(RunState.CANCELLED, "Cancelled while running.")
+        return Attempt(exit_code=process.wait(), timed_out=False)
+    finally:
+        if pending:
+            log_append(lease, b"".join(pending).decode("utf-8", "replace"))
+        if process.poll() is None:
+            _kill(process)
+        reader.join(timeout=5)
+        close_old_connections()
+
+
+def _cancel_requested(lease: Lease) -> bool:
+    return lease.fenced().filter(cancel_requested_at__isnull=False).exists()
+
+
+def _read_into(stream, output: queue.Queue) -> None:
+    try:
+        while chunk := os.read(stream.fileno(), 65536):
+            output.put(chunk)
+    finally:
+        output.put(None)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """Kill the step's whole process group (the sandbox dies with it: --die-with-parent)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()

@@ -1,0 +1,315 @@
+"""Runs executing on real runner processes (`manage.py runner start`) with the platform worker
+admitting and reaping: dispatch through the outbox, the fenced claim, steps in the bubblewrap
+sandbox, logs, retries, timeouts, cancellation, a worker killed mid-run, and the usage ledger."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from audit.models import AuditEvent
+from runners.dispatch import SWEEP_GRACE_SECONDS
+from runners.executor import execute
+from runners.models import DispatchOutbox, Run, UsageEntry
+
+from .conftest import wait_for
+from .test_promotions import T, Gate
+
+pytestmark = [pytest.mark.embedded, pytest.mark.worker]
+
+RUNS = f"{T}/runs/"
+FINISHED = ("succeeded", "failed", "cancelled", "lost")
+
+
+@pytest.fixture
+def gate(world, api, tmp_path, celery_worker):
+    return Gate(world, api, tmp_path)  # acme-bank (eu): h100-80gb quota 2 nominal + 2 borrowing
+
+
+def spec_with(steps, gpus=2, inputs=None):
+    for step in steps:
+        step.setdefault("gpu", {"flavor": "h100-80gb", "count": gpus})
+    return {"steps": steps, "inputs": inputs or []}
+
+
+def sh(name, script, **extra):
+    return {"name": name, "command": ["sh", "-c", script], **extra}
+
+
+def py(name, code, **extra):
+    return {"name": name, "command": ["python3", "-c", code], **extra}
+
+
+def start_run(gate, spec, **extra):
+    number = gate.version(spec_changes=spec)
+    response = gate.developer.post(RUNS, {"workflow": "fraud-detector", "version": number,
+                                          "stage": "development", **extra})
+    assert response.status_code == 201, response.content
+    return response.json()["id"]
+
+
+def run_of(run_id) -> Run:
+    return Run.objects.using("owner").select_related("node").get(public_id=run_id)
+
+
+def wait_state(run_id, states, timeout=60):
+    states = (states,) if isinstance(states, str) else states
+    wait_for(lambda: run_of(run_id).state in states, timeout=timeout, message=f"run to reach {states}")
+    return run_of(run_id)
+
+
+def log_of(gate, run_id) -> str:
+    body = gate.developer.get(f"{RUNS}{run_id}/logs/").json()
+    return "".join(chunk["text"] for chunk in body["chunks"])
+
+
+def detail(gate, run_id) -> dict:
+    response = gate.developer.get(f"{RUNS}{run_id}/")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def test_a_run_executes_on_its_node_with_only_its_devices_and_is_billed(gate, start_runner):
+    start_runner("gpu-eu-1", "0,1,2,3")
+    dataset = gate.push("training-data", b"amount,label\n10,0\n99999,1\n", kind="dataset", sign=False)
+    run_id = start_run(gate, spec_with(
+        [sh("prepare", "wc -l < inputs/transactions > rows.txt; echo prepared", retries=0),
+         sh("train", 'echo "devices=$CUDA_VISIBLE_DEVICES uid=$(id -u) rows=$(cat rows.txt)"; '
+                     'cat parameters.json; sleep 1', depends_on=["prepare"])],
+        inputs=[{"name": "transactions", "region": "eu-west1", "uri": "store", "digest": dataset}]),
+        parameters={"learning_rate": 0.01})
+    run = wait_state(run_id, FINISHED)
+    body = detail(gate, run_id)
+    assert run.state == "succeeded", (run.reason, log_of(gate, run_id))
+    assert run.node.hostname == "gpu-eu-1" and run.device_ids == ["0", "1"]
+    assert [(s["name"], s["state"], s["exit_code"], s["attempts"]) for s in body["steps"]] == [
+        ("prepare", "succeeded", 0, 1), ("train", "succeeded", 0, 1)]
+    log = log_of(gate, run_id)
+    assert f"devices=0,1 uid={settings.RUNNER_SANDBOX_UID if os.geteuid() == 0 else os.geteuid()} rows=3" in log
+    assert '"learning_rate": 0.01' in log and "==> step prepare, attempt 1 of 1" in log
+
+    [entry] = UsageEntry.objects.using("owner").filter(run=run)
+    seconds = Decimal(str((run.finished_at - run.started_at).total_seconds())).quantize(Decimal("0.001"))
+    assert entry.gpus == 2 and entry.seconds == seconds and entry.gpu_seconds == seconds * 2 >= Decimal("2")
+    assert entry.weighted_gpu_seconds == entry.gpu_seconds * entry.weight and entry.fencing_token == 1
+    assert entry.month == run.finished_at.date().replace(day=1)
+    actions = list(AuditEvent.objects.using("owner").filter(target_id=run_id).values_list("action", flat=True))
+    assert {"run.request", "run.admit", "run.start", "run.finish"} <= set(actions)
+    finish = AuditEvent.objects.using("owner").get(target_id=run_id, action="run.finish")
+    assert finish.data["state"] == "succeeded" and finish.data["gpu_seconds"] == str(entry.gpu_seconds)
+    [row] = DispatchOutbox.objects.using("owner").filter(run=run)
+    assert row.published_at is not None and row.queue == "runner.gpu-eu-1"
+
+    # A second delivery of the same message, and one to the wrong node, change nothing.
+    assert execute(run_id=run_id, fencing_token=1, hostname="gpu-eu-1") is None
+    assert execute(run_id=run_id, fencing_token=1, hostname="gpu-eu-9") is None
+    refused = AuditEvent.objects.using("owner").get(target_id=run_id, action="run.claim_refused")
+    assert refused.data["node"] == "gpu-eu-9" and refused.data["reserved_on"] == "gpu-eu-1"
+    assert UsageEntry.objects.using("owner").filter(run=run).count() == 1
+    assert list(AuditEvent.objects.using("owner").filter(target_id=run_id, action="run.start")).__len__() == 1
+
+
+SANDBOX_PROBE = r"""
+import json, os, socket, sys
+from pathlib import Path
+seen = {"uid": os.getuid(), "env": sorted(os.environ), "cwd": os.getcwd()}
+for path in sys.argv[1:]:
+    try:
+        Path(path).read_bytes()
+        seen[path] = "readable"
+    except OSError as exc:
+        seen[path] = type(exc).__name__
+for target in ("/workspace/written.txt", "/usr/written.txt", "/etc/written.txt", "/written.txt", "/tmp/written.txt"):
+    try:
+        Path(target).write_text("x")
+        seen[target] = "written"
+    except OSError as exc:
+        seen[target] = type(exc).__name__
+try:
+    socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
+    seen["network"] = "reached"
+except OSError as exc:
+    seen["network"] = type(exc).__name__
+print("PROBE " + json.dumps(seen))
+"""
+
+
+def probe_of(log: str) -> dict:
+    return json.loads(next(line for line in log.splitlines() if line.startswith("PROBE "))[6:])
+
+
+def test_a_step_cannot_read_other_runs_or_platform_secrets_nor_write_outside_its_directory(gate, start_runner):
+    start_runner("gpu-eu-1", "0,1,2,3")
+    neighbour = Path(settings.RUNNER_WORK_DIR) / "another-tenants-run"
+    neighbour.mkdir(parents=True, exist_ok=True)
+    (neighbour / "weights.bin").write_bytes(b"secret weights")
+    os.chmod(neighbour / "weights.bin", 0o644)  # readable on the host: only the sandbox keeps it out
+    platform_secret = Path(settings.DATA_DIR) / "platform-secret-for-the-sandbox-test"
+    platform_secret.write_text("the platform's")
+    os.chmod(platform_secret, 0o644)
+    keyring = str(platform_secret)
+    argv = ["python3", "-c", SANDBOX_PROBE, str(neighbour / "weights.bin"), keyring, "/proc/1/environ"]
+    run_id = start_run(gate, spec_with([{"name": "probe", "command": argv}]))
+    run = wait_state(run_id, FINISHED)
+    log = log_of(gate, run_id)
+    assert run.state == "succeeded", (run.reason, log)
+    seen = probe_of(log)
+    assert seen[str(neighbour / "weights.bin")] == "FileNotFoundError"  # not even in its mount namespace
+    assert seen[keyring] == "FileNotFoundError"
+    assert seen["/workspace/written.txt"] == "written" and seen["cwd"] == "/workspace"
+    assert seen["/tmp/written.txt"] == "written"  # /tmp is inside the run's directory
+    assert {seen[path] for path in ("/usr/written.txt", "/etc/written.txt", "/written.txt")} <= {
+        "OSError", "PermissionError", "FileNotFoundError"}
+    assert seen["network"] != "reached"  # no network: the database's port is not there
+    assert set(seen["env"]) <= {"PATH", "HOME", "TMPDIR", "LANG", "CUDA_VISIBLE_DEVICES", "NEOCLOUD_RUN_ID",
+                                "NEOCLOUD_STEP", "NEOCLOUD_PARAMETERS", "PWD"}
+    if os.geteuid() == 0:
+        assert seen["uid"] == settings.RUNNER_SANDBOX_UID != 0
+
+    with_network = start_run(gate, spec_with([{"name": "probe", "command": argv[:3], "network": True}]))
+    run = wait_state(with_network, FINISHED)
+    assert run.state == "succeeded" and probe_of(log_of(gate, with_network))["network"] == "reached"
+
+
+def test_a_failing_step_is_retried_then_fails_the_run_and_later_steps_are_skipped(gate, start_runner):
+    start_runner("gpu-eu-1", "0,1,2,3")
+    run_id = start_run(gate, spec_with([sh("train", "echo trying; exit 3", retries=2),
+                                        sh("evaluate", "echo never", depends_on=["train"])]))
+    run = wait_state(run_id, FINISHED)
+    assert run.state == "failed"
+    assert run.reason == "Step train failed after 3 attempt(s): the last exited with code 3."
+    steps = {s["name"]: s for s in detail(gate, run_id)["steps"]}
+    assert (steps["train"]["state"], steps["train"]["attempts"], steps["train"]["exit_code"]) == ("failed", 3, 3)
+    assert steps["evaluate"]["state"] == "skipped"
+    log = log_of(gate, run_id)
+    assert log.count("trying") == 3 and "attempt 3 of 3" in log and "never" not in log
+    assert UsageEntry.objects.using("owner").filter(run=run).count() == 1  # failed runs are billed too
+
+
+def test_a_step_past_its_timeout_is_killed(gate, start_runner):
+    start_runner("gpu-eu-1", "0,1,2,3")
+    run_id = start_run(gate, spec_with([sh("train", "echo started; sleep 30", timeout_seconds=2)]))
+    run = wait_state(run_id, FINISHED, timeout=40)
+    assert run.state == "failed" and "timed out after 2 s" in run.reason
+    assert (run.finished_at - run.started_at).total_seconds() < 20
+
+
+def test_cancel_while_running_kills_the_whole_process_group(gate, start_runner):
+    start_runner("gpu-eu-1", "0,1,2,3")
+    run_id = start_run(gate, spec_with([sh("train", "sleep 61.25 & echo started; wait")]))
+    wait_for(lambda: "started" in log_of(gate, run_id), timeout=60, message="the step to start")
+    assert _processes("sleep 61.25")
+    response = gate.developer.post(f"{RUNS}{run_id}/cancel/")
+    assert response.status_code == 200 and response.json()["cancel_requested_at"]
+    run = wait_state(run_id, FINISHED, timeout=20)
+    assert run.state == "cancelled" and run.reason == "Cancelled while running."
+    wait_for(lambda: not _processes("sleep 61.25"), timeout=10, message="the step's children to be gone")
+    assert detail(gate, run_id)["steps"][0]["state"] == "cancelled"
+    assert gate.developer.post(f"{RUNS}{run_id}/cancel/").json()["code"] == "run_finished"
+    assert AuditEvent.objects.using("owner").filter(target_id=run_id, action="run.cancel").count() == 1
+
+
+def test_a_waiting_run_is_cancelled_at_once(gate):
+    run_id = start_run(gate, spec_with([sh("train", "true")]))  # no runner node: it waits
+    wait_state(run_id, "queued")
+    assert gate.developer.post(f"{RUNS}{run_id}/cancel/").json()["state"] == "cancelled"
+    assert run_of(run_id).state == "cancelled"
+
+
+def test_a_run_whose_input_is_missing_from_the_store_fails_before_any_step(gate, start_runner):
+    start_runner("gpu-eu-1", "0,1,2,3")
+    run_id = start_run(gate, spec_with([sh("train", "echo never")], inputs=[
+        {"name": "transactions", "region": "eu-west1", "uri": "store", "digest": "sha256:" + "ab" * 32}]))
+    run = wait_state(run_id, FINISHED)
+    assert run.state == "failed" and run.reason == f"Input transactions (sha256:{'ab' * 32}) is not in the artifact store."
+    assert "never" not in log_of(gate, run_id)
+
+
+def test_logs_are_capped_with_the_cap_shown(gate, start_runner, settings):
+    start_runner("gpu-eu-1", "0,1,2,3")
+    cap = settings.RUN_LOG_MAX_BYTES
+    run_id = start_run(gate, spec_with([py("chatty", f"import sys; sys.stdout.write('x' * {cap + 5000})")]))
+    run = wait_state(run_id, FINISHED)
+    assert run.state == "succeeded" and run.log_bytes == cap and run.log_dropped_bytes > 5000
+    log = log_of(gate, run_id)
+    assert f"[log capped at {cap} bytes: {run.log_dropped_bytes} bytes were not kept]" in log
+    streamed = b"".join(gate.developer.client.get(f"{RUNS}{run_id}/logs/?follow=1",
+                                                  **gate.developer.headers).streaming_content)
+    assert streamed.decode() == log
+
+
+CRASH_AFTER_COMMIT = """
+import os, sys, django
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "neocloud.settings")
+django.setup()
+from django.db import transaction
+from django.utils import timezone
+from runners.admission import _admit
+from runners.discovery import Discovery, parse_declared
+from runners.models import Run, RunnerNode
+from runners.services import runner_register
+from tenants.models import TenantQuota
+
+with transaction.atomic(using="platform"):
+    # Hold the tenant's quota row, as admission does, so the platform worker's cycle waits.
+    TenantQuota.objects.using("platform").select_for_update(of=("self",)).get(tenant__slug="acme-bank")
+    runner_register(hostname="gpu-eu-1", flavor_name="h100-80gb", region="eu", jurisdiction="eu",
+                    discovery=Discovery("declared", parse_declared("0,1,2,3")))
+    run = (Run.objects.using("platform").select_for_update(of=("self",)).select_related("flavor", "tenant")
+           .get(public_id=sys.argv[1]))
+    assert run.state == "queued", run.state
+    transaction.on_commit(lambda: os._exit(17), using="platform")  # dies after the commit, before the publish
+    _admit(run, tenant=run.tenant, node=RunnerNode.objects.using("platform").get(hostname="gpu-eu-1"),
+           devices=["0", "1"], moment=timezone.now())
+"""
+
+
+def test_a_crash_between_admission_commit_and_publish_loses_nothing(gate, start_runner):
+    run_id = start_run(gate, spec_with([sh("train", "echo ran")]))
+    wait_state(run_id, "queued")  # no node yet
+    crashed = subprocess.run([sys.executable, "-c", CRASH_AFTER_COMMIT, run_id], cwd=settings.BASE_DIR,
+                             capture_output=True, text=True)
+    assert crashed.returncode == 17, crashed.stderr
+    assert run_of(run_id).state in ("admitted", "dispatched")
+
+    start_runner("gpu-eu-1", "0,1,2,3")  # the sweep in the platform worker's next cycle publishes it
+    run = wait_state(run_id, FINISHED)
+    assert run.state == "succeeded" and "ran" in log_of(gate, run_id)
+    row = DispatchOutbox.objects.using("owner").get(run=run)
+    # Published by the sweep, which leaves a fresh row to its writer for SWEEP_GRACE_SECONDS.
+    assert (row.published_at - row.created_at).total_seconds() >= SWEEP_GRACE_SECONDS
+
+
+def test_a_worker_killed_mid_run_gives_its_gpus_back_and_the_run_is_requeued(gate, start_runner):
+    runner = start_runner("gpu-eu-1", "0,1")
+    run_id = start_run(gate, spec_with([sh("train", "echo started; sleep 6; echo done")]))
+    wait_for(lambda: "started" in log_of(gate, run_id), timeout=60, message="the step to start")
+    os.kill(runner.process.pid, signal.SIGKILL)
+    runner.process.wait()
+    # Lease (3 s) + reaper interval (1 s), with slack for a loaded machine. The node's heartbeat
+    # is not stale yet, so the next cycle may admit the run to it again (a higher token).
+    wait_for(lambda: run_of(run_id).requeues == 1, timeout=20, message="the reaper to take the run back")
+    [requeue] = AuditEvent.objects.using("owner").filter(target_id=run_id, action="run.requeue")
+    assert requeue.data["was"] == "running" and requeue.data["fencing_token"] == 1
+    assert "stopped renewing the lease" in requeue.data["reason"]
+    wait_for(lambda: not _processes("sleep 6"), timeout=10, message="the orphaned step to die with its worker")
+    [billed] = UsageEntry.objects.using("owner").filter(run__public_id=run_id)
+    assert billed.fencing_token == 1 and Decimal(0) < billed.seconds < Decimal(10)
+
+    start_runner("gpu-eu-1", "0,1")  # the node comes back; the run is admitted again and finishes
+    run = wait_state(run_id, FINISHED, timeout=60)
+    assert run.state == "succeeded" and run.fencing_token == 2
+    entries = list(UsageEntry.objects.using("owner").filter(run=run).order_by("fencing_token"))
+    assert [e.fencing_token for e in entries] == [1, 2]  # each admission billed once
+
+
+def _processes(pattern: str) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return [line for line in found.stdout.splitlines() if line.strip() and int(line) != os.getpid()]
+
