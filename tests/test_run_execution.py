@@ -15,8 +15,10 @@ from django.conf import settings
 
 from audit.models import AuditEvent
 from runners.dispatch import SWEEP_GRACE_SECONDS
+from runners.discovery import Discovery, parse_declared
 from runners.executor import execute
 from runners.models import DispatchOutbox, Run, UsageEntry
+from runners.services import runner_register, runner_set_state
 
 from .conftest import wait_for
 from .test_promotions import T, Gate
@@ -251,16 +253,9 @@ django.setup()
 from django.db import transaction
 from django.utils import timezone
 from runners.admission import _admit
-from runners.discovery import Discovery, parse_declared
 from runners.models import Run, RunnerNode
-from runners.services import runner_register
-from tenants.models import TenantQuota
 
 with transaction.atomic(using="platform"):
-    # Hold the tenant's quota row, as admission does, so the platform worker's cycle waits.
-    TenantQuota.objects.using("platform").select_for_update(of=("self",)).get(tenant__slug="acme-bank")
-    runner_register(hostname="gpu-eu-1", flavor_name="h100-80gb", region="eu", jurisdiction="eu",
-                    discovery=Discovery("declared", parse_declared("0,1,2,3")))
     run = (Run.objects.using("platform").select_for_update(of=("self",)).select_related("flavor", "tenant")
            .get(public_id=sys.argv[1]))
     assert run.state == "queued", run.state
@@ -271,13 +266,19 @@ with transaction.atomic(using="platform"):
 
 
 def test_a_crash_between_admission_commit_and_publish_loses_nothing(gate, start_runner):
+    # The node is down, so the platform worker's own cycles leave the run waiting; the
+    # "crashing" process admits it there as a cycle would have before the node went down.
+    node = runner_register(hostname="gpu-eu-1", flavor_name="h100-80gb", region="eu", jurisdiction="eu",
+                           discovery=Discovery("declared", parse_declared("0,1,2,3")))
+    runner_set_state(actor=gate.world.platform_admin, node=node, state="down")
     run_id = start_run(gate, spec_with([sh("train", "echo ran")]))
-    wait_state(run_id, "queued")  # no node yet
+    wait_state(run_id, "queued")
     crashed = subprocess.run([sys.executable, "-c", CRASH_AFTER_COMMIT, run_id], cwd=settings.BASE_DIR,
                              capture_output=True, text=True)
     assert crashed.returncode == 17, crashed.stderr
     assert run_of(run_id).state in ("admitted", "dispatched")
 
+    runner_set_state(actor=gate.world.platform_admin, node=node, state="ready")
     start_runner("gpu-eu-1", "0,1,2,3")  # the sweep in the platform worker's next cycle publishes it
     run = wait_state(run_id, FINISHED)
     assert run.state == "succeeded" and "ran" in log_of(gate, run_id)
