@@ -9,7 +9,7 @@ TEST_DB ?= neocloud_test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
 
-.PHONY: run test install install-test browser pg-roles test-postgres test-embedded screenshot clean
+.PHONY: run test install install-test browser sandbox pg-roles test-postgres test-embedded screenshot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ $(VENV)/.installed-test: pyproject.toml requirements-opa.txt $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-run: install
+run: install sandbox
 	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/python manage.py platform_keys init
 	$(BIN)/python manage.py seed_demo
@@ -42,11 +42,19 @@ browser:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
 	  || echo "Chromium cannot be installed on this machine, so the browser tests will fail: install the Debian package chromium."; }
 
+# Debian's bubblewrap: runners execute every step inside it (docs/operators.md, "Workers").
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  echo "Installing Debian's bubblewrap for the runner sandbox..."; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq bubblewrap >/dev/null \
+	  || echo "bubblewrap cannot be installed on this machine, so runs cannot execute: install the Debian package bubblewrap."; }
+
 pg-roles: install
 	$(BIN)/python scripts/pg_roles.py "$(PG_SUPERUSER_URL)"
 
 # The whole suite on PostgreSQL (as the non-owner app role) and Redis, with a real worker.
-test-postgres: install-test browser pg-roles
+test-postgres: install-test browser sandbox pg-roles
 	DATABASE_URL=postgresql://neocloud_app@$(PG_HOST):$(PG_PORT)/$(TEST_DB) \
 	OWNER_DATABASE_URL=postgresql://neocloud_owner@$(PG_HOST):$(PG_PORT)/$(TEST_DB) \
 	PLATFORM_DATABASE_URL=postgresql://neocloud_platform@$(PG_HOST):$(PG_PORT)/$(TEST_DB) \
@@ -56,7 +64,7 @@ test-postgres: install-test browser pg-roles
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The tests marked `embedded`, on a file-backed SQLite database and the filesystem broker.
-test-embedded: install-test browser
+test-embedded: install-test browser sandbox
 	rm -rf $(CURDIR)/var/$(TEST_DB)-embedded
 	DATABASE_URL=sqlite:///$(CURDIR)/var/$(TEST_DB)-embedded/$(TEST_DB).sqlite3 \
 	CELERY_BROKER_URL=filesystem:// \

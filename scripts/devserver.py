@@ -1,4 +1,6 @@
-"""Start the console, a Celery worker and beat together; Ctrl-C stops all three."""
+"""Start the console, a Celery worker, beat and one demo runner node together; Ctrl-C stops
+them all. The runner declares two h100-80gb devices in the EU (RUNNER_GPU_DEVICES), so the
+demo's acme-bank runs execute here, in the bubblewrap sandbox."""
 
 import os
 import signal
@@ -18,8 +20,12 @@ def main() -> int:
         "web": [sys.executable, "manage.py", "runserver", ADDRESS, "--noreload"],
         "worker": [str(BIN / "celery"), "-A", "neocloud", "worker", "--loglevel", "INFO", "--concurrency", "2"],
         "beat": [str(BIN / "celery"), "-A", "neocloud", "beat", "--loglevel", "INFO"],
+        "runner": [sys.executable, "manage.py", "runner", "start"],
     }
-    processes = {name: subprocess.Popen(cmd, cwd=ROOT, env=env) for name, cmd in commands.items()}
+    runner_env = {"RUNNER_HOSTNAME": "demo-gpu-eu-1", "RUNNER_FLAVOR": "h100-80gb", "RUNNER_REGION": "eu-west1",
+                  "RUNNER_JURISDICTION": "eu", "RUNNER_GPU_DEVICES": "0,1"}
+    processes = {name: subprocess.Popen(cmd, cwd=ROOT, env={**env, **runner_env} if name == "runner" else env)
+                 for name, cmd in commands.items()}
     print(f"\nNeocloud console: http://{ADDRESS}/   (API docs: http://{ADDRESS}/api/v1/docs/)")
     print("Sign in with a demo user above; the password and TOTP secrets are printed there. Ctrl-C stops everything.\n")
     stopping = False

@@ -117,6 +117,31 @@ def test_a_run_executes_on_its_node_with_only_its_devices_and_is_billed(gate, st
     assert list(AuditEvent.objects.using("owner").filter(target_id=run_id, action="run.start")).__len__() == 1
 
 
+def test_an_approved_production_run_executes_pinned_and_billed_and_a_forged_attestation_is_refused(gate,
+                                                                                                    start_runner):
+    from workflows.models import Promotion
+
+    start_runner("gpu-eu-1", "0,1,2,3")
+    number = gate.version(spec_changes=spec_with([sh("serve-eval", 'echo "pinned=$CUDA_VISIBLE_DEVICES"')]))
+    for stage in ("development", "staging", "production"):
+        gate.promote(number, stage)
+    promotion = Promotion.objects.using("owner").get(stage="production")
+    good = promotion.attestation
+    Promotion.objects.using("owner").filter(pk=promotion.pk).update(attestation=good.replace('"sig": "', '"sig": "A'))
+    refused = gate.developer.post(RUNS, {"workflow": "fraud-detector", "version": number, "stage": "production"})
+    assert refused.status_code == 403 and refused.json()["code"] == "run_policy_denied"
+    assert "attestation does not verify" in refused.json()["detail"]
+    Promotion.objects.using("owner").filter(pk=promotion.pk).update(attestation=good)
+
+    response = gate.developer.post(RUNS, {"workflow": "fraud-detector", "version": number, "stage": "production"})
+    assert response.status_code == 201, response.content
+    run = wait_state(response.json()["id"], FINISHED)
+    assert run.state == "succeeded" and run.stage == "production" and run.device_ids == ["0", "1"]
+    assert "pinned=0,1" in log_of(gate, response.json()["id"])
+    [entry] = UsageEntry.objects.using("owner").filter(run=run)
+    assert entry.gpus == 2 and entry.gpu_seconds > 0 and entry.tenant_id == gate.world.a.tenant.pk
+
+
 SANDBOX_PROBE = r"""
 import json, os, socket, sys
 from pathlib import Path
