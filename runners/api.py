@@ -1,5 +1,5 @@
-"""Runs (tenant routes: request, list, detail, cancel, logs) and runner nodes and pools
-(platform admins only)."""
+"""Runs and quota (tenant routes: request, list, detail, cancel, logs; quota with its usage)
+and runner nodes and pools (platform admins only)."""
 
 import time
 
@@ -14,7 +14,10 @@ from rest_framework.views import APIView
 from tenants.access import is_platform_admin
 from tenants.api import TenantScopedAPIView
 from tenants.db import tenant_reads
+from tenants import services as tenant_services
 from tenants.errors import Forbidden, Invalid, NotFound
+from tenants.models import GpuFlavor, TenantQuota
+from tenants.serializers import TenantQuotaSerializer
 from workflows.models import Stage
 from workflows.selectors import version_named
 
@@ -229,7 +232,75 @@ class RunLogs(_OneRun):
                 time.sleep(0.5)
 
 
+class QuotaUsageSerializer(TenantQuotaSerializer):
+    in_use = serializers.IntegerField(source="usage.in_use", read_only=True)
+    borrowed = serializers.IntegerField(source="usage.borrowed", read_only=True)
+    queued_runs = serializers.IntegerField(source="usage.queued_runs", read_only=True)
+    queued_gpus = serializers.IntegerField(source="usage.queued_gpus", read_only=True)
+    gpu_hours_used = serializers.DecimalField(source="usage.gpu_hours_used", max_digits=14, decimal_places=3,
+                                              read_only=True)
+    gpu_hours_remaining = serializers.DecimalField(source="usage.gpu_hours_remaining", max_digits=14,
+                                                   decimal_places=3, read_only=True, allow_null=True)
+
+    class Meta(TenantQuotaSerializer.Meta):
+        fields = [*TenantQuotaSerializer.Meta.fields, "in_use", "borrowed", "queued_runs", "queued_gpus",
+                  "gpu_hours_used", "gpu_hours_remaining"]
+
+
+def _with_usage(quotas):
+    quotas = list(quotas)
+    usage = selectors.quota_usage(quotas)
+    for quota in quotas:
+        quota.usage = usage[quota.pk]
+    return quotas
+
+
+class QuotaList(TenantScopedAPIView, generics.ListAPIView):
+    """The tenant's GPU quota per flavor (nominal devices, and how many more it may borrow),
+    with what it holds now, what waits, and this month's GPU-hours against the budget."""
+
+    model = TenantQuota
+    serializer_class = QuotaUsageSerializer
+
+    def get_queryset(self):
+        return super().get_queryset().select_related("flavor")
+
+    def list(self, request, *args, **kwargs):
+        page = _with_usage(self.paginate_queryset(self.get_queryset()))
+        return self.get_paginated_response(QuotaUsageSerializer(page, many=True).data)
+
+
+class QuotaDetail(TenantScopedAPIView):
+    """One flavor's quota with its usage; PUT sets it (platform admins only, audited)."""
+
+    model = TenantQuota
+    serializer_class = QuotaUsageSerializer
+    http_method_names = ["get", "put", "head", "options"]
+
+    def _quota(self, flavor):
+        quota = self.get_queryset().select_related("flavor").filter(flavor__name=flavor).first()
+        if quota is None:
+            raise NotFound("This tenant has no quota for that flavor.")
+        return _with_usage([quota])[0]
+
+    def get(self, request, tenant, flavor):
+        return Response(QuotaUsageSerializer(self._quota(flavor)).data)
+
+    @extend_schema(request=TenantQuotaSerializer, responses=QuotaUsageSerializer)
+    def put(self, request, tenant, flavor):
+        serializer = TenantQuotaSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        gpu_flavor = GpuFlavor.objects.filter(name=flavor).first()
+        if gpu_flavor is None:
+            raise NotFound("No such GPU flavor.")
+        tenant_services.tenant_quota_set(actor=request.user, tenant=self.tenant, flavor=gpu_flavor,
+                                         **serializer.validated_data)
+        return Response(QuotaUsageSerializer(self._quota(flavor)).data)
+
+
 api_urlpatterns = [
+    path("tenants/<slug:tenant>/quota/", QuotaList.as_view(), name="api-quota-list"),
+    path("tenants/<slug:tenant>/quota/<str:flavor>/", QuotaDetail.as_view(), name="api-quota-detail"),
     path("tenants/<slug:tenant>/runs/", RunList.as_view(), name="api-run-list"),
     path("tenants/<slug:tenant>/runs/<uuid:run>/", RunDetail.as_view(), name="api-run-detail"),
     path("tenants/<slug:tenant>/runs/<uuid:run>/cancel/", RunCancel.as_view(), name="api-run-cancel"),

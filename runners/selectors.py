@@ -1,10 +1,13 @@
-"""Read-side views of runner nodes: pools and their capacity."""
+"""Read-side views: pools and their capacity, and a tenant's quota usage."""
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 
+from django.db.models import Count, Sum
 from django.utils import timezone
 
-from .models import RunnerNode
+from .ledger import month_of
+from .models import HOLDING_STATES, WAITING_STATES, Run, RunnerNode, RunState, UsageEntry
 
 
 @dataclass
@@ -29,3 +32,48 @@ def pools(moment=None) -> list[Pool]:
         else:
             pool.other_nodes.append(node.hostname)
     return sorted(found.values(), key=lambda p: (p.flavor, p.jurisdiction))
+
+
+@dataclass
+class QuotaUsage:
+    """One flavor of a tenant's quota as it stands now, and this month's GPU-hours against the
+    budget: what the ledger billed plus what running runs have held so far."""
+
+    in_use: int = 0
+    borrowed: int = 0
+    queued_runs: int = 0
+    queued_gpus: int = 0
+    gpu_hours_used: Decimal = Decimal(0)
+    gpu_hours_remaining: Decimal | None = None
+
+
+def quota_usage(quotas, moment=None) -> dict[int, QuotaUsage]:
+    """Usage per quota id, for quotas of one tenant (reads go through the caller's tenant
+    scope). Three aggregate queries, whatever the number of flavors."""
+    moment = moment or timezone.now()
+    quotas = list(quotas)
+    if not quotas:
+        return {}
+    tenant_id = quotas[0].tenant_id
+    usage = {q.flavor_id: QuotaUsage() for q in quotas}
+    runs = Run.objects.filter(tenant_id=tenant_id, flavor_id__in=usage).order_by()
+    for flavor_id, state, gpus, started_at in runs.filter(state__in=HOLDING_STATES).values_list(
+            "flavor_id", "state", "gpus", "started_at"):
+        usage[flavor_id].in_use += gpus
+        if state == RunState.RUNNING and started_at:
+            usage[flavor_id].gpu_hours_used += Decimal(gpus * (moment - started_at).total_seconds()) / 3600
+    for row in runs.filter(state__in=WAITING_STATES).values("flavor_id").annotate(n=Count("id"), g=Sum("gpus")):
+        usage[row["flavor_id"]].queued_runs, usage[row["flavor_id"]].queued_gpus = row["n"], row["g"] or 0
+    billed = (UsageEntry.objects.filter(tenant_id=tenant_id, flavor_id__in=usage, month=month_of(moment)).order_by()
+              .values("flavor_id").annotate(total=Sum("gpu_seconds")))
+    for row in billed:
+        usage[row["flavor_id"]].gpu_hours_used += row["total"] / 3600
+    result = {}
+    for quota in quotas:
+        found = usage[quota.flavor_id]
+        found.borrowed = max(0, found.in_use - quota.nominal)
+        found.gpu_hours_used = found.gpu_hours_used.quantize(Decimal("0.001"))
+        if quota.gpu_hours_budget is not None:
+            found.gpu_hours_remaining = Decimal(quota.gpu_hours_budget) - found.gpu_hours_used
+        result[quota.pk] = found
+    return result

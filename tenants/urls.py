@@ -14,8 +14,6 @@ api_urlpatterns = [
          name="api-service-account-detail"),
     path("tenants/<slug:tenant>/tokens/", views.TokenListView.as_view(), name="api-token-list"),
     path("tenants/<slug:tenant>/tokens/<str:token_id>/", views.TokenDetailView.as_view(), name="api-token-detail"),
-    path("tenants/<slug:tenant>/quota/", views.TenantQuotaList.as_view(), name="api-quota-list"),
-    path("tenants/<slug:tenant>/quota/<str:flavor>/", views.TenantQuotaDetail.as_view(), name="api-quota-detail"),
     path("gpu-flavors/", views.GpuFlavorList.as_view(), name="api-gpu-flavor-list"),
     path("gpu-flavors/<str:flavor>/", views.GpuFlavorDetail.as_view(), name="api-gpu-flavor-detail"),
 ]

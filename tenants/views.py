@@ -11,7 +11,7 @@ from .api import TenantScopedAPIView, no_content
 from .db import bind_rls
 from .errors import NotFound
 from .filters import ApiTokenFilter, MembershipFilter
-from .models import ApiToken, GpuFlavor, Membership, ServiceAccount, Tenant, TenantQuota
+from .models import ApiToken, GpuFlavor, Membership, ServiceAccount, Tenant
 from .serializers import (
     ApiTokenIssueSerializer,
     ApiTokenSerializer,
@@ -23,7 +23,6 @@ from .serializers import (
     MembershipSerializer,
     MeSerializer,
     ServiceAccountSerializer,
-    TenantQuotaSerializer,
     TenantSerializer,
     TenantStatusSerializer,
 )
@@ -224,37 +223,3 @@ class GpuFlavorDetail(APIView):
         serializer.is_valid(raise_exception=True)
         updated = services.gpu_flavor_update(actor=request.user, flavor=self._flavor(flavor), **serializer.validated_data)
         return Response(GpuFlavorSerializer(updated).data)
-
-
-class TenantQuotaList(TenantScopedAPIView, generics.ListAPIView):
-    """The tenant's GPU quota per flavor: nominal devices, and how many more it may borrow."""
-
-    model = TenantQuota
-    serializer_class = TenantQuotaSerializer
-
-    def get_queryset(self):
-        return super().get_queryset().select_related("flavor")
-
-
-class TenantQuotaDetail(TenantScopedAPIView):
-    """PUT sets the quota for one flavor (platform admins only)."""
-
-    model = TenantQuota
-    serializer_class = TenantQuotaSerializer
-    http_method_names = ["get", "put", "head", "options"]
-
-    def get(self, request, tenant, flavor):
-        quota = self.get_queryset().select_related("flavor").filter(flavor__name=flavor).first()
-        if quota is None:
-            raise NotFound("This tenant has no quota for that flavor.")
-        return Response(TenantQuotaSerializer(quota).data)
-
-    def put(self, request, tenant, flavor):
-        serializer = TenantQuotaSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        gpu_flavor = GpuFlavor.objects.filter(name=flavor).first()
-        if gpu_flavor is None:
-            raise NotFound("No such GPU flavor.")
-        quota = services.tenant_quota_set(actor=request.user, tenant=self.tenant, flavor=gpu_flavor,
-                                          **serializer.validated_data)
-        return Response(TenantQuotaSerializer(quota).data)

@@ -339,3 +339,27 @@ def _processes(pattern: str) -> list[str]:
     found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
     return [line for line in found.stdout.splitlines() if line.strip() and int(line) != os.getpid()]
 
+
+
+def test_the_quota_shows_what_is_held_borrowed_queued_and_the_gpu_hours_used(gate, start_runner, world, api):
+    api(world.platform_admin).put(f"{T}/quota/h100-80gb/", {"nominal": 2, "borrowing_limit": 2,
+                                                            "gpu_hours_budget": 100, "budget_mode": "soft"})
+    start_runner("gpu-eu-1", "0,1,2,3")
+    held = [start_run(gate, spec_with([sh("train", "echo started; sleep 60")])) for _ in range(2)]
+    waiting = start_run(gate, spec_with([sh("train", "true")]))  # 2 + 2 held: the borrowing limit is reached
+    for run_id in held:
+        wait_for(lambda: "started" in log_of(gate, run_id), timeout=60, message="the held runs to start")
+    wait_state(waiting, "queued")
+    [quota] = gate.developer.get(f"{T}/quota/").json()["results"]
+    assert (quota["nominal"], quota["in_use"], quota["borrowed"]) == (2, 4, 2)
+    assert (quota["queued_runs"], quota["queued_gpus"]) == (1, 2)
+    assert Decimal(quota["gpu_hours_used"]) > 0  # the running runs' time so far
+    assert Decimal(quota["gpu_hours_remaining"]) == 100 - Decimal(quota["gpu_hours_used"])
+    for run_id in held:
+        gate.developer.post(f"{RUNS}{run_id}/cancel/")
+    for run_id in held:
+        wait_state(run_id, "cancelled", timeout=20)
+    billed = sum(e.gpu_seconds for e in UsageEntry.objects.using("owner").filter(run__public_id__in=held))
+    assert billed > 0
+    detail_quota = gate.developer.get(f"{T}/quota/h100-80gb/").json()
+    assert Decimal(detail_quota["gpu_hours_used"]) >= (billed / 3600).quantize(Decimal("0.001"))
