@@ -26,6 +26,8 @@ ACTIONS = {
     "run.cancel": "A member asked to cancel a run; a waiting run ends at once, a running one when its runner sees it.",
     "run.requeue": "The reaper took a run back from a node that did not claim it or stopped renewing its lease.",
     "run.lost": "The reaper gave up on a run that had been requeued the most times allowed.",
+    "run.budget_stop": "A hard-mode GPU-hour budget ran out: the platform stopped the tenant's running runs of that flavor.",
+    "quota.budget_alert": "A soft-mode GPU-hour budget passed 80% or 100% of the month's GPU-hours.",
     "runner.state_change": "A platform admin drained a runner node, took it down, or made it ready again.",
     # tenant scope
     "membership.grant": "A user was given a role in a tenant.",

@@ -13,6 +13,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -24,12 +25,13 @@ from audit.log import Actor, Target, record
 from tenants.access import actor_for, require
 from tenants.db import bind_rls
 from tenants.errors import Conflict, Forbidden, Invalid, Unprocessable
-from tenants.models import GpuFlavor, Tenant, TenantQuota
+from tenants.models import BudgetMode, GpuFlavor, Tenant, TenantQuota
 from workflows.models import Promotion, PromotionState, Stage, StagePointer, WorkflowVersion
 from workflows import attestations
 from workflows.promotions import artifacts_with_status, platform_public_keys
 from workflows.spec import gpus_by_flavor
 
+from . import budgets
 from .dispatch import outbox_add, outbox_sweep, reap_expired
 from .models import HOLDING_STATES, WAITING_STATES, NodeState, Run, RunnerNode, RunState
 
@@ -170,6 +172,7 @@ def admission_cycle(*, moment=None) -> CycleResult:
     result = CycleResult()
     result.published = outbox_sweep()
     result.reaped = reap_expired(moment=moment)
+    budgets.enforce(moment=moment)
     groups = (Run.objects.using(PLATFORM).filter(state__in=WAITING_STATES).order_by()
               .values("tenant_id", "flavor_id").annotate(top=Max("priority"), oldest=Min("created_at"))
               .order_by("-top", "oldest"))
@@ -202,11 +205,21 @@ def _admit_group(tenant_id: int, flavor_id: int | None, *, moment) -> tuple[int,
                 .aggregate(total=Sum("gpus"))["total"] or 0)
         live = [n for n in nodes if n.is_live(moment)]
         taken = _devices_taken(live)
+        budget_left = None  # GPU-seconds a hard-mode budget still covers
+        if quota and quota.gpu_hours_budget is not None and quota.budget_mode == BudgetMode.HARD:
+            budget_left = Decimal(quota.gpu_hours_budget * 3600) - budgets.committed_gpu_seconds(
+                tenant_id=tenant_id, flavor_id=flavor_id, moment=moment)
         admitted = 0
         for run in runs:
             if held + run.gpus > limit:
                 _wait(run, tenant=tenant, reason=f"The tenant holds {held} of its {limit} {run.flavor.name} "
                                                  f"GPU(s); this run needs {run.gpus} more.")
+                continue
+            need = Decimal(run.gpus * run.max_runtime_seconds)
+            if budget_left is not None and need > budget_left:
+                _wait(run, tenant=tenant, reason=f"The month's {run.flavor.name} GPU-hour budget has "
+                      f"{max(budget_left, Decimal(0)) / 3600:.2f} GPU-hour(s) left; this run may take "
+                      f"{need / 3600:.2f} ({run.gpus} GPU(s) x its maximum runtime).")
                 continue
             node, devices = _place(run, live, taken)
             if node is None:
@@ -215,6 +228,8 @@ def _admit_group(tenant_id: int, flavor_id: int | None, *, moment) -> tuple[int,
                 continue
             _admit(run, tenant=tenant, node=node, devices=devices, moment=moment)
             held += run.gpus
+            if budget_left is not None:
+                budget_left -= need
             taken.setdefault(node.pk, set()).update(devices)
             admitted += 1
         return admitted, len(runs) - admitted

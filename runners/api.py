@@ -241,10 +241,12 @@ class QuotaUsageSerializer(TenantQuotaSerializer):
                                               read_only=True)
     gpu_hours_remaining = serializers.DecimalField(source="usage.gpu_hours_remaining", max_digits=14,
                                                    decimal_places=3, read_only=True, allow_null=True)
+    budget_alerts = serializers.ListField(source="usage.budget_alerts", child=serializers.IntegerField(),
+                                          read_only=True)
 
     class Meta(TenantQuotaSerializer.Meta):
         fields = [*TenantQuotaSerializer.Meta.fields, "in_use", "borrowed", "queued_runs", "queued_gpus",
-                  "gpu_hours_used", "gpu_hours_remaining"]
+                  "gpu_hours_used", "gpu_hours_remaining", "budget_alerts"]
 
 
 def _with_usage(quotas):

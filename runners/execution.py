@@ -120,6 +120,8 @@ def run_finish(lease: Lease, *, state: str, reason: str = "") -> bool:
                 tenant_id=run.tenant_id, run_id=run.pk,
                 text=f"\n[log capped at {settings.RUN_LOG_MAX_BYTES} bytes: {run.log_dropped_bytes} bytes "
                      f"were not kept]\n")
+        if state == RunState.CANCELLED and run.reason:  # who or what cancelled it, not how the worker saw it
+            reason = run.reason
         run.state, run.reason, run.finished_at, run.lease_expires_at = state, reason[:1000], now, None
         run.save(using=PLATFORM, update_fields=["state", "reason", "finished_at", "lease_expires_at"])
         RunStep.objects.using(PLATFORM).filter(run=run, fencing_token=lease.fencing_token,
@@ -141,12 +143,12 @@ def run_cancel(*, actor, run: Run) -> Run:
         if run.state in FINISHED_STATES:
             raise Conflict(f"The run already ended ({run.state}).", code="run_finished")
         if run.cancel_requested_at is None:
-            run.cancel_requested_at = now
-            fields = ["cancel_requested_at"]
+            run.cancel_requested_at, run.reason = now, f"Cancelled by {actor.username}."
+            fields = ["cancel_requested_at", "reason"]
             if run.state in WAITING_STATES or run.state in (RunState.ADMITTED, RunState.DISPATCHED):
-                run.state, run.reason, run.finished_at = RunState.CANCELLED, f"Cancelled by {actor.username}.", now
+                run.state, run.finished_at = RunState.CANCELLED, now
                 run.node, run.device_ids, run.lease_expires_at = None, [], None
-                fields += ["state", "reason", "finished_at", "node", "device_ids", "lease_expires_at"]
+                fields += ["state", "finished_at", "node", "device_ids", "lease_expires_at"]
             run.save(update_fields=fields)
             record(action="run.cancel", actor=actor_for(actor), tenant=run.tenant.slug,
                    target=Target("run", run.public_id), data={"state": run.state})

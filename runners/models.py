@@ -203,3 +203,23 @@ class UsageEntry(models.Model):
         ordering = ["-recorded_at", "-id"]
         indexes = [models.Index(fields=["tenant", "flavor", "month"])]
         constraints = [models.UniqueConstraint(fields=["run", "fencing_token"], name="one_usage_entry_per_admission")]
+
+
+class BudgetAlert(models.Model):
+    """A soft-mode budget crossed a threshold (80 or 100 percent) in a month: recorded once,
+    audited, and shown on the quota page."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    flavor = models.ForeignKey(GpuFlavor, on_delete=models.PROTECT, related_name="+")
+    month = models.DateField()
+    threshold = models.PositiveSmallIntegerField()  # percent of the budget
+    gpu_hours_used = models.DecimalField(max_digits=14, decimal_places=3)
+    gpu_hours_budget = models.PositiveIntegerField()
+    raised_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-raised_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "flavor", "month", "threshold"],
+                                               name="one_budget_alert_per_threshold_and_month")]

@@ -7,7 +7,7 @@ from django.db.models import Count, Sum
 from django.utils import timezone
 
 from .ledger import month_of
-from .models import HOLDING_STATES, WAITING_STATES, Run, RunnerNode, RunState, UsageEntry
+from .models import HOLDING_STATES, BudgetAlert, WAITING_STATES, Run, RunnerNode, RunState, UsageEntry
 
 
 @dataclass
@@ -45,11 +45,12 @@ class QuotaUsage:
     queued_gpus: int = 0
     gpu_hours_used: Decimal = Decimal(0)
     gpu_hours_remaining: Decimal | None = None
+    budget_alerts: list = field(default_factory=list)  # soft-mode thresholds (percent) crossed this month
 
 
 def quota_usage(quotas, moment=None) -> dict[int, QuotaUsage]:
     """Usage per quota id, for quotas of one tenant (reads go through the caller's tenant
-    scope). Three aggregate queries, whatever the number of flavors."""
+    scope). Four queries, whatever the number of flavors."""
     moment = moment or timezone.now()
     quotas = list(quotas)
     if not quotas:
@@ -68,6 +69,10 @@ def quota_usage(quotas, moment=None) -> dict[int, QuotaUsage]:
               .values("flavor_id").annotate(total=Sum("gpu_seconds")))
     for row in billed:
         usage[row["flavor_id"]].gpu_hours_used += row["total"] / 3600
+    for flavor_id, threshold in (BudgetAlert.objects.filter(tenant_id=tenant_id, flavor_id__in=usage,
+                                                            month=month_of(moment))
+                                 .order_by("threshold").values_list("flavor_id", "threshold")):
+        usage[flavor_id].budget_alerts.append(threshold)
     result = {}
     for quota in quotas:
         found = usage[quota.flavor_id]

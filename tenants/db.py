@@ -123,7 +123,8 @@ def _role_exists(cursor, role):
 PLATFORM_WRITES = (("runners_run", "UPDATE"), ("audit_auditevent", "INSERT"),
                    ("tenants_tenantquota", "UPDATE (updated_at)"), ("runners_runnernode", "UPDATE (last_heartbeat_at)"),
                    ("runners_runstep", "INSERT, UPDATE"), ("runners_runlogchunk", "INSERT"),
-                   ("runners_dispatchoutbox", "INSERT, UPDATE"), ("runners_usageentry", "INSERT"))
+                   ("runners_dispatchoutbox", "INSERT, UPDATE"), ("runners_usageentry", "INSERT"),
+                   ("runners_budgetalert", "INSERT"))
 
 
 def apply_role_grants(using=OWNER_ALIAS, **kwargs):

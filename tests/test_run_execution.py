@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.utils import timezone
 
 from audit.models import AuditEvent
 from runners.dispatch import SWEEP_GRACE_SECONDS
@@ -19,6 +20,7 @@ from runners.discovery import Discovery, parse_declared
 from runners.executor import execute
 from runners.models import DispatchOutbox, Run, UsageEntry
 from runners.services import runner_register, runner_set_state
+from tenants.models import GpuFlavor
 
 from .conftest import wait_for
 from .test_promotions import T, Gate
@@ -235,7 +237,7 @@ def test_cancel_while_running_kills_the_whole_process_group(gate, start_runner):
     response = gate.developer.post(f"{RUNS}{run_id}/cancel/")
     assert response.status_code == 200 and response.json()["cancel_requested_at"]
     run = wait_state(run_id, FINISHED, timeout=20)
-    assert run.state == "cancelled" and run.reason == "Cancelled while running."
+    assert run.state == "cancelled" and run.reason == f"Cancelled by {gate.world.a.developer.username}."
     wait_for(lambda: not _processes("sleep 61.25"), timeout=10, message="the step's children to be gone")
     assert detail(gate, run_id)["steps"][0]["state"] == "cancelled"
     assert gate.developer.post(f"{RUNS}{run_id}/cancel/").json()["code"] == "run_finished"
@@ -363,3 +365,55 @@ def test_the_quota_shows_what_is_held_borrowed_queued_and_the_gpu_hours_used(gat
     assert billed > 0
     detail_quota = gate.developer.get(f"{T}/quota/h100-80gb/").json()
     assert Decimal(detail_quota["gpu_hours_used"]) >= (billed / 3600).quantize(Decimal("0.001"))
+
+
+def set_budget(world, api, hours, mode):
+    response = api(world.platform_admin).put(f"{T}/quota/h100-80gb/", {
+        "nominal": 2, "borrowing_limit": 2, "gpu_hours_budget": hours, "budget_mode": mode})
+    assert response.status_code == 200, response.content
+
+
+def test_hard_budget_admits_only_what_it_covers_and_stops_runs_when_it_runs_out(gate, start_runner, world, api):
+    set_budget(world, api, 1, "hard")
+    start_runner("gpu-eu-1", "0,1,2,3")
+    too_long = start_run(gate, spec_with([sh("train", "true", timeout_seconds=3600)]))  # 2 GPU-hours at worst
+    fits = start_run(gate, spec_with([sh("train", "echo started; sleep 50", timeout_seconds=60)]))  # 2 x 60 s
+    run = wait_state(too_long, "queued")
+    assert "GPU-hour budget has 1.00 GPU-hour(s) left; this run may take 2.00" in run.reason
+    wait_for(lambda: "started" in log_of(gate, fits), timeout=60, message="the run the budget covers to start")
+
+    set_budget(world, api, 0, "hard")  # the operator lowers the budget below what is used
+    run = wait_state(fits, FINISHED, timeout=30)
+    assert run.state == "cancelled" and "GPU-hour h100-80gb budget" in run.reason and "is used up" in run.reason
+    stop = AuditEvent.objects.using("owner").get(target_id=fits, action="run.budget_stop")
+    assert stop.actor_type == "system" and stop.data["gpu_hours_budget"] == 0
+    assert UsageEntry.objects.using("owner").filter(run=run).count() == 1  # billed for what it held
+    assert run_of(too_long).state == "queued"
+
+
+def test_soft_budget_admits_past_the_budget_and_alerts_at_80_and_100_percent_once(gate, start_runner, world, api):
+    set_budget(world, api, 1, "soft")
+    number = gate.version(spec_changes=spec_with([sh("train", "true", timeout_seconds=3600)]))
+    version = gate.world.a.tenant.workflows.get(name="fraud-detector").versions.get(number=number)
+    history = Run.objects.using("owner").create(
+        tenant=gate.world.a.tenant, version=version, stage="development", requested_by=gate.world.a.developer,
+        flavor=GpuFlavor.objects.get(name="h100-80gb"), gpus=2,
+        max_runtime_seconds=3600, state="succeeded", fencing_token=1)
+    UsageEntry.objects.using("owner").create(
+        tenant=history.tenant, flavor=history.flavor, run=history, fencing_token=1, month=timezone.now().date()
+        .replace(day=1), gpus=2, seconds=1500, gpu_seconds=3000, weight=1, weighted_gpu_seconds=3000)
+    wait_for(lambda: AuditEvent.objects.using("owner").filter(action="quota.budget_alert").count() == 1,
+             timeout=20, message="the 80% alert")
+    start_runner("gpu-eu-1", "0,1,2,3")
+    response = gate.developer.post(RUNS, {"workflow": "fraud-detector", "version": number, "stage": "development"})
+    run = wait_state(response.json()["id"], FINISHED)  # admitted although 2 GPU-hours exceed what is left
+    assert run.state == "succeeded"
+    UsageEntry.objects.using("owner").create(
+        tenant=history.tenant, flavor=history.flavor, run=history, fencing_token=2, month=timezone.now().date()
+        .replace(day=1), gpus=2, seconds=350, gpu_seconds=700, weight=1, weighted_gpu_seconds=700)
+    wait_for(lambda: AuditEvent.objects.using("owner").filter(action="quota.budget_alert").count() == 2,
+             timeout=20, message="the 100% alert")
+    alerts = AuditEvent.objects.using("owner").filter(action="quota.budget_alert").order_by("id")
+    assert [a.data["threshold"] for a in alerts] == [80, 100] and all(a.tenant == "acme-bank" for a in alerts)
+    [quota] = gate.developer.get(f"{T}/quota/").json()["results"]
+    assert quota["budget_alerts"] == [80, 100] and Decimal(quota["gpu_hours_remaining"]) < 0
