@@ -343,6 +343,10 @@ RUNNER_JURISDICTION = env("RUNNER_JURISDICTION", "")
 RUNNER_GPU_DEVICES = env("RUNNER_GPU_DEVICES", "")  # e.g. "0,1"; unset: discover through NVML
 RUNNER_HEARTBEAT_TIMEOUT_SECONDS = float(env("RUNNER_HEARTBEAT_TIMEOUT_SECONDS", "60"))
 ADMISSION_INTERVAL_SECONDS = float(env("ADMISSION_INTERVAL_SECONDS", "5"))
+# Fair order (docs/operators.md, "Runs and admission"): how fast past use is forgotten, and how
+# long a run that does not fit may be passed by smaller ones before its pool waits for it.
+FAIR_SHARE_HALF_LIFE_HOURS = float(env("FAIR_SHARE_HALF_LIFE_HOURS", "24"))
+ADMISSION_BACKFILL_LIMIT_SECONDS = float(env("ADMISSION_BACKFILL_LIMIT_SECONDS", "900"))
 # Execution (docs/operators.md, "Workers"): a worker renews a running run's lease; the
 # admission cycle reaps an expired lease, or a dispatched run nobody claimed within
 # RUN_CLAIM_TIMEOUT_SECONDS, and requeues it at most RUN_MAX_REQUEUES times before it is lost.

@@ -17,7 +17,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Max, Min, Sum
+from django.db.models import Count, Min, Sum
 from django.utils import timezone
 
 from audit.hashing import canonical_json
@@ -33,7 +33,8 @@ from workflows.spec import gpus_by_flavor
 
 from . import budgets
 from .dispatch import outbox_add, outbox_sweep, reap_expired
-from .models import HOLDING_STATES, WAITING_STATES, NodeState, Run, RunnerNode, RunState
+from .models import HOLDING_STATES, WAITING_STATES, NodeState, Run, RunnerNode, RunState, UsageEntry
+from .services import run_priority_for
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ def run_request(*, actor, tenant: Tenant, version: WorkflowVersion, stage: str, 
             with transaction.atomic():
                 run = Run.objects.create(
                     tenant=tenant, version=version, stage=stage, parameters=parameters, requested_by=actor,
+                    priority=run_priority_for(version.workflow, tenant),
                     flavor=GpuFlavor.objects.filter(name=flavor_name).first() if flavor_name else None, gpus=gpus,
                     max_runtime_seconds=max_runtime_seconds(version.spec), idempotency_key=idempotency_key,
                     request_digest=digest)
@@ -166,26 +168,55 @@ class CycleResult:
 
 
 def admission_cycle(*, moment=None) -> CycleResult:
-    """Admit what fits, one (tenant, flavor) group at a time: the group whose best waiting run
-    has the highest priority, then the oldest, goes first."""
+    """Admit what fits, in fair order: priority, then the tenant's decayed usage relative to its
+    share (nominal quota), then age. Each (tenant, flavor, priority) slice of the queue is one
+    transaction; a run that fits is admitted even if one ahead of it does not (backfill), until
+    the one ahead has waited ADMISSION_BACKFILL_LIMIT_SECONDS: then its pool takes nothing
+    new behind it until it fits, so a large run does not starve."""
     moment = moment or timezone.now()
     result = CycleResult()
     result.published = outbox_sweep()
     result.reaped = reap_expired(moment=moment)
     budgets.enforce(moment=moment)
-    groups = (Run.objects.using(PLATFORM).filter(state__in=WAITING_STATES).order_by()
-              .values("tenant_id", "flavor_id").annotate(top=Max("priority"), oldest=Min("created_at"))
-              .order_by("-top", "oldest"))
-    for group in list(groups):
-        admitted, waiting = _admit_group(group["tenant_id"], group["flavor_id"], moment=moment)
+    slices = list(Run.objects.using(PLATFORM).filter(state__in=WAITING_STATES).order_by()
+                  .values("tenant_id", "flavor_id", "priority").annotate(oldest=Min("created_at")))
+    usage = fair_share_usage(moment=moment)
+    slices.sort(key=lambda s: (-s["priority"], usage.get((s["tenant_id"], s["flavor_id"]), 0.0), s["oldest"]))
+    held_pools: dict = {}
+    for found in slices:
+        admitted, waiting = _admit_group(found["tenant_id"], found["flavor_id"], priority=found["priority"],
+                                         moment=moment, held_pools=held_pools)
         result.admitted += admitted
         result.waiting += waiting
     return result
 
 
-def _admit_group(tenant_id: int, flavor_id: int | None, *, moment) -> tuple[int, int]:
+def fair_share_usage(*, moment) -> dict[tuple[int, int], float]:
+    """Each tenant's recent GPU use per flavor, decayed with a half-life of
+    FAIR_SHARE_HALF_LIFE_HOURS, divided by its nominal quota (its share): lower goes first."""
+    half_life = settings.FAIR_SHARE_HALF_LIFE_HOURS * 3600
+    used: dict[tuple[int, int], float] = {}
+    for tenant_id, flavor_id, gpu_seconds, recorded_at in (
+            UsageEntry.objects.using(PLATFORM).filter(recorded_at__gte=moment - timedelta(seconds=8 * half_life))
+            .values_list("tenant_id", "flavor_id", "gpu_seconds", "recorded_at")):
+        age = max(0.0, (moment - recorded_at).total_seconds())
+        used[(tenant_id, flavor_id)] = used.get((tenant_id, flavor_id), 0.0) + float(gpu_seconds) * 0.5 ** (
+            age / half_life)
+    for tenant_id, flavor_id, gpus, started_at in (Run.objects.using(PLATFORM).filter(state=RunState.RUNNING)
+                                                   .exclude(flavor_id=None)
+                                                   .values_list("tenant_id", "flavor_id", "gpus", "started_at")):
+        used[(tenant_id, flavor_id)] = used.get((tenant_id, flavor_id), 0.0) + gpus * max(
+            0.0, (moment - started_at).total_seconds())
+    shares = dict(((q.tenant_id, q.flavor_id), q.nominal)
+                  for q in TenantQuota.objects.using(PLATFORM).only("tenant_id", "flavor_id", "nominal"))
+    return {key: value / max(shares.get(key, 0), 1) for key, value in used.items()}
+
+
+def _admit_group(tenant_id: int, flavor_id: int | None, *, priority: int, moment,
+                 held_pools: dict | None = None) -> tuple[int, int]:
     """One transaction: lock, in the fixed order, the tenant's quota row for the flavor, the
-    pool's nodes by id, then the group's waiting runs; admit them in order while they fit."""
+    pool's nodes by id, then the slice's waiting runs; admit them in order while they fit."""
+    held_pools = {} if held_pools is None else held_pools
     with transaction.atomic(using=PLATFORM):
         tenant = Tenant.objects.using(PLATFORM).get(pk=tenant_id)
         quota = nodes = None
@@ -196,8 +227,8 @@ def _admit_group(tenant_id: int, flavor_id: int | None, *, moment) -> tuple[int,
                          .filter(flavor_id=flavor_id, jurisdiction=tenant.jurisdiction, state=NodeState.READY)
                          .order_by("id"))
         runs = list(Run.objects.using(PLATFORM).select_for_update(of=("self",)).select_related("flavor")
-                    .filter(tenant_id=tenant_id, flavor_id=flavor_id, state__in=WAITING_STATES)
-                    .order_by("-priority", "created_at", "id"))
+                    .filter(tenant_id=tenant_id, flavor_id=flavor_id, priority=priority, state__in=WAITING_STATES)
+                    .order_by("created_at", "id"))
         if flavor_id is None:  # no GPU: nothing to reserve, but it still runs on a node in the jurisdiction
             return _admit_without_gpus(runs, tenant=tenant, moment=moment)
         limit = quota.nominal + quota.borrowing_limit if quota else 0
@@ -221,10 +252,20 @@ def _admit_group(tenant_id: int, flavor_id: int | None, *, moment) -> tuple[int,
                       f"{max(budget_left, Decimal(0)) / 3600:.2f} GPU-hour(s) left; this run may take "
                       f"{need / 3600:.2f} ({run.gpus} GPU(s) x its maximum runtime).")
                 continue
+            pool = (flavor_id, tenant.jurisdiction)
+            if pool in held_pools:
+                ahead = held_pools[pool]
+                _wait(run, tenant=tenant, reason=f"Held back: a {ahead.gpus}-GPU run ahead of it in the "
+                      f"{run.flavor.name} pool has waited since {ahead.created_at:%Y-%m-%d %H:%M} UTC and goes first.")
+                continue
             node, devices = _place(run, live, taken)
             if node is None:
                 _wait(run, tenant=tenant, reason=f"No live {run.flavor.name} node in {tenant.jurisdiction} has "
                                                  f"{run.gpus} free device(s) on one machine.")
+                waited = (moment - run.created_at).total_seconds()
+                if waited >= settings.ADMISSION_BACKFILL_LIMIT_SECONDS and any(
+                        len(n.device_ids) >= run.gpus for n in live):  # it fits once a node frees up
+                    held_pools[pool] = run
                 continue
             _admit(run, tenant=tenant, node=node, devices=devices, moment=moment)
             held += run.gpus

@@ -18,7 +18,7 @@ from tenants import services as tenant_services
 from tenants.errors import Forbidden, Invalid, NotFound
 from tenants.models import GpuFlavor, TenantQuota
 from tenants.serializers import TenantQuotaSerializer
-from workflows.models import Stage
+from workflows.models import Stage, Workflow
 from workflows.selectors import version_named
 
 from . import admission, execution, selectors, services
@@ -136,6 +136,12 @@ class RunRequestSerializer(serializers.Serializer):
     version = serializers.IntegerField(min_value=1)
     stage = serializers.ChoiceField(choices=Stage.choices)
     parameters = serializers.DictField(required=False, default=dict)
+
+    def validate(self, attrs):
+        if "priority" in self.initial_data:
+            raise serializers.ValidationError({"priority": "A run's priority comes from its workflow, which a "
+                                                           "tenant admin sets; a request cannot choose it."})
+        return attrs
 
 
 class _Runs(TenantScopedAPIView):
@@ -300,7 +306,56 @@ class QuotaDetail(TenantScopedAPIView):
         return Response(QuotaUsageSerializer(self._quota(flavor)).data)
 
 
+class PriorityRangeSerializer(serializers.Serializer):
+    minimum = serializers.IntegerField(source="run_priority_min")
+    maximum = serializers.IntegerField(source="run_priority_max")
+
+
+class RunPriorityRange(TenantScopedAPIView):
+    """The run priorities the tenant's admins may give its workflows; platform admins set it."""
+
+    serializer_class = PriorityRangeSerializer
+    http_method_names = ["get", "put", "head", "options"]
+
+    def get(self, request, tenant):
+        return Response(PriorityRangeSerializer(self.tenant).data)
+
+    def put(self, request, tenant):
+        serializer = PriorityRangeSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        changed = services.tenant_run_priority_range_set(
+            actor=request.user, tenant=self.tenant, minimum=serializer.validated_data["run_priority_min"],
+            maximum=serializer.validated_data["run_priority_max"])
+        return Response(PriorityRangeSerializer(changed).data)
+
+
+class WorkflowPrioritySerializer(serializers.Serializer):
+    priority = serializers.IntegerField(allow_null=True)
+
+
+class WorkflowRunPriority(TenantScopedAPIView):
+    """PUT gives the workflow's future runs a priority inside the tenant's range (tenant admins);
+    null means the range's lowest."""
+
+    serializer_class = WorkflowPrioritySerializer
+    http_method_names = ["put", "options"]
+
+    def put(self, request, tenant, workflow):
+        serializer = WorkflowPrioritySerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        found = Workflow.objects.restrict(request.user, "view").filter(tenant=self.tenant, name=workflow).first()
+        if found is None:
+            raise NotFound("No such workflow.")
+        changed = services.workflow_run_priority_set(actor=request.user, workflow=found,
+                                                     priority=serializer.validated_data["priority"])
+        return Response({"workflow": changed.name, "priority": changed.run_priority,
+                         "effective": services.run_priority_for(changed, self.tenant)})
+
+
 api_urlpatterns = [
+    path("tenants/<slug:tenant>/run-priority/", RunPriorityRange.as_view(), name="api-run-priority-range"),
+    path("tenants/<slug:tenant>/workflows/<str:workflow>/priority/", WorkflowRunPriority.as_view(),
+         name="api-workflow-priority"),
     path("tenants/<slug:tenant>/quota/", QuotaList.as_view(), name="api-quota-list"),
     path("tenants/<slug:tenant>/quota/<str:flavor>/", QuotaDetail.as_view(), name="api-quota-detail"),
     path("tenants/<slug:tenant>/runs/", RunList.as_view(), name="api-run-list"),

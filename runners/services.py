@@ -1,12 +1,15 @@
-"""Domain functions for runner nodes: registration, heartbeats, and operator state changes."""
+"""Domain functions for runner nodes (registration, heartbeats, operator state changes) and
+run priorities (the tenant's range, each workflow's priority)."""
 
 from django.db import transaction
 from django.utils import timezone
 
 from audit.log import Actor, Target, record
-from tenants.access import actor_for, is_platform_admin
+from tenants.access import actor_for, is_platform_admin, require
+from tenants.db import bind_rls
 from tenants.errors import Forbidden, Invalid, NotFound, clean_or_invalid
-from tenants.models import GpuFlavor, region_in_jurisdiction
+from tenants.models import GpuFlavor, Tenant, region_in_jurisdiction
+from workflows.models import Workflow
 
 from .discovery import Discovery
 from .models import NodeState, RunnerNode
@@ -65,3 +68,56 @@ def runner_set_state(*, actor, node: RunnerNode, state: str) -> RunnerNode:
         record(action="runner.state_change", actor=actor_for(actor), target=Target("runner_node", node.hostname),
                data={"from": before, "to": state})
     return node
+
+
+PRIORITY_LIMIT = 1000  # priorities are small integers; this bounds what a range may span
+
+
+def _whole(value, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not -PRIORITY_LIMIT <= value <= PRIORITY_LIMIT:
+        raise Invalid(f"{field} is a whole number from {-PRIORITY_LIMIT} to {PRIORITY_LIMIT}.", field=field)
+    return value
+
+
+def tenant_run_priority_range_set(*, actor, tenant: Tenant, minimum: int, maximum: int) -> Tenant:
+    """Platform admins bound the run priorities a tenant's admins may give its workflows.
+    Workflows set outside a new range are clamped into it when their runs are requested."""
+    if not is_platform_admin(actor):
+        raise Forbidden("Only a platform admin may set a tenant's run priority range.")
+    minimum, maximum = _whole(minimum, "minimum"), _whole(maximum, "maximum")
+    if minimum > maximum:
+        raise Invalid("minimum may not be above maximum.", field="minimum")
+    with transaction.atomic():
+        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        before = [tenant.run_priority_min, tenant.run_priority_max]
+        tenant.run_priority_min, tenant.run_priority_max = minimum, maximum
+        tenant.save(update_fields=["run_priority_min", "run_priority_max"])
+        record(action="tenant.run_priority_range_set", actor=actor_for(actor), tenant=tenant.slug,
+               target=Target("tenant", tenant.slug), data={"from": before, "to": [minimum, maximum]})
+    return tenant
+
+
+def workflow_run_priority_set(*, actor, workflow: Workflow, priority: int | None) -> Workflow:
+    """A tenant admin gives a workflow's runs a priority inside the tenant's range (None: the
+    range's lowest). Requesters never choose a run's priority themselves."""
+    if priority is not None:
+        priority = _whole(priority, "priority")
+    with transaction.atomic():
+        tenant = Tenant.objects.get(pk=workflow.tenant_id)
+        require(actor, tenant, "admin")
+        bind_rls(tenant_id=tenant.pk)
+        if priority is not None and not tenant.run_priority_min <= priority <= tenant.run_priority_max:
+            raise Invalid(f"priority must be within the tenant's range, {tenant.run_priority_min} to "
+                          f"{tenant.run_priority_max}; a platform admin sets the range.", field="priority")
+        workflow = Workflow.objects.select_for_update().get(pk=workflow.pk)
+        before, workflow.run_priority = workflow.run_priority, priority
+        workflow.save(update_fields=["run_priority"])
+        record(action="workflow.run_priority_set", actor=actor_for(actor), tenant=tenant.slug,
+               target=Target("workflow", workflow.name), data={"from": before, "to": priority})
+    return workflow
+
+
+def run_priority_for(workflow: Workflow, tenant: Tenant) -> int:
+    """What a new run of the workflow gets: its priority, clamped into the tenant's range now."""
+    wanted = tenant.run_priority_min if workflow.run_priority is None else workflow.run_priority
+    return min(max(wanted, tenant.run_priority_min), tenant.run_priority_max)

@@ -31,6 +31,9 @@ class Tenant(models.Model):
     jurisdiction = models.CharField(max_length=16, validators=[jurisdiction_validator],
                                     help_text="Data-residency jurisdiction: where this tenant's data and runs may live.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    # The run priorities this tenant's admins may give its workflows; platform admins set it.
+    run_priority_min = models.IntegerField(default=0)
+    run_priority_max = models.IntegerField(default=10)
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = TenantQuerySet.as_manager()

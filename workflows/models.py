@@ -59,6 +59,8 @@ class Workflow(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="workflows")
     name = models.CharField(max_length=64)
     description = models.CharField(max_length=2000, blank=True)
+    # Set by tenant admins within the tenant's range; None: the lowest of that range.
+    run_priority = models.IntegerField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
 

@@ -1,0 +1,111 @@
+"""Fair order in the admission queue: priority (from a range platform admins set per tenant,
+applied per workflow by tenant admins), then decayed usage relative to share, then age; and a
+large run that backfill keeps passing gets its pool after ADMISSION_BACKFILL_LIMIT_SECONDS."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from audit.models import AuditEvent
+from runners.admission import admission_cycle
+from runners.models import Run, UsageEntry
+from tenants.models import GpuFlavor
+from tenants.services import tenant_quota_set
+from workflows.models import WorkflowVersion
+from workflows.services import workflow_version_register
+
+from .conftest import make_tenant_people
+from .test_admission import RUNS, ask, gate, gpus_step, node, state_of  # noqa: F401 (gate is a fixture)
+from .test_api import assert_error
+from .test_promotions import T
+
+pytestmark = pytest.mark.embedded
+
+
+def test_priority_comes_from_the_workflow_within_the_tenants_range(gate, world, api):
+    number = gate.version()
+    admin, developer, operator = api(world.a.admin), gate.developer, api(world.platform_admin)
+    assert_error(developer.put(f"{T}/workflows/fraud-detector/priority/", {"priority": 5}), 403, "permission_denied")
+    assert_error(admin.put(f"{T}/workflows/fraud-detector/priority/", {"priority": 11}), 400, "invalid")
+    assert_error(admin.put(f"{T}/run-priority/", {"minimum": 0, "maximum": 50}), 403, "permission_denied")
+    assert_error(developer.post(RUNS, {"workflow": "fraud-detector", "version": number, "stage": "development",
+                                       "priority": 9}), 400, "invalid")
+
+    assert ask(gate, number).json()["priority"] == 0  # the range's lowest until an admin says otherwise
+    response = admin.put(f"{T}/workflows/fraud-detector/priority/", {"priority": 7})
+    assert response.status_code == 200 and response.json() == {"workflow": "fraud-detector", "priority": 7,
+                                                               "effective": 7}
+    assert ask(gate, number, parameters={"n": 1}).json()["priority"] == 7
+    assert operator.put(f"{T}/run-priority/", {"minimum": 0, "maximum": 3}).status_code == 200
+    assert ask(gate, number, parameters={"n": 2}).json()["priority"] == 3  # clamped into the new range
+    assert developer.get(f"{T}/run-priority/").json() == {"minimum": 0, "maximum": 3}
+    actions = set(AuditEvent.objects.using("owner").values_list("action", flat=True))
+    assert {"workflow.run_priority_set", "tenant.run_priority_range_set"} <= actions
+
+
+def test_a_higher_priority_run_is_admitted_before_an_older_one(gate, world, api):
+    number = gate.version()
+    older = ask(gate, number).json()["id"]
+    api(world.a.admin).put(f"{T}/workflows/fraud-detector/priority/", {"priority": 5})
+    urgent = ask(gate, number, parameters={"urgent": True}).json()["id"]
+    node("gpu-eu-1", "0,1")  # room for one of the two
+    admission_cycle()
+    assert state_of(urgent).state in ("admitted", "dispatched") and state_of(older).state == "queued"
+
+
+def _eu_neighbour(world):
+    """A second EU tenant with a version of its own, sharing acme-bank's pool."""
+    people = make_tenant_people("euro-insure", "eu")
+    flavor = GpuFlavor.objects.get(name="h100-80gb")
+    tenant_quota_set(actor=world.platform_admin, tenant=people.tenant, flavor=flavor, nominal=2, borrowing_limit=2)
+    version, _ = workflow_version_register(actor=people.developer, tenant=people.tenant, spec={
+        "name": "claims", "steps": [{"name": "score", "command": ["true"], "gpu": {"flavor": "h100-80gb", "count": 2}}]})
+    return people, version
+
+
+def test_the_tenant_that_used_less_of_its_share_goes_first(gate, world, api):
+    from runners.admission import run_request
+
+    neighbour, version = _eu_neighbour(world)
+    number = gate.version()
+    # acme-bank used 4 GPU-hours in the last hour; euro-insure nothing.
+    history = Run.objects.using("owner").create(
+        tenant=world.a.tenant, version=WorkflowVersion.objects.using("owner").get(
+            workflow__name="fraud-detector", number=number), stage="development", requested_by=world.a.developer,
+        flavor=GpuFlavor.objects.get(name="h100-80gb"), gpus=2, max_runtime_seconds=3600, state="succeeded",
+        fencing_token=1)
+    UsageEntry.objects.using("owner").create(
+        tenant=world.a.tenant, flavor=history.flavor, run=history, fencing_token=1,
+        month=timezone.now().date().replace(day=1), gpus=2, seconds=7200, gpu_seconds=14400, weight=1,
+        weighted_gpu_seconds=14400, recorded_at=timezone.now() - timedelta(hours=1))
+    first = ask(gate, number).json()["id"]  # older, same priority
+    second, _ = run_request(actor=neighbour.developer, tenant=neighbour.tenant, version=version, stage="development")
+    node("gpu-eu-1", "0,1")  # room for one of the two
+    admission_cycle()
+    assert state_of(second.public_id).state in ("admitted", "dispatched")
+    assert state_of(first).state == "queued"
+
+
+def test_a_large_run_is_passed_by_runs_that_fit_until_it_has_waited_too_long(gate, world, settings):
+    tenant_quota_set(actor=world.platform_admin, tenant=world.a.tenant, flavor=GpuFlavor.objects.get(name="h100-80gb"),
+                     nominal=8, borrowing_limit=0)
+    node("gpu-eu-1", "0,1,2,3")
+    holder = ask(gate, gate.version(spec_changes=gpus_step(2))).json()["id"]
+    admission_cycle()
+    assert state_of(holder).state in ("admitted", "dispatched")  # 2 of the 4 devices are taken
+    large = ask(gate, gate.version(spec_changes=gpus_step(4))).json()["id"]
+    small_version = gate.version(spec_changes=gpus_step(1))
+    small = ask(gate, small_version).json()["id"]
+    admission_cycle()
+    assert state_of(large).state == "queued" and state_of(small).state in ("admitted", "dispatched")  # backfill
+
+    Run.objects.using("owner").filter(public_id=large).update(
+        created_at=timezone.now() - timedelta(seconds=settings.ADMISSION_BACKFILL_LIMIT_SECONDS + 60))
+    later = ask(gate, small_version, parameters={"again": True}).json()["id"]
+    admission_cycle()
+    assert state_of(later).state == "queued" and "Held back: a 4-GPU run ahead of it" in state_of(later).reason
+    Run.objects.using("owner").filter(public_id__in=[holder, small]).update(state="succeeded", node=None,
+                                                                          device_ids=[])
+    admission_cycle()
+    assert state_of(large).state in ("admitted", "dispatched") and state_of(later).state == "queued"
