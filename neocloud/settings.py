@@ -347,6 +347,8 @@ ADMISSION_INTERVAL_SECONDS = float(env("ADMISSION_INTERVAL_SECONDS", "5"))
 # long a run that does not fit may be passed by smaller ones before its pool waits for it.
 FAIR_SHARE_HALF_LIFE_HOURS = float(env("FAIR_SHARE_HALF_LIFE_HOURS", "24"))
 ADMISSION_BACKFILL_LIMIT_SECONDS = float(env("ADMISSION_BACKFILL_LIMIT_SECONDS", "900"))
+# A preempted step gets SIGTERM, then SIGKILL after this many seconds.
+RUN_PREEMPTION_GRACE_SECONDS = float(env("RUN_PREEMPTION_GRACE_SECONDS", "30"))
 # Execution (docs/operators.md, "Workers"): a worker renews a running run's lease; the
 # admission cycle reaps an expired lease, or a dispatched run nobody claimed within
 # RUN_CLAIM_TIMEOUT_SECONDS, and requeues it at most RUN_MAX_REQUEUES times before it is lost.

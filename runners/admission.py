@@ -259,6 +259,11 @@ def _admit_group(tenant_id: int, flavor_id: int | None, *, priority: int, moment
                       f"{run.flavor.name} pool has waited since {ahead.created_at:%Y-%m-%d %H:%M} UTC and goes first.")
                 continue
             node, devices = _place(run, live, taken)
+            if node is None and held + run.gpus <= quota.nominal:  # its own share, lent out: take it back
+                reclaiming = _reclaim(run, tenant=tenant, nodes=live, taken=taken, moment=moment)
+                if reclaiming:
+                    _wait(run, tenant=tenant, reason=reclaiming)
+                    continue
             if node is None:
                 _wait(run, tenant=tenant, reason=f"No live {run.flavor.name} node in {tenant.jurisdiction} has "
                                                  f"{run.gpus} free device(s) on one machine.")
@@ -290,6 +295,69 @@ def _admit_without_gpus(runs: list[Run], *, tenant: Tenant, moment) -> tuple[int
         _admit(run, tenant=tenant, node=node, devices=[], moment=moment)
         load[node.pk] = load.get(node.pk, 0) + 1
     return len(runs), 0
+
+
+def _reclaim(run: Run, *, tenant: Tenant, nodes: list[RunnerNode], taken: dict, moment) -> str | None:
+    """The run is within its tenant's nominal quota but no node has room: preempt runs of
+    tenants that hold more than their own nominal quota (they borrow), on the one node where
+    the fewest GPUs must be returned. Order: lowest priority first, then the most recently
+    admitted (the least work lost). A borrower keeps what is within its nominal quota.
+    Returns why the run waits, or None when reclaiming cannot make it fit."""
+    holding = list(Run.objects.using(PLATFORM).select_for_update(of=("self",)).select_related("tenant", "node")
+                   .filter(node__in=nodes, state__in=HOLDING_STATES).exclude(tenant_id=tenant.pk).order_by("id"))
+    if not holding:
+        return None
+    nominal = dict(TenantQuota.objects.using(PLATFORM).filter(flavor_id=run.flavor_id, tenant_id__in={
+        r.tenant_id for r in holding}).values_list("tenant_id", "nominal"))
+    held_by: dict[int, int] = {}
+    for other in holding:
+        held_by[other.tenant_id] = held_by.get(other.tenant_id, 0) + other.gpus
+    order = sorted(holding, key=lambda r: (r.priority, -(r.admitted_at or moment).timestamp(), -r.pk))
+    best = None
+    for node in nodes:
+        free = len(node.device_ids) - len(taken.get(node.pk, set()))
+        free += sum(r.gpus for r in holding if r.node_id == node.pk and r.preempt_requested_at)  # on their way out
+        borrowed = {tenant_id: held_by[tenant_id] - nominal.get(tenant_id, 0) for tenant_id in held_by}
+        chosen = []
+        for other in order:
+            if free >= run.gpus:
+                break
+            if other.node_id == node.pk and not other.preempt_requested_at and borrowed[other.tenant_id] > 0:
+                chosen.append(other)
+                free += other.gpus
+                borrowed[other.tenant_id] -= other.gpus
+        if free >= run.gpus and (best is None or sum(r.gpus for r in chosen) < sum(r.gpus for r in best[1])):
+            best = (node, chosen)
+    if best is None:
+        return None
+    node, chosen = best
+    for other in chosen:
+        _preempt(other, for_tenant=tenant, moment=moment)
+    return (f"Reclaiming its nominal {run.flavor.name} quota: borrowed device(s) on {node.hostname} are being "
+            f"returned (at most {settings.RUN_PREEMPTION_GRACE_SECONDS:g} s of grace).")
+
+
+def _preempt(run: Run, *, for_tenant: Tenant, moment) -> None:
+    """A running run is asked to stop (its worker gives the steps the grace period); one not
+    yet started gives its devices back at once."""
+    reason = f"Preempted: {for_tenant.slug} reclaims its nominal {run.flavor.name if run.flavor_id else ''} quota."
+    record(action="run.preempt", actor=Actor.system("admission"), tenant=run.tenant.slug,
+           target=Target("run", run.public_id), using=PLATFORM,
+           data={"for_tenant": for_tenant.slug, "node": run.node.hostname, "devices": run.device_ids,
+                 "fencing_token": run.fencing_token, "was": run.state})
+    if run.state == RunState.RUNNING:
+        run.preempt_requested_at = moment
+        run.save(using=PLATFORM, update_fields=["preempt_requested_at"])
+    else:
+        requeue_preempted(run, reason=reason, using=PLATFORM)
+
+
+def requeue_preempted(run: Run, *, reason: str, using: str) -> None:
+    """Back to the queue without counting as a failure; its next admission has a new token."""
+    run.state, run.reason, run.preemptions = RunState.QUEUED, f"{reason} Queued again.", run.preemptions + 1
+    run.node, run.device_ids, run.lease_expires_at, run.preempt_requested_at = None, [], None, None
+    run.save(using=using, update_fields=["state", "reason", "preemptions", "node", "device_ids",
+                                         "lease_expires_at", "preempt_requested_at"])
 
 
 def _devices_taken(nodes: list[RunnerNode]) -> dict[int, set]:

@@ -77,12 +77,21 @@ def run_claim(*, run_id: str, fencing_token: int, hostname: str) -> Lease | None
     return Lease(run=run, fencing_token=fencing_token, hostname=hostname)
 
 
-def lease_renew(lease: Lease) -> tuple[bool, bool]:
-    """Extend the lease; return (still held, cancel requested). One conditional UPDATE."""
+CANCEL, PREEMPT = "cancel", "preempt"
+
+
+def lease_renew(lease: Lease) -> tuple[bool, str | None]:
+    """Extend the lease; return (still held, what the run was asked to do: cancel, preempt)."""
     expires = timezone.now() + timedelta(seconds=settings.RUNNER_LEASE_SECONDS)
     held = bool(lease.fenced().update(lease_expires_at=expires))
-    cancel = held and lease.fenced().filter(cancel_requested_at__isnull=False).exists()
-    return held, cancel
+    return held, stop_requested(lease) if held else None
+
+
+def stop_requested(lease: Lease) -> str | None:
+    asked = lease.fenced().values_list("cancel_requested_at", "preempt_requested_at").first()
+    if asked is None:
+        return None
+    return CANCEL if asked[0] else PREEMPT if asked[1] else None
 
 
 def step_update(lease: Lease, name: str, **changes) -> None:
@@ -129,6 +138,26 @@ def run_finish(lease: Lease, *, state: str, reason: str = "") -> bool:
         entry = bill(run, until=now, using=PLATFORM)
         _record("run.finish", run, state=state, reason=run.reason, node=lease.hostname, devices=run.device_ids,
                 gpu_seconds=str(entry.gpu_seconds) if entry else "0")
+    return True
+
+
+def run_preempted(lease: Lease) -> bool:
+    """The steps stopped for a preemption: bill this admission, give the devices back, and
+    queue the run again (not counted as a failure)."""
+    from .admission import requeue_preempted
+
+    now = timezone.now()
+    with transaction.atomic(using=PLATFORM):
+        run = lease.fenced().select_for_update(of=("self",)).select_related("tenant", "flavor").first()
+        if run is None:
+            return False
+        entry = bill(run, until=now, using=PLATFORM)
+        RunStep.objects.using(PLATFORM).filter(run=run, fencing_token=lease.fencing_token,
+                                               state__in=(StepState.PENDING, StepState.RUNNING)).update(
+            state=StepState.CANCELLED, reason="Preempted.", finished_at=now)
+        requeue_preempted(run, reason="Preempted to return borrowed devices.", using=PLATFORM)
+        _record("run.requeue", run, node=lease.hostname, fencing_token=lease.fencing_token, was="running",
+                reason=run.reason, gpu_seconds=str(entry.gpu_seconds) if entry else "0")
     return True
 
 

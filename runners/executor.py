@@ -27,7 +27,8 @@ from workflows.spec import step_order
 from workflows.store import get_store
 
 from . import sandbox
-from .execution import Lease, lease_renew, log_append, run_claim, run_finish, step_update
+from .execution import (CANCEL, PREEMPT, Lease, lease_renew, log_append, run_claim, run_finish, run_preempted,
+                        step_update, stop_requested)
 from .models import RunState, StepState
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 LOG_FLUSH_SECONDS = 0.5
 LOG_FLUSH_BYTES = 64 * 1024
 CANCEL_CHECK_SECONDS = 1.0
+PREEMPTED = "preempted"  # an outcome, not a state: the run goes back to the queue
 
 
 class StepsStopped(Exception):
@@ -73,6 +75,9 @@ def execute(*, run_id: str, fencing_token: int, hostname: str) -> str | None:
         shutil.rmtree(workdir, ignore_errors=True)
     if state == "lost":  # the reaper owns the run now; nothing of ours may be written
         return None
+    if state == PREEMPTED:
+        run_preempted(lease)
+        return PREEMPTED
     run_finish(lease, state=state, reason=reason)
     return state
 
@@ -188,19 +193,25 @@ def _attempt(lease: Lease, step: dict, workdir: Path) -> Attempt:
                 _kill(process)
                 return Attempt(exit_code=None, timed_out=True)
             if now >= next_renewal or now >= next_cancel_check:
-                held, cancelled = lease_renew(lease) if now >= next_renewal else (True, _cancel_requested(lease))
+                held, asked = lease_renew(lease) if now >= next_renewal else (True, stop_requested(lease))
                 if now >= next_renewal:
                     next_renewal = now + renew_every
                 next_cancel_check = now + CANCEL_CHECK_SECONDS
                 if not held:
                     _kill(process)
                     raise StepsStopped("lost", "The lease was lost to the reaper.")
-                if cancelled:
+                if asked == CANCEL:
                     _kill(process)
                     log_append(lease, b"".join(pending).decode("utf-8", "replace") + "<== cancelled\n")
                     pending = []
                     step_update(lease, step["name"], state=StepState.CANCELLED, reason="Cancelled while running.")
                     raise StepsStopped(RunState.CANCELLED, "Cancelled while running.")
+                if asked == PREEMPT:
+                    log_append(lease, b"".join(pending).decode("utf-8", "replace") + "<== preempted: SIGTERM, "
+                               f"then SIGKILL after {settings.RUN_PREEMPTION_GRACE_SECONDS:g} s\n")
+                    pending = []
+                    _terminate(process, output, lambda text: log_append(lease, text))
+                    raise StepsStopped(PREEMPTED, "Preempted to return borrowed devices.")
         return Attempt(exit_code=process.wait(), timed_out=False)
     finally:
         if pending:
@@ -211,8 +222,45 @@ def _attempt(lease: Lease, step: dict, workdir: Path) -> Attempt:
         close_old_connections()
 
 
-def _cancel_requested(lease: Lease) -> bool:
-    return lease.fenced().filter(cancel_requested_at__isnull=False).exists()
+def _terminate(process: subprocess.Popen, output: queue.Queue, log) -> None:
+    """SIGTERM to every process of the step (they are in the sandbox's own session, so the
+    signal goes to each by its host pid), their output still logged, then SIGKILL to the group
+    after the grace period."""
+    for pid in _descendants(process.pid):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() != "bwrap":  # bwrap dying would SIGKILL the rest
+                os.kill(pid, signal.SIGTERM)
+        except (OSError, ProcessLookupError):
+            pass
+    deadline = time.monotonic() + settings.RUN_PREEMPTION_GRACE_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            chunk = output.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        if chunk is None:
+            break
+        log(chunk.decode("utf-8", "replace"))
+    _kill(process)
+
+
+def _descendants(root: int) -> list[int]:
+    """The pids below ``root``, children first, from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            parents.setdefault(parent, []).append(int(entry))
+    found, frontier = [], [root]
+    while frontier:
+        children = [child for pid in frontier for child in parents.get(pid, [])]
+        found += children
+        frontier = children
+    return found
 
 
 def _read_into(stream, output: queue.Queue) -> None:

@@ -90,6 +90,8 @@ class Run(models.Model):
     requeues = models.PositiveIntegerField(default=0)  # times a dead or silent worker gave it back
     lease_expires_at = models.DateTimeField(null=True, blank=True)  # the holder renews it; the reaper ends it
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    preempt_requested_at = models.DateTimeField(null=True, blank=True)  # borrowed devices are being reclaimed
+    preemptions = models.PositiveIntegerField(default=0)  # not counted against RUN_MAX_REQUEUES
     log_bytes = models.PositiveBigIntegerField(default=0)  # kept in RunLogChunk, up to RUN_LOG_MAX_BYTES
     log_dropped_bytes = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.core.management import call_command
-from django.db import connections, transaction
+from django.db import OperationalError, connections, transaction
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = os.environ.get("NEOCLOUD_TEST_STACK", "")
@@ -73,6 +73,16 @@ def truncate_all():
 
     owner = connections["owner"]
     tables = [t for t in owner.introspection.table_names() if t not in KEEP_TABLES]
+    for attempt in range(5):
+        try:
+            return _truncate(owner, tables, SequencerState, triggers_suspended)
+        except OperationalError as exc:  # the platform worker's admission cycle held a table: try again
+            if "deadlock" not in str(exc) or attempt == 4:
+                raise
+            time.sleep(0.2)
+
+
+def _truncate(owner, tables, SequencerState, triggers_suspended):
     with transaction.atomic(using="owner"):
         # Take the audit sequencer's lock first, as the sequencer itself does, so a worker
         # sequencing in the background waits for this teardown instead of deadlocking with it.

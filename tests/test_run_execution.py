@@ -419,3 +419,36 @@ def test_soft_budget_admits_past_the_budget_and_alerts_at_80_and_100_percent_onc
     assert [a.data["threshold"] for a in alerts] == [80, 100] and all(a.tenant == "acme-bank" for a in alerts)
     [quota] = gate.developer.get(f"{T}/quota/").json()["results"]
     assert quota["budget_alerts"] == [80, 100] and Decimal(quota["gpu_hours_remaining"]) < 0
+
+
+def test_a_tenant_reclaims_its_lent_quota_by_preempting_the_borrower_with_a_grace_period(gate, start_runner, world):
+    from runners.admission import run_request
+    from tests.test_fair_order import _eu_neighbour
+
+    neighbour, _ = _eu_neighbour(world)  # euro-insure: nominal 2, borrowing 2, same EU pool
+    from workflows.services import workflow_version_register
+
+    borrower, _ = workflow_version_register(actor=neighbour.developer, tenant=neighbour.tenant, spec={
+        "name": "claims", "steps": [sh("score", "trap 'echo got TERM; exit 143' TERM; echo started; "
+                                                "sleep 120 & wait", gpu={"flavor": "h100-80gb", "count": 4})]})
+    start_runner("gpu-eu-1", "0,1,2,3")
+    borrowed, _ = run_request(actor=neighbour.developer, tenant=neighbour.tenant, version=borrower,
+                              stage="development")
+    wait_state(borrowed.public_id, "running")  # all four devices: two of them acme-bank's
+    wait_for(lambda: "started" in "".join(Run.objects.using("owner").get(pk=borrowed.pk).log_chunks.using("owner")
+                                          .values_list("text", flat=True)), timeout=30, message="the borrower to start")
+
+    mine = start_run(gate, spec_with([sh("train", "echo mine")]))  # 2 GPUs, within acme-bank's nominal 2
+    run = wait_state(mine, FINISHED, timeout=60)
+    assert run.state == "succeeded" and "mine" in log_of(gate, mine)
+
+    back = Run.objects.using("owner").get(pk=borrowed.pk)
+    assert back.preemptions == 1 and back.requeues == 0  # a preemption is not a failure
+    preempt = AuditEvent.objects.using("owner").get(action="run.preempt", target_id=str(borrowed.public_id))
+    assert preempt.data["for_tenant"] == "acme-bank" and preempt.data["was"] == "running"
+    log = "".join(Run.objects.using("owner").get(pk=borrowed.pk).log_chunks.using("owner")
+                  .values_list("text", flat=True))
+    assert "preempted: SIGTERM" in log and "got TERM" in log  # the step had its grace period
+    first = UsageEntry.objects.using("owner").get(run=back, fencing_token=1)
+    assert first.gpus == 4 and first.gpu_seconds > 0  # the preempted admission billed once
+    Run.objects.using("owner").filter(pk=borrowed.pk).update(cancel_requested_at=timezone.now())  # stop it
