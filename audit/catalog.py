@@ -25,6 +25,7 @@ ACTIONS = {
     "run.finish": "A run ended on its runner: succeeded, failed (with the step and why) or cancelled.",
     "run.cancel": "A member asked to cancel a run; a waiting run ends at once, a running one when its runner sees it.",
     "run.preempt": "Admission asked a borrowing tenant's run to give its devices back to a tenant reclaiming its nominal quota.",
+    "run.output": "A run's output was stored, registered as an artifact and given a platform-signed provenance statement.",
     "run.requeue": "The reaper took a run back from a node that did not claim it or stopped renewing its lease.",
     "run.lost": "The reaper gave up on a run that had been requeued the most times allowed.",
     "run.budget_stop": "A hard-mode GPU-hour budget ran out: the platform stopped the tenant's running runs of that flavor.",

@@ -55,7 +55,8 @@ def run_claim(*, run_id: str, fencing_token: int, hostname: str) -> Lease | None
     now = timezone.now()
     with transaction.atomic(using=PLATFORM):
         run = (Run.objects.using(PLATFORM).select_for_update(of=("self",))
-               .select_related("tenant", "node", "flavor", "version").filter(public_id=run_id).first())
+               .select_related("tenant", "node", "flavor", "version__workflow", "requested_by")
+               .filter(public_id=run_id).first())
         if run is None:
             logger.warning("run %s does not exist; message dropped", run_id)
             return None

@@ -23,8 +23,9 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
+from workflows.outputs import run_output_register
 from workflows.spec import step_order
-from workflows.store import get_store
+from workflows.store import UploadRefused, get_store
 
 from . import sandbox
 from .execution import (CANCEL, PREEMPT, Lease, lease_renew, log_append, run_claim, run_finish, run_preempted,
@@ -95,7 +96,42 @@ def _execute(lease: Lease, workdir: Path) -> tuple[str, str]:
         ok, reason = _run_step(lease, step, workdir)
         if not ok:
             return RunState.FAILED, reason
+    try:
+        _register_outputs(lease, workdir)
+    except OutputRefused as exc:
+        log_append(lease, f"{exc}\n")
+        return RunState.FAILED, str(exc)
     return RunState.SUCCEEDED, ""
+
+
+class OutputRefused(Exception):
+    pass
+
+
+def _register_outputs(lease: Lease, workdir: Path) -> None:
+    """Every declared output with a path becomes an artifact with platform-signed provenance."""
+    run, spec = lease.run, lease.run.version.spec
+    facts = {"run": str(run.public_id), "workflow": run.version.workflow.name, "version": run.version.number,
+             "version_digest": run.version.digest, "stage": run.stage, "tenant": run.tenant.slug,
+             "parameters": run.parameters, "inputs": [{"name": i["name"], "digest": i["digest"]}
+                                                      for i in spec.get("inputs", [])],
+             "runner": lease.hostname, "devices": run.device_ids, "flavor": run.flavor.name if run.flavor else "",
+             "fencing_token": lease.fencing_token, "started_at": run.started_at.isoformat()}
+    root = workdir.resolve()
+    for output in spec.get("outputs", []):
+        if not output.get("path"):
+            continue
+        path = (workdir / output["path"]).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise OutputRefused(f"Output {output['name']}: there is no file at {output['path']} in the run's "
+                                "directory.")
+        try:
+            run_output_register(tenant=run.tenant, version=run.version, stage=run.stage, run_id=str(run.public_id),
+                                name=output["name"], kind=output["kind"], path=path, region=run.node.region,
+                                created_by=run.requested_by, facts=facts, using="platform")
+        except UploadRefused as exc:
+            raise OutputRefused(f"Output {output['name']} was refused: {exc}") from None
+        log_append(lease, f"<== output {output['name']} registered\n")
 
 
 def _prepare(run, workdir: Path) -> None:

@@ -124,7 +124,8 @@ PLATFORM_WRITES = (("runners_run", "UPDATE"), ("audit_auditevent", "INSERT"),
                    ("tenants_tenantquota", "UPDATE (updated_at)"), ("runners_runnernode", "UPDATE (last_heartbeat_at)"),
                    ("runners_runstep", "INSERT, UPDATE"), ("runners_runlogchunk", "INSERT"),
                    ("runners_dispatchoutbox", "INSERT, UPDATE"), ("runners_usageentry", "INSERT"),
-                   ("runners_budgetalert", "INSERT"))
+                   ("runners_budgetalert", "INSERT"), ("workflows_artifact", "INSERT"),
+                   ("workflows_runoutput", "INSERT"))
 
 
 def apply_role_grants(using=OWNER_ALIAS, **kwargs):

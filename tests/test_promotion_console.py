@@ -86,7 +86,8 @@ def test_journey_denied_with_reasons_fixed_approved_twice_and_promoted(gate, wor
     row = developer.locator('#rules tr[data-rule="baseline.staging_before_production"]')
     assert "violated" in row.inner_text() and "hard-mandatory" in row.inner_text()
 
-    gate.promote(number, "staging")  # the fix: staging first, with its approval
+    gate.promote(number, "staging")  # the fix: staging first, with its approval,
+    gate.staging_run(number, {"accuracy": 0.95})  # and a staging run whose platform-signed metrics production judges
     developer.goto(f"{base}/t/acme-bank/promotions/")
     _request(developer, number, "production")
     assert developer.locator("#promotion-state").inner_text() == "Awaiting approval"

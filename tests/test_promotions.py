@@ -77,9 +77,36 @@ class Gate:
         response = self.developer.post(f"{T}/workflows/fraud-detector/versions/",
                                        {"spec": spec, "artifacts": [model, metrics]})
         assert response.status_code == 201, response.content
+        self.accuracy = {**getattr(self, "accuracy", {}), response.json()["number"]: accuracy}
         return response.json()["number"]
 
+    def staging_run(self, number, metrics: dict):
+        """What a successful staging run of the version leaves: a succeeded run and its metrics
+        output, stored and signed by the platform through the function runners call."""
+        from runners.models import Run
+        from workflows.models import WorkflowVersion
+        from workflows.outputs import run_output_register
+
+        version = WorkflowVersion.objects.using("owner").get(workflow__tenant=self.world.a.tenant,
+                                                             workflow__name="fraud-detector", number=number)
+        run = Run.objects.using("owner").create(
+            tenant=self.world.a.tenant, version=version, stage="staging", requested_by=self.world.a.developer,
+            max_runtime_seconds=60, state="succeeded", fencing_token=1, started_at=timezone.now(),
+            finished_at=timezone.now())
+        path = self.tmp / f"staging-metrics-{run.public_id}.json"
+        path.write_bytes(json.dumps(metrics).encode())
+        return run_output_register(
+            tenant=self.world.a.tenant, version=version, stage="staging", run_id=str(run.public_id), name="eval",
+            kind="metrics", path=path, region="eu", created_by=self.world.a.developer, using="owner",
+            facts={"run": str(run.public_id), "version_digest": version.digest, "stage": "staging"})
+
     def request(self, number, stage, who=None, **extra):
+        from workflows.models import RunOutput
+
+        if stage == "production" and number in getattr(self, "accuracy", {}) and not RunOutput.objects.using(
+                "owner").filter(version__number=number, version__workflow__name="fraud-detector",
+                                stage="staging").exists():
+            self.staging_run(number, {"accuracy": self.accuracy[number]})
         return (who or self.developer).post(f"{T}/promotions/", {"workflow": "fraud-detector", "version": number,
                                                                  "stage": stage, **extra})
 
@@ -578,3 +605,35 @@ def test_a_new_policy_revision_voids_earlier_approvals(gate, world, in_productio
     assert after["state"] == "awaiting_approval"
     assert {a["user"]: a["current"] for a in after["approvals"]} == {"acme-bank-approver": False,
                                                                      "acme-bank-approver2": True}
+
+
+def test_production_is_judged_only_by_the_platform_signed_metrics_of_the_latest_staging_run(gate):
+    from policies.models import PolicyDecision
+
+    number = gate.version(accuracy=0.97)  # what the developer uploaded says 0.97
+    gate.promote(number, "development")
+    gate.promote(number, "staging")
+    uploaded = Promotion.objects.using("owner").get(stage="staging").metrics_artifact.digest
+    assert_error(gate.developer.post(f"{T}/promotions/", {"workflow": "fraud-detector", "version": number,
+                                                          "stage": "production", "metrics_artifact": uploaded}),
+                 400, "invalid")  # another metrics artifact cannot be named for production
+
+    older = gate.staging_run(number, {"accuracy": 0.99})
+    latest = gate.staging_run(number, {"accuracy": 0.5})  # the latest staging run measured worse
+    body = gate.request(number, "production").json()
+    messages = [v["message"] for v in body["violations"] if v["rule"] == "baseline.metrics_thresholds"]
+    assert any("accuracy is 0.5, below the threshold 0.9" in m for m in messages), body["violations"]
+    promotion = Promotion.objects.using("owner").get(stage="production")
+    assert promotion.metrics_artifact_id == latest.artifact_id != older.artifact_id
+    decision = PolicyDecision.objects.using("owner").get(decision_id=promotion.decisions[-1])
+    assert decision.input["metrics_run"] == str(latest.run_id) and decision.input["metrics"] == {"accuracy": 0.5}
+
+
+def test_a_production_request_without_a_staging_run_has_no_metrics_to_pass(gate):
+    number = gate.version(accuracy=0.97)
+    gate.promote(number, "development")
+    gate.promote(number, "staging")
+    gate.accuracy.pop(number)  # no staging run happened
+    body = gate.request(number, "production").json()
+    assert "baseline.metrics_thresholds" in rules(body)
+    assert Promotion.objects.using("owner").get(stage="production").metrics_artifact is None

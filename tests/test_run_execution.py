@@ -452,3 +452,49 @@ def test_a_tenant_reclaims_its_lent_quota_by_preempting_the_borrower_with_a_grac
     first = UsageEntry.objects.using("owner").get(run=back, fencing_token=1)
     assert first.gpus == 4 and first.gpu_seconds > 0  # the preempted admission billed once
     Run.objects.using("owner").filter(pk=borrowed.pk).update(cancel_requested_at=timezone.now())  # stop it
+
+
+def test_a_staging_runs_outputs_get_platform_signed_provenance_and_its_metrics_judge_production(gate, start_runner):
+    from workflows import attestations
+    from workflows.models import Promotion, RunOutput
+    from workflows.outputs import PROVENANCE_PREDICATE
+    from workflows.promotions import platform_public_keys
+
+    start_runner("gpu-eu-1", "0,1,2,3")
+    dataset = gate.push("training-data", b"amount,label\n10,0\n", kind="dataset", sign=False)
+    number = gate.version(spec_changes={
+        **spec_with([sh("train", 'head -c 2048 /dev/urandom > model.bin; echo \'{"accuracy": 0.93}\' > metrics.json')],
+                    inputs=[{"name": "transactions", "region": "eu-west1", "uri": "store", "digest": dataset}]),
+        "outputs": [{"name": "scorer-trained", "kind": "model", "path": "model.bin"},
+                    {"name": "staging-eval", "kind": "metrics", "path": "metrics.json"}]})
+    gate.promote(number, "development")
+    gate.promote(number, "staging")
+    response = gate.developer.post(RUNS, {"workflow": "fraud-detector", "version": number, "stage": "staging"})
+    run = wait_state(response.json()["id"], FINISHED)
+    assert run.state == "succeeded", (run.reason, log_of(gate, response.json()["id"]))
+
+    outputs = {o.output_name: o for o in RunOutput.objects.using("owner").select_related("artifact", "version")
+               .filter(run_id=run.public_id)}
+    assert set(outputs) == {"scorer-trained", "staging-eval"}
+    model = outputs["scorer-trained"]
+    assert model.artifact.kind == "model" and model.artifact.size_bytes == 2048 and model.stage == "staging"
+    statement = attestations.verify_attestation(model.provenance, platform_public_keys(),
+                                                predicate_type=PROVENANCE_PREDICATE)
+    assert statement["subject"][0]["digest"]["sha256"] == model.artifact.digest[7:]
+    predicate = statement["predicate"]
+    assert predicate["version_digest"] == model.version.digest and predicate["runner"] == "gpu-eu-1"
+    assert predicate["devices"] == ["0", "1"] and predicate["inputs"] == [{"name": "transactions", "digest": dataset}]
+
+    gate.accuracy.pop(number)  # production must take the run's metrics, not a made-up staging run
+    body = gate.request(number, "production").json()
+    promotion = Promotion.objects.using("owner").get(stage="production")
+    assert promotion.metrics_artifact.digest == outputs["staging-eval"].artifact.digest
+    assert "baseline.metrics_thresholds" not in {v["rule"] for v in body["violations"]}, body["violations"]
+
+
+def test_an_output_outside_the_runs_directory_fails_the_run(gate, start_runner):
+    start_runner("gpu-eu-1", "0,1,2,3")
+    run_id = start_run(gate, {**spec_with([sh("train", "ln -s /etc/hostname leak.txt")]),
+                              "outputs": [{"name": "leak", "kind": "other", "path": "leak.txt"}]})
+    run = wait_state(run_id, FINISHED)
+    assert run.state == "failed" and run.reason == "Output leak: there is no file at leak.txt in the run's directory."

@@ -56,8 +56,10 @@ def bundle_digest(bundle_json: str) -> str:
     return "sha256:" + hashlib.sha256(bundle_json.encode()).hexdigest()
 
 
-def verify_attestation(bundle_json: str | bytes, public_keys: dict[str, str]) -> dict:
-    """Verify a promotion attestation against ``{key id: PEM}``; return its statement."""
+def verify_attestation(bundle_json: str | bytes, public_keys: dict[str, str], *,
+                       predicate_type: str = PREDICATE_TYPE) -> dict:
+    """Verify a platform-signed statement (a promotion attestation unless ``predicate_type``
+    says otherwise) against ``{key id: PEM}``; return the statement."""
     try:
         bundle = json.loads(bundle_json)
         envelope = bundle["dsseEnvelope"]
@@ -78,7 +80,7 @@ def verify_attestation(bundle_json: str | bytes, public_keys: dict[str, str]) ->
         except (InvalidSignature, ValueError):
             raise AttestationInvalid(f"The signature by {entry['keyid']} does not match the statement.") from None
         document = json.loads(payload)
-        if document.get("_type") != STATEMENT_TYPE or document.get("predicateType") != PREDICATE_TYPE:
-            raise AttestationInvalid("The statement is not a Neocloud promotion attestation.")
+        if document.get("_type") != STATEMENT_TYPE or document.get("predicateType") != predicate_type:
+            raise AttestationInvalid(f"The statement is not a {predicate_type} statement.")
         return document
     raise AttestationInvalid("No signature on the attestation was made by a known platform key.")

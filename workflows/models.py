@@ -334,3 +334,25 @@ class PromotionOverride(models.Model):
     class Meta:
         ordering = ["requested_at", "id"]
         constraints = [models.UniqueConstraint(fields=["promotion", "rule"], name="one_override_per_rule")]
+
+
+class RunOutput(models.Model):
+    """An artifact a run produced, with the provenance statement the platform signed for it
+    (inputs, version digest, runner, devices). Runners write it; the run is named by its public
+    id because runners sit above workflows. A production promotion judges metrics only by the
+    metrics output of the version's latest successful staging run."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    artifact = models.ForeignKey(Artifact, on_delete=models.PROTECT, related_name="run_outputs")
+    version = models.ForeignKey(WorkflowVersion, on_delete=models.PROTECT, related_name="run_outputs")
+    stage = models.CharField(max_length=16, choices=Stage.choices)
+    run_id = models.UUIDField()
+    output_name = models.CharField(max_length=64)
+    provenance = models.TextField()  # a Sigstore bundle (DSSE, in-toto statement) signed by the platform key
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["run_id", "output_name"], name="one_run_output_per_name")]

@@ -45,6 +45,7 @@ from .models import (
     Workflow,
     WorkflowVersion,
 )
+from .outputs import staging_run_metrics
 from .selectors import signature_status, with_verifications
 from .spec import gpus_by_flavor
 from .store import get_store
@@ -78,6 +79,15 @@ def metrics_of(artifact: Artifact | None) -> dict:
     with get_store().open(artifact.digest) as handle:
         document = json.loads(handle.read())
     return document if isinstance(document, dict) else {}
+
+
+def _metrics_run(promotion: Promotion) -> str:
+    """The staging run whose platform-signed metrics a production promotion is judged by, as
+    long as its provenance still verifies; else nothing (and the metrics rule fails)."""
+    if promotion.stage != Stage.PRODUCTION or promotion.metrics_artifact_id is None:
+        return ""
+    output = staging_run_metrics(promotion.version)
+    return str(output.run_id) if output and output.artifact_id == promotion.metrics_artifact_id else ""
 
 
 def _stages_reached(version: WorkflowVersion) -> list[str]:
@@ -121,6 +131,8 @@ def policy_input(promotion: Promotion, *, moment) -> dict:
                    "policy": policy_data_document(tenant_policy_of(tenant))},
         "metrics": metrics_of(promotion.metrics_artifact),
         "metrics_artifact": promotion.metrics_artifact.digest if promotion.metrics_artifact else "",
+        # For production: which staging run produced (and the platform signed) those metrics.
+        "metrics_run": _metrics_run(promotion),
         "requester": promotion.requested_by.username,
         "stages_reached": _stages_reached(version),
         "exemptions": _exemptions(promotion, moment),
@@ -184,7 +196,16 @@ def _summary(promotion: Promotion) -> dict:
 # Requesting ------------------------------------------------------------------------------
 
 
-def _metrics_artifact(version: WorkflowVersion, digest: str | None) -> Artifact | None:
+def _metrics_artifact(version: WorkflowVersion, digest: str | None, stage: str) -> Artifact | None:
+    """What the metrics rule judges: for production, only the platform-signed metrics output
+    of the version's latest successful staging run; for other stages, the version's metrics
+    artifact (named, when it has several)."""
+    if stage == Stage.PRODUCTION:
+        output = staging_run_metrics(version)
+        if digest and (output is None or output.artifact.digest != digest):
+            raise Invalid("Production is judged by the metrics of the version's latest successful staging run, "
+                          "signed by the platform; another metrics artifact cannot be named.", field="metrics_artifact")
+        return output.artifact if output else None
     metrics = list(Artifact.objects.filter(version_links__version=version, kind=ArtifactKind.METRICS)
                    .order_by("name", "digest"))
     if digest:
@@ -228,7 +249,7 @@ def promotion_request(*, actor, tenant: Tenant, version: WorkflowVersion, stage:
             requested_by=actor, justification=(justification or "")[:2000], requested_at=now,
             requested_via_token=getattr(getattr(actor, "api_token", None), "public_id", "") or "",
             expires_at=now + timedelta(hours=settings.PROMOTION_TTL_HOURS),
-            metrics_artifact=_metrics_artifact(version, metrics_artifact),
+            metrics_artifact=_metrics_artifact(version, metrics_artifact, stage),
             previous_version_id=pointer.version_id if pointer else None)
         record(action="promotion.request", actor=actor_for(actor), tenant=tenant.slug, target=_target(promotion),
                data={**_summary(promotion), "justification": promotion.justification,

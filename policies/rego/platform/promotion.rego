@@ -282,9 +282,17 @@ verified_digests := {as_string(object.get(as_object(a), "digest", "")) |
 	object.get(as_object(a), "verified", false) == true
 }
 
+# In production the platform picks the metrics: the output of the version's latest successful
+# staging run, whose provenance the platform signed and checked (metrics_run names that run).
+metrics_signed_by_platform if {
+	stage == "production"
+	as_string(object.get(input, "metrics_run", "")) != ""
+}
+
 violations contains violation("baseline.metrics_thresholds", metrics_level, msg, false) if {
 	count(thresholds) > 0
 	not as_string(metrics_artifact) in verified_digests
+	not metrics_signed_by_platform
 	msg := concat("", ["metrics artifact ", as_string(metrics_artifact), " is not a verified artifact of this version"])
 }
 

@@ -105,6 +105,21 @@ test_metrics_below_threshold_denies_in_production if {
 	"baseline.metrics_thresholds" in rules(d)
 }
 
+test_production_metrics_from_a_platform_signed_staging_run_need_no_tenant_signature if {
+	inp := json.patch(good, [
+		{"op": "replace", "path": "/metrics_artifact", "value": "sha256:staging-run-metrics"},
+		{"op": "add", "path": "/metrics_run", "value": "0b6f6c9e-5a43-4c38-9a5e-1c2d3e4f5a6b"},
+	])
+	d := promotion.decision with input as inp
+	not "baseline.metrics_thresholds" in rules(d)
+}
+
+test_an_unsigned_metrics_artifact_without_a_staging_run_is_not_trusted if {
+	inp := json.patch(good, [{"op": "replace", "path": "/metrics_artifact", "value": "sha256:staging-run-metrics"}])
+	d := promotion.decision with input as inp
+	"baseline.metrics_thresholds" in rules(d)
+}
+
 test_metrics_below_threshold_is_advisory_in_development if {
 	inp := json.patch(good, [
 		{"op": "replace", "path": "/metrics/accuracy", "value": 0.5},
