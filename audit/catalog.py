@@ -32,6 +32,7 @@ ACTIONS = {
     "quota.budget_alert": "A soft-mode GPU-hour budget passed 80% or 100% of the month's GPU-hours.",
     "tenant.run_priority_range_set": "A platform admin set the run priorities a tenant's admins may give workflows.",
     "workflow.run_priority_set": "A tenant admin set the priority of a workflow's runs, inside the tenant's range.",
+    "platform.chargeback_read": "A platform admin read (or exported) every tenant's GPU usage for a month.",
     "runner.state_change": "A platform admin drained a runner node, took it down, or made it ready again.",
     # tenant scope
     "membership.grant": "A user was given a role in a tenant.",

@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from compliance import urls as compliance_urls
 from policies import urls as policy_urls
 from runners import api as runner_api
+from runners import console as runner_console
 from tenants import urls as tenant_urls
 from workflows import urls as workflow_urls
 from tenants.errors_views import handler403, handler404, handler500  # noqa: F401  (Django looks them up here)
@@ -24,4 +25,5 @@ urlpatterns = [
     *workflow_urls.console_urlpatterns,
     *policy_urls.console_urlpatterns,
     *compliance_urls.console_urlpatterns,
+    *runner_console.console_urlpatterns,
 ]

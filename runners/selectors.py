@@ -1,14 +1,21 @@
-"""Read-side views: pools and their capacity, and a tenant's quota usage."""
+"""Read-side views: pools and their capacity, a tenant's quota usage and daily GPU-hours,
+node utilisation and chargeback (the last two are platform-wide, on the platform role)."""
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 
 from django.db.models import Count, Sum
+from django.db.models.functions import TruncDate
 from django.utils import timezone
+
+from tenants.models import TenantQuota
 
 from .ledger import month_of
 from .models import HOLDING_STATES, BudgetAlert, WAITING_STATES, Run, RunnerNode, RunState, UsageEntry
 
+
+PLATFORM = "platform"  # node utilisation and chargeback read every tenant's runs and usage
 
 @dataclass
 class Pool:
@@ -82,3 +89,68 @@ def quota_usage(quotas, moment=None) -> dict[int, QuotaUsage]:
             found.gpu_hours_remaining = Decimal(quota.gpu_hours_budget) - found.gpu_hours_used
         result[quota.pk] = found
     return result
+
+
+def daily_gpu_hours(*, tenant, days: int, moment=None) -> list[tuple]:
+    """(day, GPU-hours billed that day) for the tenant's last ``days`` days, oldest first."""
+    moment = moment or timezone.now()
+    first = (moment - timedelta(days=days - 1)).date()
+    billed = dict(UsageEntry.objects.filter(tenant=tenant, recorded_at__date__gte=first).order_by()
+                  .annotate(day=TruncDate("recorded_at")).values("day").annotate(total=Sum("gpu_seconds"))
+                  .values_list("day", "total"))
+    return [(day, (billed.get(day, Decimal(0)) / 3600).quantize(Decimal("0.01")))
+            for day in (first + timedelta(days=n) for n in range(days))]
+
+
+def bar_chart(days: list[tuple], *, width=600, height=120) -> list[dict]:
+    """Bars for an inline SVG: one per day, scaled to the busiest day."""
+    top = max((hours for _, hours in days), default=Decimal(0)) or Decimal(1)
+    step = width / max(len(days), 1)
+    return [{"x": round(i * step, 1), "width": round(step * 0.8, 1), "day": day, "hours": hours,
+             "height": round(float(hours / top) * height, 1), "y": round(height - float(hours / top) * height, 1)}
+            for i, (day, hours) in enumerate(days)]
+
+
+@dataclass
+class NodeUse:
+    node: RunnerNode
+    live: bool
+    devices_held: int
+    runs: int
+
+
+def node_utilisation(moment=None) -> list[NodeUse]:
+    """Every node with how many of its devices runs hold now (platform admins' view)."""
+    moment = moment or timezone.now()
+    held: dict[int, list] = {}
+    for node_id, device_ids in (Run.objects.using(PLATFORM).filter(state__in=HOLDING_STATES, node__isnull=False)
+                                .values_list("node_id", "device_ids")):
+        held.setdefault(node_id, []).append(device_ids)
+    return [NodeUse(node=node, live=node.is_live(moment), devices_held=sum(len(d) for d in held.get(node.pk, [])),
+                    runs=len(held.get(node.pk, [])))
+            for node in RunnerNode.objects.select_related("flavor")]
+
+
+CHARGEBACK_COLUMNS = ["month", "tenant", "flavor", "gpu_hours", "weighted_gpu_hours", "gpu_hours_budget",
+                      "budget_mode", "overrun_gpu_hours"]
+
+
+def chargeback(month) -> list[dict]:
+    """GPU-hours per tenant and flavor billed in ``month`` (the ledger, every tenant: the
+    platform role), weighted by the flavor's billing weight, with the budget and any overrun."""
+    quotas = {(q.tenant_id, q.flavor_id): q for q in TenantQuota.objects.using(PLATFORM).all()}
+    rows = []
+    for row in (UsageEntry.objects.using(PLATFORM).filter(month=month).order_by()
+                .values("tenant_id", "tenant__slug", "flavor_id", "flavor__name")
+                .annotate(seconds=Sum("gpu_seconds"), weighted=Sum("weighted_gpu_seconds"))
+                .order_by("tenant__slug", "flavor__name")):
+        quota = quotas.get((row["tenant_id"], row["flavor_id"]))
+        hours = (row["seconds"] / 3600).quantize(Decimal("0.001"))
+        budget = quota.gpu_hours_budget if quota else None
+        rows.append({"month": f"{month:%Y-%m}", "tenant": row["tenant__slug"], "flavor": row["flavor__name"],
+                     "gpu_hours": hours, "weighted_gpu_hours": (row["weighted"] / 3600).quantize(Decimal("0.001")),
+                     "gpu_hours_budget": "" if budget is None else budget,
+                     "budget_mode": quota.budget_mode if quota and budget is not None else "",
+                     "overrun_gpu_hours": max(Decimal(0), hours - budget) if budget is not None else Decimal(0)})
+    return rows
+
