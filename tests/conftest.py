@@ -398,11 +398,11 @@ RUNNER_TEST_SETTINGS = {"ADMISSION_INTERVAL_SECONDS": "1", "RUNNER_LEASE_SECONDS
 class Runner:
     """A real `manage.py runner start` process for one node, with declared devices."""
 
-    def __init__(self, hostname, devices, workdir, jurisdiction="eu", flavor="h100-80gb"):
+    def __init__(self, hostname, devices, workdir, jurisdiction="eu", flavor="h100-80gb", env=None):
         self.hostname, self.log_path = hostname, workdir / f"runner-{hostname}.log"
         env = dict(os.environ, PYTHONUNBUFFERED="1", RUNNER_HOSTNAME=hostname, RUNNER_FLAVOR=flavor,
                    RUNNER_REGION=jurisdiction, RUNNER_JURISDICTION=jurisdiction, RUNNER_GPU_DEVICES=devices,
-                   **RUNNER_TEST_SETTINGS)
+                   **RUNNER_TEST_SETTINGS, **(env or {}))
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "manage.py", "runner", "start"], cwd=ROOT, env=env,
                                             stdout=log, stderr=subprocess.STDOUT)

@@ -274,7 +274,7 @@ def test_logs_are_capped_with_the_cap_shown(gate, start_runner, settings):
     assert streamed.decode() == log
 
 
-CRASH_AFTER_COMMIT = """
+ADMIT_ON_A_DOWN_NODE = """  # admission as a cycle does it, in its own process
 import os, sys, django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "neocloud.settings")
 django.setup()
@@ -287,7 +287,8 @@ with transaction.atomic(using="platform"):
     run = (Run.objects.using("platform").select_for_update(of=("self",)).select_related("flavor", "tenant")
            .get(public_id=sys.argv[1]))
     assert run.state == "queued", run.state
-    transaction.on_commit(lambda: os._exit(17), using="platform")  # dies after the commit, before the publish
+    if sys.argv[2] == "crash":
+        transaction.on_commit(lambda: os._exit(17), using="platform")  # dies after the commit, before the publish
     _admit(run, tenant=run.tenant, node=RunnerNode.objects.using("platform").get(hostname="gpu-eu-1"),
            devices=["0", "1"], moment=timezone.now())
 """
@@ -301,7 +302,7 @@ def test_a_crash_between_admission_commit_and_publish_loses_nothing(gate, start_
     runner_set_state(actor=gate.world.platform_admin, node=node, state="down")
     run_id = start_run(gate, spec_with([sh("train", "echo ran")]))
     wait_state(run_id, "queued")
-    crashed = subprocess.run([sys.executable, "-c", CRASH_AFTER_COMMIT, run_id], cwd=settings.BASE_DIR,
+    crashed = subprocess.run([sys.executable, "-c", ADMIT_ON_A_DOWN_NODE, run_id, "crash"], cwd=settings.BASE_DIR,
                              capture_output=True, text=True)
     assert crashed.returncode == 17, crashed.stderr
     assert run_of(run_id).state in ("admitted", "dispatched")
@@ -498,3 +499,71 @@ def test_an_output_outside_the_runs_directory_fails_the_run(gate, start_runner):
                               "outputs": [{"name": "leak", "kind": "other", "path": "leak.txt"}]})
     run = wait_state(run_id, FINISHED)
     assert run.state == "failed" and run.reason == "Output leak: there is no file at leak.txt in the run's directory."
+
+
+# The runner's broker is a throwaway redis-server on another port, never the shared one.
+def test_a_broker_restart_during_a_run_loses_nothing(gate, start_runner, tmp_path):
+    port = _free_port()
+    broker = _redis_server(port, tmp_path)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        # Runs are admitted onto a node the platform worker (on the shared broker) leaves alone,
+        # by a process publishing to the throwaway broker, where this node's runner listens.
+        node = runner_register(hostname="gpu-eu-7", flavor_name="h100-80gb", region="eu", jurisdiction="eu",
+                               discovery=Discovery("declared", parse_declared("0,1,2,3")))
+        runner_set_state(actor=gate.world.platform_admin, node=node, state="down")
+        start_runner("gpu-eu-7", "0,1,2,3", env={"CELERY_BROKER_URL": url})
+        first = _admitted_through(gate, url, sh("train", "echo started; sleep 4; echo finished"))
+        wait_for(lambda: "started" in log_of(gate, first), timeout=60, message="the first run to start")
+        broker.kill()  # the broker goes away mid-run...
+        broker.wait()
+        wait_for(lambda: run_of(first).state in FINISHED, timeout=30, message="the run to end without its broker")
+        assert run_of(first).state == "succeeded" and "finished" in log_of(gate, first)
+        broker = _redis_server(port, tmp_path)  # ...and comes back empty
+        second = _admitted_through(gate, url, sh("train", "echo second"))
+        run = wait_state(second, FINISHED, timeout=60)  # the runner reconnected and takes new work
+        assert run.state == "succeeded" and "second" in log_of(gate, second)
+    finally:
+        broker.kill()
+        broker.wait()
+
+
+def _admitted_through(gate, broker_url, step):
+    run_id = start_run(gate, spec_with([step]))
+    wait_state(run_id, "queued")
+    admitted = subprocess.run([sys.executable, "-c", ADMIT_ON_A_DOWN_NODE.replace("gpu-eu-1", "gpu-eu-7"), run_id,
+                               "publish"], cwd=settings.BASE_DIR, capture_output=True, text=True,
+                              env={**os.environ, "CELERY_BROKER_URL": broker_url})
+    assert admitted.returncode == 0, admitted.stderr
+    return run_id
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _redis_server(port: int, workdir: Path) -> subprocess.Popen:
+    import shutil
+    import time
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed; the broker restart test starts its own (Debian redis-server).")
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                                "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    import redis
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis(port=port, socket_connect_timeout=1).ping()
+            return process
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"redis-server did not start on port {port}.")
+            time.sleep(0.1)
