@@ -7,7 +7,8 @@ nothing any more, and notices that at its next lease renewal.
 """
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
@@ -37,6 +38,8 @@ class Lease:
     run: Run
     fencing_token: int
     hostname: str
+    lost: bool = False  # set when a renewal is refused: the reaper owns the run now
+    done: threading.Event = field(default_factory=threading.Event)
 
     def fenced(self):
         return Run.objects.using(PLATFORM).filter(pk=self.run.pk, fencing_token=self.fencing_token,

@@ -65,6 +65,8 @@ def execute(*, run_id: str, fencing_token: int, hostname: str) -> str | None:
     if lease is None:
         return None
     workdir = Path(settings.RUNNER_WORK_DIR) / f"{lease.run.public_id}-{fencing_token}"
+    keeper = threading.Thread(target=_keep_lease, args=(lease,), daemon=True, name=f"lease-{run_id}")
+    keeper.start()
     try:
         state, reason = _execute(lease, workdir)
     except StepsStopped as stop:
@@ -73,14 +75,29 @@ def execute(*, run_id: str, fencing_token: int, hostname: str) -> str | None:
         logger.exception("run %s failed inside the runner", run_id)
         state, reason = RunState.FAILED, f"The runner failed: {exc}"
     finally:
+        lease.done.set()
+        keeper.join()
         shutil.rmtree(workdir, ignore_errors=True)
-    if state == "lost":  # the reaper owns the run now; nothing of ours may be written
+    if state == "lost" or lease.lost:  # the reaper owns the run now; nothing of ours may be written
         return None
     if state == PREEMPTED:
         run_preempted(lease)
         return PREEMPTED
     run_finish(lease, state=state, reason=reason)
     return state
+
+
+def _keep_lease(lease: Lease) -> None:
+    """Renew the lease every third of its length for as long as the run executes (inputs,
+    steps, outputs); a refused renewal means the reaper took the run: the steps are stopped."""
+    try:
+        while not lease.done.wait(settings.RUNNER_LEASE_SECONDS / 3):
+            held, _ = lease_renew(lease)
+            if not held:
+                lease.lost = True
+                return
+    finally:
+        close_old_connections()
 
 
 def _execute(lease: Lease, workdir: Path) -> tuple[str, str]:
@@ -96,6 +113,8 @@ def _execute(lease: Lease, workdir: Path) -> tuple[str, str]:
         ok, reason = _run_step(lease, step, workdir)
         if not ok:
             return RunState.FAILED, reason
+    if lease.lost:
+        raise StepsStopped("lost", "The lease was lost to the reaper.")
     try:
         _register_outputs(lease, workdir)
     except OutputRefused as exc:
@@ -209,8 +228,7 @@ def _attempt(lease: Lease, step: dict, workdir: Path) -> Attempt:
     reader.start()
     started = time.monotonic()
     deadline = started + int(step.get("timeout_seconds", 3600))
-    renew_every = settings.RUNNER_LEASE_SECONDS / 3
-    next_renewal, next_cancel_check = started + renew_every, started + CANCEL_CHECK_SECONDS
+    next_cancel_check = started + CANCEL_CHECK_SECONDS
     pending, last_flush = [], started
     try:
         while True:
@@ -228,12 +246,10 @@ def _attempt(lease: Lease, step: dict, workdir: Path) -> Attempt:
             if now >= deadline:
                 _kill(process)
                 return Attempt(exit_code=None, timed_out=True)
-            if now >= next_renewal or now >= next_cancel_check:
-                held, asked = lease_renew(lease) if now >= next_renewal else (True, stop_requested(lease))
-                if now >= next_renewal:
-                    next_renewal = now + renew_every
+            if now >= next_cancel_check:
+                asked = stop_requested(lease)
                 next_cancel_check = now + CANCEL_CHECK_SECONDS
-                if not held:
+                if lease.lost:
                     _kill(process)
                     raise StepsStopped("lost", "The lease was lost to the reaper.")
                 if asked == CANCEL:
