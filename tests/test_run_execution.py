@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -548,7 +549,6 @@ def _free_port() -> int:
 
 def _redis_server(port: int, workdir: Path) -> subprocess.Popen:
     import shutil
-    import time
 
     binary = shutil.which("redis-server")
     if binary is None:
@@ -567,3 +567,23 @@ def _redis_server(port: int, workdir: Path) -> subprocess.Popen:
                 process.kill()
                 pytest.fail(f"redis-server did not start on port {port}.")
             time.sleep(0.1)
+
+
+def test_fair_order_on_the_worker_the_tenant_that_used_less_runs_first(gate, start_runner, world):
+    from runners.admission import run_request
+    from tests.test_fair_order import _eu_neighbour
+
+    neighbour, _ = _eu_neighbour(world)
+    from workflows.services import workflow_version_register
+
+    theirs, _ = workflow_version_register(actor=neighbour.developer, tenant=neighbour.tenant, spec={
+        "name": "claims", "steps": [sh("score", "sleep 1", gpu={"flavor": "h100-80gb", "count": 2})]})
+    start_runner("gpu-eu-1", "0,1")  # room for one 2-GPU run at a time
+    holder = start_run(gate, spec_with([sh("train", "echo started; sleep 4")]))  # acme-bank uses the node first
+    wait_for(lambda: "started" in log_of(gate, holder), timeout=60, message="the first run to start")
+    mine = start_run(gate, spec_with([sh("train", "sleep 1")]))  # older, but acme-bank has used more
+    time.sleep(0.5)
+    other, _ = run_request(actor=neighbour.developer, tenant=neighbour.tenant, version=theirs, stage="development")
+    for run_id in (holder, mine, other.public_id):
+        assert wait_state(run_id, FINISHED, timeout=90).state == "succeeded"
+    assert run_of(other.public_id).started_at < run_of(mine).started_at
