@@ -9,7 +9,7 @@ TEST_DB ?= neocloud_test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
 
-.PHONY: run test install install-test browser sandbox pg-roles test-postgres test-embedded screenshot clean
+.PHONY: run test install install-test system-packages browser sandbox pg-roles test-postgres test-embedded screenshot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,21 +34,20 @@ run: install sandbox
 	$(BIN)/python manage.py seed_demo_workflows
 	$(BIN)/python scripts/devserver.py
 
-# Debian's chromium, for the browser tests (Playwright drives it; it downloads no browser).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "Installing Debian's chromium for the browser tests..."; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
-	  || echo "Chromium cannot be installed on this machine, so the browser tests will fail: install the Debian package chromium."; }
+# Debian packages: chromium for the browser tests (Playwright drives it; it downloads no
+# browser) and bubblewrap, the sandbox runners execute steps in (docs/operators.md, "Workers").
+DEBIAN_PACKAGES := chromium:chromium bwrap:bubblewrap
 
-# Debian's bubblewrap: runners execute every step inside it (docs/operators.md, "Workers").
-sandbox:
-	@command -v bwrap >/dev/null 2>&1 || { \
-	  echo "Installing Debian's bubblewrap for the runner sandbox..."; \
+system-packages:
+	@missing=""; for pair in $(DEBIAN_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian's$$missing..."; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq bubblewrap >/dev/null \
-	  || echo "bubblewrap cannot be installed on this machine, so runs cannot execute: install the Debian package bubblewrap."; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null \
+	  || echo "Could not install$$missing: install these Debian packages (browser tests and runs need them)."; fi
+
+browser sandbox: system-packages
 
 pg-roles: install
 	$(BIN)/python scripts/pg_roles.py "$(PG_SUPERUSER_URL)"
