@@ -201,9 +201,9 @@ class RunCancel(_OneRun):
 
 
 class RunLogs(_OneRun):
-    """The run's output, from chunk ``after`` on, as JSON; with ``follow=1``, as plain text
-    that streams while the run is running and ends when it ends (or after
-    RUN_LOG_FOLLOW_SECONDS)."""
+    """The run's output, from chunk ``after`` on (``step``: one step's only), as JSON; with
+    ``follow=1``, as plain text that streams while the run is running and ends when it ends
+    (or after RUN_LOG_FOLLOW_SECONDS)."""
 
     @extend_schema(responses={200: dict})
     def get(self, request, tenant, run):
@@ -217,8 +217,11 @@ class RunLogs(_OneRun):
                                              content_type="text/plain; charset=utf-8")
             response["X-Accel-Buffering"] = "no"  # let a proxy pass each piece on as it comes
             return response
-        chunks = list(RunLogChunk.objects.filter(run=found, id__gt=after).order_by("id")[:500])
-        return Response({"chunks": [{"id": c.id, "text": c.text} for c in chunks],
+        chunks = RunLogChunk.objects.filter(run=found, id__gt=after).order_by("id")
+        if "step" in request.query_params:  # one step's output only
+            chunks = chunks.filter(step=request.query_params["step"])
+        chunks = list(chunks[:500])
+        return Response({"chunks": [{"id": c.id, "step": c.step, "text": c.text} for c in chunks],
                          "next": chunks[-1].id if chunks else after, "finished": found.is_finished,
                          "log_bytes": found.log_bytes, "log_dropped_bytes": found.log_dropped_bytes})
 

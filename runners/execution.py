@@ -39,6 +39,7 @@ class Lease:
     fencing_token: int
     hostname: str
     lost: bool = False  # set when a renewal is refused: the reaper owns the run now
+    step: str = ""  # the step whose output is being logged
     done: threading.Event = field(default_factory=threading.Event)
 
     def fenced(self):
@@ -116,7 +117,8 @@ def log_append(lease: Lease, text: str) -> None:
                                      log_dropped_bytes=F("log_dropped_bytes") + len(data) - kept_bytes):
             return
         if kept:
-            RunLogChunk.objects.using(PLATFORM).create(tenant_id=lease.run.tenant_id, run_id=lease.run.pk, text=kept)
+            RunLogChunk.objects.using(PLATFORM).create(tenant_id=lease.run.tenant_id, run_id=lease.run.pk,
+                                                       step=lease.step, text=kept)
     lease.run.log_bytes += kept_bytes
     lease.run.log_dropped_bytes += len(data) - kept_bytes
 

@@ -110,7 +110,11 @@ def _execute(lease: Lease, workdir: Path) -> tuple[str, str]:
         log_append(lease, f"{exc}\n")
         return RunState.FAILED, str(exc)
     for step in step_order(run.version.spec):
-        ok, reason = _run_step(lease, step, workdir)
+        lease.step = step["name"]
+        try:
+            ok, reason = _run_step(lease, step, workdir)
+        finally:
+            lease.step = ""
         if not ok:
             return RunState.FAILED, reason
     if lease.lost:

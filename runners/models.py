@@ -157,6 +157,7 @@ class RunLogChunk(models.Model):
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="log_chunks")
+    step = models.CharField(max_length=64, blank=True, default="")  # empty: the run's own lines (inputs, outputs)
     text = models.TextField()
     created_at = models.DateTimeField(default=timezone.now)
 

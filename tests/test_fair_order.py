@@ -60,7 +60,8 @@ def _eu_neighbour(world):
     flavor = GpuFlavor.objects.get(name="h100-80gb")
     tenant_quota_set(actor=world.platform_admin, tenant=people.tenant, flavor=flavor, nominal=2, borrowing_limit=2)
     version, _ = workflow_version_register(actor=people.developer, tenant=people.tenant, spec={
-        "name": "claims", "steps": [{"name": "score", "command": ["true"], "gpu": {"flavor": "h100-80gb", "count": 2}}]})
+        "name": "claims",
+        "steps": [{"name": "score", "command": ["true"], "gpu": {"flavor": "h100-80gb", "count": 2}}]})
     return people, version
 
 

@@ -220,6 +220,9 @@ def test_a_failing_step_is_retried_then_fails_the_run_and_later_steps_are_skippe
     assert steps["evaluate"]["state"] == "skipped"
     log = log_of(gate, run_id)
     assert log.count("trying") == 3 and "attempt 3 of 3" in log and "never" not in log
+    train = gate.developer.get(f"{RUNS}{run_id}/logs/?step=train").json()["chunks"]
+    assert {c["step"] for c in train} == {"train"} and "".join(c["text"] for c in train).count("trying") == 3
+    assert gate.developer.get(f"{RUNS}{run_id}/logs/?step=evaluate").json()["chunks"] == []
     assert UsageEntry.objects.using("owner").filter(run=run).count() == 1  # failed runs are billed too
 
 
@@ -258,8 +261,22 @@ def test_a_run_whose_input_is_missing_from_the_store_fails_before_any_step(gate,
     run_id = start_run(gate, spec_with([sh("train", "echo never")], inputs=[
         {"name": "transactions", "region": "eu-west1", "uri": "store", "digest": "sha256:" + "ab" * 32}]))
     run = wait_state(run_id, FINISHED)
-    assert run.state == "failed" and run.reason == f"Input transactions (sha256:{'ab' * 32}) is not in the artifact store."
+    assert run.state == "failed"
+    assert run.reason == f"Input transactions (sha256:{'ab' * 32}) is not in the artifact store."
     assert "never" not in log_of(gate, run_id)
+
+
+def test_an_input_whose_stored_bytes_changed_fails_the_run_before_any_step(gate, start_runner):
+    from workflows.store import get_store
+
+    start_runner("gpu-eu-1", "0,1,2,3")
+    dataset = gate.push("training-data", b"amount,label\n10,0\n", kind="dataset", sign=False)
+    get_store().path_for(dataset).write_bytes(b"tampered\n")
+    run_id = start_run(gate, spec_with([sh("train", "echo never")], inputs=[
+        {"name": "transactions", "region": "eu-west1", "uri": "store", "digest": dataset}]))
+    run = wait_state(run_id, FINISHED)
+    assert run.state == "failed" and run.reason.startswith("Input transactions: the stored bytes hash to sha256:")
+    assert run.reason.endswith(f"not {dataset}.") and "never" not in log_of(gate, run_id)
 
 
 def test_logs_are_capped_with_the_cap_shown(gate, start_runner, settings):
