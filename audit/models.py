@@ -99,3 +99,16 @@ class SequencerState(models.Model):
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     tree_size = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(null=True)
+
+
+class AuditTreeNode(models.Model):
+    """The hash of one complete, aligned subtree of the Merkle tree over AuditLeaf: leaves
+    [index * 2**level, (index + 1) * 2**level). Written once, by the sequencer, as the tree
+    grows (about two per leaf); roots and proofs at any size are built from O(log n) of them."""
+
+    level = models.PositiveSmallIntegerField()
+    index = models.BigIntegerField()
+    hash = models.CharField(max_length=64)  # hex
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["level", "index"], name="audit_tree_node_unique")]

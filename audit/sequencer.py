@@ -10,6 +10,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from . import tree
 from .hashing import leaf_hash
 from .models import AuditEvent, AuditLeaf, SequencerState
 
@@ -55,6 +56,7 @@ def sequence_pending(*, batch: int = 1000, using: str = PLATFORM_ALIAS) -> int:
             )
             position += 1
         AuditLeaf.objects.using(using).bulk_create(leaves)
+        tree.append(start=state.tree_size, leaf_hashes=[bytes.fromhex(leaf.leaf_hash) for leaf in leaves], using=using)
         state.tree_size = position
         state.updated_at = now
         state.save(using=using, update_fields=["tree_size", "updated_at"])
