@@ -10,7 +10,8 @@ from contextlib import contextmanager
 
 from django.db import migrations
 
-APPEND_ONLY_TABLES = ("audit_auditevent", "audit_auditleaf", "audit_audittreenode")
+APPEND_ONLY_TABLES = ("audit_auditevent", "audit_auditleaf", "audit_audittreenode", "audit_auditcheckpoint",
+                      "audit_audittenanthead")
 
 PG_FUNCTION = """
 CREATE OR REPLACE FUNCTION audit_reject_change() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -196,3 +196,28 @@ def completed_nodes(position: int, leaf: bytes, node: Callable[[int, int], bytes
         value = node_hash(node(level, index - 1), value)
         level, index = level + 1, index >> 1
         yield level, index, value
+
+
+class Frontier:
+    """The right edge of a growing tree: the complete subtrees its size decomposes into,
+    largest first. O(log n) memory; the root at the current size at any time."""
+
+    def __init__(self):
+        self.size = 0
+        self.stack: list[tuple[int, bytes]] = []  # (level, hash)
+
+    def append(self, leaf: bytes) -> None:
+        level, value = 0, leaf
+        while self.stack and self.stack[-1][0] == level:
+            _, left = self.stack.pop()
+            level, value = level + 1, node_hash(left, value)
+        self.stack.append((level, value))
+        self.size += 1
+
+    def root(self) -> bytes:
+        if not self.stack:
+            return EMPTY_ROOT
+        value = self.stack[-1][1]
+        for _, left in reversed(self.stack[:-1]):
+            value = node_hash(left, value)
+        return value

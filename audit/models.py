@@ -112,3 +112,31 @@ class AuditTreeNode(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["level", "index"], name="audit_tree_node_unique")]
+
+
+class AuditCheckpoint(models.Model):
+    """A signed checkpoint of the tree: a C2SP signed note (origin, size, base64 root hash),
+    signed by the platform's key as Rekor signs its checkpoints (ECDSA P-256, 4-byte key hint)."""
+
+    tree_size = models.BigIntegerField(unique=True)
+    root_hash = models.CharField(max_length=64)  # hex
+    note = models.TextField()
+    key_id = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-tree_size"]
+
+
+class AuditTenantHead(models.Model):
+    """With each checkpoint, a signed head per tenant: how many of the tenant's events the
+    checkpoint covers, so an export can prove it omits none."""
+
+    checkpoint = models.ForeignKey(AuditCheckpoint, on_delete=models.PROTECT, related_name="tenant_heads")
+    tenant = models.CharField(max_length=64, blank=True)
+    tenant_size = models.BigIntegerField()
+    note = models.TextField()
+
+    class Meta:
+        ordering = ["tenant"]
+        constraints = [models.UniqueConstraint(fields=["checkpoint", "tenant"], name="one_head_per_tenant_checkpoint")]

@@ -1,12 +1,16 @@
-"""Re-checks the log from its rows: every hash recomputed, every position accounted for."""
+"""Re-checks the log from its rows: every hash recomputed, every position accounted for, the
+Merkle tree recomputed from the leaves and every signed checkpoint (and tenant head) checked
+against it, with consistency between consecutive checkpoints."""
 
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.utils import timezone
 
+from . import merkle, tree
+from .checkpoints import NoteInvalid, checkpoint_body, tenant_head_body, verify_note
 from .hashing import leaf_hash
-from .models import AuditEvent, AuditLeaf
+from .models import AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeNode
 
 
 @dataclass
@@ -50,6 +54,13 @@ def verify_log(*, using: str = "platform", max_unsequenced: timedelta, now=None,
         return stop_at_first
 
     expected_tenant_position: dict[str, int] = {}
+    frontier = merkle.Frontier()
+    checkpoints = list(AuditCheckpoint.objects.using(using).order_by("tree_size").prefetch_related("tenant_heads"))
+    pending_checkpoints = list(checkpoints)
+    stored_leaves = (AuditTreeNode.objects.using(using).filter(level=0).order_by("index")
+                     .values_list("index", "hash").iterator(chunk_size=2000))
+    tenant_counts: dict[str, int] = {}
+    public_pems: list[str] = []
     leaves = AuditLeaf.objects.using(using).select_related("event").order_by("position")
     for expected, leaf in enumerate(leaves.iterator(chunk_size=2000)):
         report.leaves += 1
@@ -70,8 +81,25 @@ def verify_log(*, using: str = "platform", max_unsequenced: timedelta, now=None,
                 reason = f"tenant position {leaf.tenant_position} where {want} was expected"
             elif body.decode() != leaf.leaf or leaf_hash(body).hex() != leaf.leaf_hash:
                 reason = "the leaf does not match its event"
+        if reason is None:
+            stored = next(stored_leaves, None)
+            if stored is None or stored != (leaf.position, leaf.leaf_hash):
+                reason = "the tree's stored leaf differs from the sequenced leaf"
         if reason and fail(Problem(leaf.position, leaf.event_id, reason)):
             return report
+        frontier.append(bytes.fromhex(leaf.leaf_hash))
+        tenant_counts[leaf.tenant] = tenant_counts.get(leaf.tenant, 0) + 1
+        while pending_checkpoints and pending_checkpoints[0].tree_size == frontier.size:
+            public_pems = public_pems or keys()
+            reason = _checkpoint_problem(pending_checkpoints.pop(0), frontier.root(), tenant_counts, public_pems)
+            if reason and fail(Problem(_first_after_previous(checkpoints, frontier.size), None, reason)):
+                return report
+    for checkpoint in pending_checkpoints:
+        if fail(Problem(report.leaves, None, f"checkpoint {checkpoint.tree_size} covers events that are missing")):
+            return report
+    reason = _consistency_problem(checkpoints, using)
+    if reason and fail(Problem(reason[0], None, reason[1])):
+        return report
 
     unsequenced = AuditEvent.objects.using(using).filter(leaf__isnull=True).order_by("id")
     for event in unsequenced.iterator(chunk_size=2000):
@@ -82,3 +110,59 @@ def verify_log(*, using: str = "platform", max_unsequenced: timedelta, now=None,
         if reason and fail(Problem(None, event.id, reason)):
             return report
     return report
+
+
+def keys() -> list[str]:
+    """Every platform public key, retired ones included: old checkpoints stay verifiable."""
+    from .keys import platform_keyring
+
+    return [key.public_pem for key in platform_keyring().keys()]
+
+
+def _verified(note: str, public_pems: list[str]) -> str | None:
+    for pem in public_pems:
+        try:
+            return verify_note(note, pem)
+        except NoteInvalid:
+            continue
+    return None
+
+
+def _checkpoint_problem(checkpoint, root: bytes, tenant_counts: dict, public_pems: list[str]) -> str | None:
+    from django.conf import settings
+
+    size = checkpoint.tree_size
+    body = _verified(checkpoint.note, public_pems)
+    if body is None:
+        return f"checkpoint {size} is not signed by a platform key"
+    if body != checkpoint_body(settings.AUDIT_LOG_ORIGIN, size, bytes.fromhex(checkpoint.root_hash)):
+        return f"checkpoint {size}'s signed note does not match its stored size and root"
+    if checkpoint.root_hash != root.hex():
+        return f"the events up to {size} no longer hash to checkpoint {size}'s signed root"
+    for head in checkpoint.tenant_heads.all():
+        head_body = _verified(head.note, public_pems)
+        if head_body is None or head_body != tenant_head_body(settings.AUDIT_LOG_ORIGIN, head.tenant, head.tenant_size,
+                                                              size, root):
+            return f"checkpoint {size}'s head for tenant {head.tenant or '(platform)'} is not validly signed"
+        if tenant_counts.get(head.tenant, 0) != head.tenant_size:
+            return (f"checkpoint {size} says tenant {head.tenant or '(platform)'} had {head.tenant_size} events; "
+                    f"the log has {tenant_counts.get(head.tenant, 0)}")
+    return None
+
+
+def _first_after_previous(checkpoints, size: int) -> int:
+    """Where the damage a checkpoint reveals can start: just after the previous checkpoint."""
+    earlier = [c.tree_size for c in checkpoints if c.tree_size < size]
+    return max(earlier, default=0)
+
+
+def _consistency_problem(checkpoints, using: str) -> tuple[int, str] | None:
+    for older, newer in zip(checkpoints, checkpoints[1:]):
+        try:
+            proof = tree.consistency_proof(older.tree_size, newer.tree_size, using=using)
+            merkle.verify_consistency(older.tree_size, newer.tree_size, bytes.fromhex(older.root_hash),
+                                      bytes.fromhex(newer.root_hash), proof)
+        except (merkle.ProofError, LookupError) as exc:
+            return older.tree_size, f"checkpoint {newer.tree_size} is not consistent with checkpoint " \
+                                    f"{older.tree_size}: {exc}"
+    return None

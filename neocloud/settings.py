@@ -322,6 +322,10 @@ if ARTIFACT_STORE == "workflows.store.S3Store" and not ARTIFACT_S3_BUCKET:
 AUDIT_SEQUENCER_INTERVAL_SECONDS = float(env("AUDIT_SEQUENCER_INTERVAL_SECONDS", "5"))
 AUDIT_SEQUENCER_BATCH = int(env("AUDIT_SEQUENCER_BATCH", "1000"))
 AUDIT_MAX_UNSEQUENCED_SECONDS = int(env("AUDIT_MAX_UNSEQUENCED_SECONDS", "300"))
+# Signed checkpoints of the audit tree: every N events or T seconds, whichever comes first.
+AUDIT_CHECKPOINT_EVERY = int(env("AUDIT_CHECKPOINT_EVERY", "1000"))
+AUDIT_CHECKPOINT_SECONDS = float(env("AUDIT_CHECKPOINT_SECONDS", "60"))
+AUDIT_LOG_ORIGIN = env("AUDIT_LOG_ORIGIN", "neocloud/audit-log")  # the first line of every checkpoint
 
 # Policy engine (docs/policies.md): "embedded" runs regopy in process, "opa" asks the OPA
 # server at OPA_URL. Either way an error, a timeout or an undefined result is a deny.

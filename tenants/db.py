@@ -146,14 +146,16 @@ def apply_role_grants(using=OWNER_ALIAS, **kwargs):
             cursor.execute(f'REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON django_migrations FROM "{app_role}"')
             for table in (*APPEND_ONLY_TABLES, "audit_sequencerstate"):
                 cursor.execute(f'REVOKE UPDATE, DELETE, TRUNCATE ON {table} FROM "{app_role}"')
-            cursor.execute(f'REVOKE INSERT ON audit_auditleaf, audit_audittreenode, audit_sequencerstate FROM "{app_role}"')
+            cursor.execute(f'REVOKE INSERT ON audit_auditleaf, audit_audittreenode, audit_auditcheckpoint, '
+                           f'audit_audittenanthead, audit_sequencerstate FROM "{app_role}"')
             # Only runners bill; the ledger is written once and never changed.
             cursor.execute(f'REVOKE INSERT, UPDATE ON runners_usageentry FROM "{app_role}"')
         if _role_exists(cursor, platform_role):
             cursor.execute(f'GRANT USAGE ON SCHEMA public TO "{platform_role}"')
             cursor.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{platform_role}"')
             cursor.execute(f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO "{platform_role}"')
-            cursor.execute(f'GRANT INSERT ON audit_auditleaf, audit_audittreenode TO "{platform_role}"')
+            cursor.execute(f'GRANT INSERT ON audit_auditleaf, audit_audittreenode, audit_auditcheckpoint, '
+                           f'audit_audittenanthead TO "{platform_role}"')
             cursor.execute(f'GRANT UPDATE ON audit_sequencerstate TO "{platform_role}"')
             # Admission sees every tenant's runs and admits them, recording each admission.
             for table, privilege in PLATFORM_WRITES:

@@ -3,7 +3,7 @@ transaction, the root at any size matches a full recomputation, and proofs read 
 database verify; the table is append-only like the log."""
 
 import pytest
-from django.db import connections
+from django.db import connections, transaction
 
 from audit import merkle, tree
 from audit.models import AuditLeaf, AuditTreeNode
@@ -53,3 +53,71 @@ def test_proofs_past_the_built_tree_are_refused(live_db):
     sequence_pending(using="owner")
     with pytest.raises(LookupError):
         tree.root(4, using="owner")
+
+
+def _checkpointed_log(count=6):
+    from audit.checkpointing import checkpoint_write
+
+    record_events(count, tenant="acme-bank")
+    record_events(2, tenant="st-mary-hospital")
+    sequence_pending(using="owner")
+    first = checkpoint_write(using="owner")
+    record_events(3, tenant="acme-bank")
+    sequence_pending(using="owner")
+    second = checkpoint_write(using="owner")
+    return first, second
+
+
+def test_checkpoints_are_signed_notes_with_a_head_per_tenant_and_verify_passes(live_db):
+    from datetime import timedelta
+
+    from audit.checkpoints import parse_checkpoint, parse_tenant_head, verify_note
+    from audit.keys import platform_keyring
+    from audit.verify import verify_log
+
+    first, second = _checkpointed_log()
+    assert (first.tree_size, second.tree_size) == (8, 12)  # the first checkpoint's own event is leaf 8
+    pem = platform_keyring().active().public_pem
+    checkpoint = parse_checkpoint(verify_note(second.note, pem))
+    assert checkpoint.size == 12 and checkpoint.root == tree.root(12, using="owner")
+    assert second.note.splitlines()[-1].startswith("\u2014 neocloud/audit-log ")
+    heads = {h.tenant: h for h in second.tenant_heads.all()}
+    assert heads["acme-bank"].tenant_size == 9 and heads["st-mary-hospital"].tenant_size == 2
+    origin, tenant, size, checkpoint_size, root = parse_tenant_head(verify_note(heads["acme-bank"].note, pem))
+    assert (tenant, size, checkpoint_size, root) == ("acme-bank", 9, 12, checkpoint.root)
+    sequence_pending(using="owner")
+    assert verify_log(using="owner", max_unsequenced=timedelta(minutes=5)).ok
+
+
+@pytest.mark.parametrize("tamper", ["forged_checkpoint", "reordered", "deleted_leaf", "inserted"])
+def test_verify_detects_tampering_and_names_where(live_db, tamper):
+    from datetime import timedelta
+
+    from audit.appendonly import triggers_suspended
+    from audit.models import AuditCheckpoint
+    from audit.verify import verify_log
+
+    first, second = _checkpointed_log()
+    sequence_pending(using="owner")
+    owner = connections["owner"]
+    with transaction.atomic(using="owner"), triggers_suspended(owner), owner.cursor() as cursor:
+        if owner.vendor == "postgresql":
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # nothing left pending when the triggers return
+        if tamper == "forged_checkpoint":
+            forged = second.note.replace(second.note.split("\n")[2], "A" * 43 + "=")
+            cursor.execute("UPDATE audit_auditcheckpoint SET note = %s WHERE id = %s", [forged, second.pk])
+        elif tamper == "reordered":  # two leaves swap places (and positions) in the sequence
+            cursor.execute("UPDATE audit_auditleaf SET position = -1 WHERE position = 9")
+            cursor.execute("UPDATE audit_auditleaf SET position = 9 WHERE position = 10")
+            cursor.execute("UPDATE audit_auditleaf SET position = 10 WHERE position = -1")
+        elif tamper == "deleted_leaf":
+            cursor.execute("DELETE FROM audit_auditleaf WHERE position = 3")
+        elif tamper == "inserted":
+            cursor.execute("DELETE FROM audit_audittreenode WHERE level = 0 AND index = 11")
+            cursor.execute("INSERT INTO audit_audittreenode (level, index, hash) VALUES (0, 11, %s)", ["ab" * 32])
+    report = verify_log(using="owner", max_unsequenced=timedelta(minutes=5))
+    assert not report.ok
+    problem = report.problems[0]
+    expected = {"forged_checkpoint": 8, "reordered": 9, "deleted_leaf": 3, "inserted": 11}[tamper]
+    assert problem.position == expected, problem.sentence()
+    assert AuditCheckpoint.objects.using("owner").count() == 2

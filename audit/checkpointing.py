@@ -1,0 +1,58 @@
+"""Writing checkpoints: every AUDIT_CHECKPOINT_EVERY events or AUDIT_CHECKPOINT_SECONDS,
+whichever comes first, after the sequencer has run. Each checkpoint, and a head per tenant
+with it, is signed with the platform key, stored, and audited."""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from . import tree
+from .checkpoints import checkpoint_body, sign_note, tenant_head_body
+from .keys import platform_keyring
+from .log import Actor, Target, record
+from .models import AuditCheckpoint, AuditLeaf, AuditTenantHead, SequencerState
+
+
+def checkpoint_due(*, using: str, moment=None) -> bool:
+    moment = moment or timezone.now()
+    size = SequencerState.objects.using(using).get(pk=1).tree_size
+    last = AuditCheckpoint.objects.using(using).order_by("-tree_size").first()
+    grown = size - (last.tree_size if last else 0)
+    if grown <= 0:
+        return False
+    return (grown >= settings.AUDIT_CHECKPOINT_EVERY or last is None
+            or moment - last.created_at >= timedelta(seconds=settings.AUDIT_CHECKPOINT_SECONDS))
+
+
+def checkpoint_write(*, using: str, moment=None) -> AuditCheckpoint | None:
+    """Sign the tree as it stands under the sequencer's lock; None if nothing was added."""
+    moment = moment or timezone.now()
+    keyring = platform_keyring()
+    key = keyring.key(keyring.active().kid, with_private=True)
+    origin = settings.AUDIT_LOG_ORIGIN
+    with transaction.atomic(using=using):
+        size = SequencerState.objects.using(using).select_for_update().get(pk=1).tree_size
+        last = AuditCheckpoint.objects.using(using).order_by("-tree_size").first()
+        if size == 0 or (last and last.tree_size >= size):
+            return None
+        root = tree.root(size, using=using)
+        checkpoint = AuditCheckpoint.objects.using(using).create(
+            tree_size=size, root_hash=root.hex(), key_id=key.kid, created_at=moment,
+            note=sign_note(checkpoint_body(origin, size, root), name=origin, private_key=key.private_key))
+        heads = {h.tenant: h.tenant_size for h in (last.tenant_heads.using(using).all() if last else [])}
+        for tenant, top in (AuditLeaf.objects.using(using).filter(position__gte=last.tree_size if last else 0,
+                                                                  position__lt=size)
+                            .values_list("tenant").annotate(top=Max("tenant_position"))):
+            heads[tenant] = top + 1
+        AuditTenantHead.objects.using(using).bulk_create([
+            AuditTenantHead(checkpoint=checkpoint, tenant=tenant, tenant_size=count,
+                            note=sign_note(tenant_head_body(origin, tenant, count, size, root), name=origin,
+                                           private_key=key.private_key))
+            for tenant, count in sorted(heads.items())])
+        record(action="audit.checkpoint", actor=Actor.system("sequencer"), target=Target("checkpoint", str(size)),
+               using=using, data={"tree_size": size, "root_hash": root.hex(), "key_id": key.kid,
+                                  "tenants": len(heads)})
+    return checkpoint
