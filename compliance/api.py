@@ -1,8 +1,16 @@
+from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
-from audit.models import AuditEvent
+from audit import tree
+from audit.checkpoints import key_hint
+from audit.keys import platform_keyring
+from audit.models import AuditCheckpoint, AuditEvent, AuditLeaf
 from tenants.access import require
 from tenants.api import TenantScopedMixin
+from tenants.errors import Invalid, NotFound
 
 from .filters import AuditEventFilter
 from .selectors import events_visible_to
@@ -40,3 +48,95 @@ class AuditEventList(generics.ListAPIView):
 
     def get_queryset(self):
         return events_visible_to(self.request.user).select_related("leaf")
+
+
+def _hexes(values: list[bytes]) -> list[str]:
+    return [value.hex() for value in values]
+
+
+def _checkpoint_json(checkpoint) -> dict:
+    return {"tree_size": checkpoint.tree_size, "root_hash": checkpoint.root_hash, "key_id": checkpoint.key_id,
+            "created_at": checkpoint.created_at, "note": checkpoint.note}
+
+
+def _size(request, name: str, default: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None and default is not None:
+        return default
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise Invalid(f"{name} is a whole number.", field=name) from None
+    if value < 0:
+        raise Invalid(f"{name} is 0 or more.", field=name)
+    return value
+
+
+class LatestCheckpoint(APIView):
+    """The latest signed checkpoint of the audit tree (a C2SP signed note)."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request):
+        checkpoint = AuditCheckpoint.objects.order_by("-tree_size").first()
+        if checkpoint is None:
+            raise NotFound("No checkpoint has been signed yet.")
+        return Response(_checkpoint_json(checkpoint))
+
+
+class InclusionProof(APIView):
+    """``?position=P[&tree_size=N]``: the RFC 9162 inclusion proof of the event at sequence
+    number P in the tree of size N (default: the latest checkpoint). Only for those who may read
+    that event; other positions answer 404."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request):
+        position = _size(request, "position")
+        latest = AuditCheckpoint.objects.order_by("-tree_size").first()
+        size = _size(request, "tree_size", latest.tree_size if latest else 0)
+        leaf = AuditLeaf.objects.filter(position=position).first()
+        if leaf is None or not events_visible_to(request.user).filter(pk=leaf.event_id).exists():
+            raise NotFound("No such sequenced event.")
+        if position >= size:
+            raise Invalid(f"Event {position} is not in a tree of size {size}.", field="tree_size")
+        try:
+            proof, root = tree.inclusion_proof(position, size, using="default"), tree.root(size, using="default")
+        except LookupError:
+            raise Invalid(f"The tree has not reached size {size}.", field="tree_size") from None
+        return Response({"position": position, "tree_size": size, "leaf_hash": leaf.leaf_hash, "leaf": leaf.leaf,
+                         "proof": _hexes(proof), "root_hash": root.hex()})
+
+
+class ConsistencyProof(APIView):
+    """``?from=M&to=N``: the RFC 9162 consistency proof between the trees of sizes M and N."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request):
+        first, second = _size(request, "from"), _size(request, "to")
+        if not 0 < first <= second:
+            raise Invalid("from is at least 1 and at most to.", field="from")
+        try:
+            proof = tree.consistency_proof(first, second, using="default")
+            roots = tree.root(first, using="default"), tree.root(second, using="default")
+        except LookupError:
+            raise Invalid(f"The tree has not reached size {second}.", field="to") from None
+        return Response({"from": first, "to": second, "proof": _hexes(proof), "from_root": roots[0].hex(),
+                         "to_root": roots[1].hex()})
+
+
+class CheckpointPublicKey(APIView):
+    """The public key checkpoints are signed with (PEM), its key id and 4-byte key hint. A
+    regulator should keep it from a source other than the platform they are checking."""
+
+    permission_classes = [AllowAny]
+
+    @extend_schema(responses={200: dict})
+    def get(self, request):
+        return Response(checkpoint_public_key())
+
+
+def checkpoint_public_key() -> dict:
+    from django.conf import settings
+
+    key = platform_keyring().active()
+    return {"key_id": key.kid, "key_hint": key_hint(key.public_pem).hex(), "origin": settings.AUDIT_LOG_ORIGIN,
+            "public_key_pem": key.public_pem}

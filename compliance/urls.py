@@ -4,6 +4,10 @@ from . import api, views
 
 api_urlpatterns = [
     path("audit/events/", api.AuditEventList.as_view(), name="api-audit-events"),
+    path("audit/checkpoint/", api.LatestCheckpoint.as_view(), name="api-audit-checkpoint"),
+    path("audit/proofs/inclusion/", api.InclusionProof.as_view(), name="api-audit-inclusion"),
+    path("audit/proofs/consistency/", api.ConsistencyProof.as_view(), name="api-audit-consistency"),
+    path("audit/public-key/", api.CheckpointPublicKey.as_view(), name="api-audit-public-key"),
     path("tenants/<slug:tenant>/audit/events/", api.TenantAuditEventList.as_view(), name="api-tenant-audit-events"),
 ]
 

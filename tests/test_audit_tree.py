@@ -121,3 +121,32 @@ def test_verify_detects_tampering_and_names_where(live_db, tamper):
     expected = {"forged_checkpoint": 8, "reordered": 9, "deleted_leaf": 3, "inserted": 11}[tamper]
     assert problem.position == expected, problem.sentence()
     assert AuditCheckpoint.objects.using("owner").count() == 2
+
+
+def test_proofs_and_the_public_key_through_the_api_and_the_command(world, api, client, capsys):
+    from django.core.management import call_command
+
+    from audit.checkpoints import parse_checkpoint, verify_note
+    from audit.models import AuditLeaf
+
+    first, second = _checkpointed_log()
+    key = client.get("/api/v1/audit/public-key/").json()  # served to anyone; keep it from elsewhere too
+    checkpoint = api(world.a.auditor).get("/api/v1/audit/checkpoint/").json()
+    assert checkpoint["tree_size"] == 12
+    signed = parse_checkpoint(verify_note(checkpoint["note"], key["public_key_pem"]))
+
+    mine = AuditLeaf.objects.using("owner").filter(tenant="acme-bank").order_by("position").last()
+    body = api(world.a.auditor).get(f"/api/v1/audit/proofs/inclusion/?position={mine.position}").json()
+    merkle.verify_inclusion(mine.position, signed.size, bytes.fromhex(body["leaf_hash"]),
+                            [bytes.fromhex(h) for h in body["proof"]], signed.root)
+    theirs = AuditLeaf.objects.using("owner").filter(tenant="st-mary-hospital").first()
+    assert api(world.a.auditor).get(f"/api/v1/audit/proofs/inclusion/?position={theirs.position}").status_code == 404
+    assert api(world.a.auditor).get("/api/v1/audit/proofs/inclusion/?position=x").json()["code"] == "invalid"
+
+    body = api(world.a.auditor).get("/api/v1/audit/proofs/consistency/?from=8&to=12").json()
+    merkle.verify_consistency(8, 12, bytes.fromhex(first.root_hash), signed.root,
+                              [bytes.fromhex(h) for h in body["proof"]])
+
+    call_command("audit", "public-key")
+    printed = capsys.readouterr().out
+    assert key["key_id"] in printed and key["public_key_pem"].strip() in printed

@@ -8,7 +8,8 @@ from audit.verify import verify_log
 
 
 class Command(BaseCommand):
-    help = "Audit log tools: 'verify' re-checks every hash and position; 'sequence' sequences pending events now."
+    help = ("Audit log tools: 'verify' re-checks every hash, position and checkpoint; 'sequence' sequences "
+            "pending events now; 'checkpoint' signs one now; 'public-key' prints the checkpoint key.")
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="subcommand", required=True)
@@ -16,8 +17,28 @@ class Command(BaseCommand):
         verify.add_argument("--max-unsequenced", type=int, default=None,
                             help="Seconds an event may stay unsequenced (default AUDIT_MAX_UNSEQUENCED_SECONDS).")
         sub.add_parser("sequence", help="Sequence every committed event that is still pending.")
+        sub.add_parser("checkpoint", help="Sequence what is pending and sign a checkpoint now.")
+        sub.add_parser("public-key", help="Print the checkpoint public key (PEM) with its key id.")
 
     def handle(self, *args, subcommand, **options):
+        if subcommand == "public-key":
+            from compliance.api import checkpoint_public_key
+
+            key = checkpoint_public_key()
+            self.stdout.write(f"# key id {key['key_id']}, key hint {key['key_hint']}, origin {key['origin']}")
+            self.stdout.write(key["public_key_pem"].rstrip("\n"))
+            return
+        if subcommand == "checkpoint":
+            from audit.checkpointing import checkpoint_write
+
+            while sequence_pending(batch=settings.AUDIT_SEQUENCER_BATCH):
+                pass
+            checkpoint = checkpoint_write(using="platform")
+            if checkpoint is None:
+                self.stdout.write("Nothing new since the last checkpoint.")
+            else:
+                self.stdout.write(f"Checkpoint {checkpoint.tree_size}: root {checkpoint.root_hash}.")
+            return
         if subcommand == "sequence":
             total = 0
             while done := sequence_pending(batch=settings.AUDIT_SEQUENCER_BATCH):
