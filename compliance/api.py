@@ -1,3 +1,4 @@
+from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
 from rest_framework.permissions import AllowAny
@@ -8,7 +9,8 @@ from audit import tree
 from audit.checkpoints import key_hint
 from audit.keys import platform_keyring
 from audit.models import AuditCheckpoint, AuditEvent, AuditLeaf
-from tenants.access import require
+from audit.log import Target, record
+from tenants.access import actor_for, require
 from tenants.api import TenantScopedMixin
 from tenants.errors import Invalid, NotFound
 
@@ -140,3 +142,38 @@ def checkpoint_public_key() -> dict:
     key = platform_keyring().active()
     return {"key_id": key.kid, "key_hint": key_hint(key.public_pem).hex(), "origin": settings.AUDIT_LOG_ORIGIN,
             "public_key_pem": key.public_pem}
+
+
+class TenantAuditExport(TenantScopedMixin, APIView):
+    """The tenant's verifiable audit export as a zip (auditors and admins): its events with
+    inclusion proofs, the signed checkpoint and tenant head, consistency proofs. Verify it with
+    ``python -m audit.verify_export``. ``?since=`` and ``?until=`` take ISO dates or times."""
+
+    read_action = "audit"
+
+    @extend_schema(responses={(200, "application/zip"): bytes})
+    def get(self, request, tenant):
+        from django.http import HttpResponse
+        from django.utils.dateparse import parse_datetime
+
+        from audit.export import NothingToExport, as_zip, export_files
+
+        require(request.user, self.tenant, "audit")
+        bounds = {}
+        for name in ("since", "until"):
+            raw = request.query_params.get(name)
+            if raw:
+                moment = parse_datetime(raw) or parse_datetime(f"{raw}T00:00:00+00:00")
+                if moment is None:
+                    raise Invalid(f"{name} is an ISO date or time.", field=name)
+                bounds[name] = moment
+        try:
+            files = export_files(tenant=self.tenant.slug, using="platform", **bounds)
+        except NothingToExport as exc:
+            raise NotFound(str(exc)) from None
+        with transaction.atomic():
+            record(action="audit.export", actor=actor_for(request.user), tenant=self.tenant.slug,
+                   target=Target("tenant", self.tenant.slug), data={k: v.isoformat() for k, v in bounds.items()})
+        response = HttpResponse(as_zip(files), content_type="application/zip")
+        response["Content-Disposition"] = f'attachment; filename="audit-{self.tenant.slug}.zip"'
+        return response

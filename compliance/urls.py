@@ -9,6 +9,7 @@ api_urlpatterns = [
     path("audit/proofs/consistency/", api.ConsistencyProof.as_view(), name="api-audit-consistency"),
     path("audit/public-key/", api.CheckpointPublicKey.as_view(), name="api-audit-public-key"),
     path("tenants/<slug:tenant>/audit/events/", api.TenantAuditEventList.as_view(), name="api-tenant-audit-events"),
+    path("tenants/<slug:tenant>/audit/export/", api.TenantAuditExport.as_view(), name="api-tenant-audit-export"),
 ]
 
 console_urlpatterns = [

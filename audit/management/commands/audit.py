@@ -1,10 +1,21 @@
-from datetime import timedelta
+import argparse
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from audit.sequencer import sequence_pending
 from audit.verify import verify_log
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date or time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class Command(BaseCommand):
@@ -19,6 +30,11 @@ class Command(BaseCommand):
         sub.add_parser("sequence", help="Sequence every committed event that is still pending.")
         sub.add_parser("checkpoint", help="Sequence what is pending and sign a checkpoint now.")
         sub.add_parser("public-key", help="Print the checkpoint public key (PEM) with its key id.")
+        export = sub.add_parser("export", help="Write a tenant's verifiable audit export to a folder.")
+        export.add_argument("--tenant", required=True)
+        export.add_argument("--since", type=_moment, help="ISO date or time: leave out earlier events")
+        export.add_argument("--until", type=_moment, help="ISO date or time: end at the last checkpoint by then")
+        export.add_argument("-o", "--output", required=True, type=Path)
 
     def handle(self, *args, subcommand, **options):
         if subcommand == "public-key":
@@ -27,6 +43,19 @@ class Command(BaseCommand):
             key = checkpoint_public_key()
             self.stdout.write(f"# key id {key['key_id']}, key hint {key['key_hint']}, origin {key['origin']}")
             self.stdout.write(key["public_key_pem"].rstrip("\n"))
+            return
+        if subcommand == "export":
+            from audit.export import NothingToExport, export_files, write_folder
+
+            try:
+                files = export_files(tenant=options["tenant"], since=options["since"], until=options["until"],
+                                     using="platform")
+            except NothingToExport as exc:
+                raise CommandError(str(exc)) from None
+            write_folder(files, options["output"])
+            manifest = json.loads(files["manifest.json"])
+            self.stdout.write(f"Exported {manifest['events']} event(s) of {options['tenant']} up to checkpoint "
+                              f"{manifest['tree_size']} to {options['output']}.")
             return
         if subcommand == "checkpoint":
             from audit.checkpointing import checkpoint_write

@@ -1,0 +1,84 @@
+"""Tenant audit exports a regulator can verify without trusting the platform.
+
+An export is a folder (or the same files in a zip):
+
+- ``checkpoint.txt``: the signed checkpoint the export ends at;
+- ``tenant-head.txt``: the tenant's signed head for that checkpoint (how many of its events
+  it covers);
+- ``events.jsonl``: one line per event of the tenant, in order: its exact canonical bytes
+  (``canonical``), its sequencing entry (``leaf``), its global sequence number (``position``),
+  its per-tenant position, and the inclusion proof against the checkpoint;
+- ``consistency.jsonl``: a consistency proof from every earlier checkpoint to this one, so a
+  regulator holding any earlier checkpoint can check this one extends it;
+- ``manifest.json``: what was asked for.
+
+Other tenants' events are not in it: their leaves appear only as hashes inside proofs.
+``python -m audit.verify_export`` checks a pack with the standard library and cryptography.
+"""
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+from django.utils import timezone
+
+from . import tree
+from .models import AuditCheckpoint, AuditLeaf
+
+FORMAT = 1
+
+
+class NothingToExport(Exception):
+    pass
+
+
+def export_files(*, tenant: str, since=None, until=None, using: str) -> dict[str, bytes]:
+    """The export's files by name. ``until`` picks the latest checkpoint signed by then;
+    ``since`` leaves out the tenant's events before it (a regulator then checks the first
+    position against the tenant head they kept)."""
+    checkpoints = AuditCheckpoint.objects.using(using).order_by("-tree_size")
+    if until is not None:
+        checkpoints = checkpoints.filter(created_at__lte=until)
+    checkpoint = checkpoints.first()
+    if checkpoint is None:
+        raise NothingToExport("No checkpoint has been signed in that period yet; run `manage.py audit checkpoint`.")
+    head = checkpoint.tenant_heads.using(using).filter(tenant=tenant).first()
+    if head is None:
+        raise NothingToExport(f"The checkpoint of size {checkpoint.tree_size} covers no event of tenant {tenant}.")
+    size = checkpoint.tree_size
+    leaves = (AuditLeaf.objects.using(using).filter(tenant=tenant, position__lt=size).select_related("event")
+              .order_by("position"))
+    if since is not None:
+        leaves = leaves.filter(event__occurred_at__gte=since)
+    lines = []
+    for leaf in leaves.iterator(chunk_size=1000):
+        lines.append(json.dumps({
+            "position": leaf.position, "tenant_position": leaf.tenant_position, "canonical": leaf.event.canonical,
+            "leaf": leaf.leaf, "proof": [h.hex() for h in tree.inclusion_proof(leaf.position, size, using=using)]},
+            sort_keys=True))
+    consistency = [json.dumps({"from": older.tree_size, "from_root": older.root_hash,
+                               "proof": [h.hex() for h in tree.consistency_proof(older.tree_size, size, using=using)]},
+                              sort_keys=True)
+                   for older in AuditCheckpoint.objects.using(using).filter(tree_size__lt=size).order_by("tree_size")]
+    manifest = {"format": FORMAT, "tenant": tenant, "tree_size": size, "tenant_size": head.tenant_size,
+                "events": len(lines), "since": since.isoformat() if since else None,
+                "until": until.isoformat() if until else None, "exported_at": timezone.now().isoformat()}
+    return {"manifest.json": json.dumps(manifest, indent=2, sort_keys=True).encode(),
+            "checkpoint.txt": checkpoint.note.encode(), "tenant-head.txt": head.note.encode(),
+            "events.jsonl": "".join(f"{line}\n" for line in lines).encode(),
+            "consistency.jsonl": "".join(f"{line}\n" for line in consistency).encode()}
+
+
+def write_folder(files: dict[str, bytes], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+
+
+def as_zip(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
