@@ -113,8 +113,8 @@ def test_verify_detects_tampering_and_names_where(live_db, tamper):
         elif tamper == "deleted_leaf":
             cursor.execute("DELETE FROM audit_auditleaf WHERE position = 3")
         elif tamper == "inserted":
-            cursor.execute("DELETE FROM audit_audittreenode WHERE level = 0 AND index = 11")
-            cursor.execute("INSERT INTO audit_audittreenode (level, index, hash) VALUES (0, 11, %s)", ["ab" * 32])
+            cursor.execute('DELETE FROM audit_audittreenode WHERE level = 0 AND "index" = 11')
+            cursor.execute('INSERT INTO audit_audittreenode (level, "index", hash) VALUES (0, 11, %s)', ["ab" * 32])
     report = verify_log(using="owner", max_unsequenced=timedelta(minutes=5))
     assert not report.ok
     problem = report.problems[0]
