@@ -14,13 +14,14 @@ from .checkpoints import checkpoint_body, sign_note, tenant_head_body
 from .keys import platform_keyring
 from .log import Actor, Target, record
 from .models import AuditCheckpoint, AuditLeaf, AuditTenantHead, SequencerState
+from .sequencer import sequence_pending
 
 
 def checkpoint_due(*, using: str, moment=None) -> bool:
     moment = moment or timezone.now()
     size = SequencerState.objects.using(using).get(pk=1).tree_size
     last = AuditCheckpoint.objects.using(using).order_by("-tree_size").first()
-    grown = size - (last.tree_size if last else 0)
+    grown = size - (last.tree_size + 1 if last else 0)  # a checkpoint's own event follows it
     if grown <= 0:
         return False
     return (grown >= settings.AUDIT_CHECKPOINT_EVERY or last is None
@@ -28,7 +29,9 @@ def checkpoint_due(*, using: str, moment=None) -> bool:
 
 
 def checkpoint_write(*, using: str, moment=None) -> AuditCheckpoint | None:
-    """Sign the tree as it stands under the sequencer's lock; None if nothing was added."""
+    """Sign the tree as it stands under the sequencer's lock; None if nothing was added. The
+    checkpoint is audited, and that event is sequenced in the same transaction, so a quiet
+    log does not keep a pending event (and is not checkpointed again for it alone)."""
     moment = moment or timezone.now()
     keyring = platform_keyring()
     key = keyring.key(keyring.active().kid, with_private=True)
@@ -55,4 +58,5 @@ def checkpoint_write(*, using: str, moment=None) -> AuditCheckpoint | None:
         record(action="audit.checkpoint", actor=Actor.system("sequencer"), target=Target("checkpoint", str(size)),
                using=using, data={"tree_size": size, "root_hash": root.hex(), "key_id": key.kid,
                                   "tenants": len(heads)})
+        sequence_pending(using=using)  # the checkpoint's own event is the next leaf at once
     return checkpoint

@@ -24,6 +24,8 @@ from pathlib import Path
 from django.utils import timezone
 
 from . import tree
+from .checkpointing import checkpoint_write
+from .sequencer import sequence_pending
 from .models import AuditCheckpoint, AuditLeaf
 
 FORMAT = 1
@@ -34,9 +36,14 @@ class NothingToExport(Exception):
 
 
 def export_files(*, tenant: str, since=None, until=None, using: str) -> dict[str, bytes]:
-    """The export's files by name. ``until`` picks the latest checkpoint signed by then;
+    """The export's files by name, ending at a checkpoint signed now (covering every event so
+    far), or with ``until``, at the latest checkpoint signed by then;
     ``since`` leaves out the tenant's events before it (a regulator then checks the first
     position against the tenant head they kept)."""
+    if until is None:  # up to now: sequence what is pending and sign a checkpoint covering it
+        while sequence_pending(using=using):
+            pass
+        checkpoint_write(using=using)
     checkpoints = AuditCheckpoint.objects.using(using).order_by("-tree_size")
     if until is not None:
         checkpoints = checkpoints.filter(created_at__lte=until)

@@ -1,5 +1,7 @@
 from django.urls import path
 
+from workflows.urls import committing
+
 from . import api, views
 
 api_urlpatterns = [
@@ -9,7 +11,8 @@ api_urlpatterns = [
     path("audit/proofs/consistency/", api.ConsistencyProof.as_view(), name="api-audit-consistency"),
     path("audit/public-key/", api.CheckpointPublicKey.as_view(), name="api-audit-public-key"),
     path("tenants/<slug:tenant>/audit/events/", api.TenantAuditEventList.as_view(), name="api-tenant-audit-events"),
-    path("tenants/<slug:tenant>/audit/export/", api.TenantAuditExport.as_view(), name="api-tenant-audit-export"),
+    # Outside the request's transaction: the export signs a checkpoint through the platform role first.
+    path("tenants/<slug:tenant>/audit/export/", committing(api.TenantAuditExport), name="api-tenant-audit-export"),
 ]
 
 console_urlpatterns = [
