@@ -8,7 +8,7 @@ triggers that abort. The app role also lacks UPDATE, DELETE and TRUNCATE grants 
 
 from contextlib import contextmanager
 
-from django.db import migrations
+from django.db import DatabaseError, migrations
 
 APPEND_ONLY_TABLES = ("audit_auditevent", "audit_auditleaf", "audit_audittreenode", "audit_auditcheckpoint",
                       "audit_audittenanthead")
@@ -135,5 +135,10 @@ def triggers_suspended(connection, tables=APPEND_ONLY_TABLES):
     _set_triggers(connection, tables, enabled=False)
     try:
         yield
-    finally:
-        _set_triggers(connection, tables, enabled=True)
+    except BaseException:
+        try:
+            _set_triggers(connection, tables, enabled=True)
+        except DatabaseError:  # the transaction is aborted: it cannot commit, and its rollback restores them
+            pass
+        raise  # the original error, not the aborted transaction's complaint about the statement above
+    _set_triggers(connection, tables, enabled=True)

@@ -24,7 +24,8 @@ ACTIONS = {
     "run.admit": "The admission cycle reserved devices on one node for a run, within the tenant's quota.",
     "run.claim_refused": "A runner refused a run message: the run's devices are reserved on another node.",
     "run.start": "A runner claimed an admitted run with its fencing token and started its steps.",
-    "run.finish": "A run ended on its runner: succeeded, failed (with the step and why) or cancelled.",
+    "run.finish": ("A run ended: on its runner (succeeded, failed with the step and why, or cancelled), or "
+                   "cancelled by the reaper when its worker died after a cancellation was asked for."),
     "run.cancel": "A member asked to cancel a run; a waiting run ends at once, a running one when its runner sees it.",
     "run.preempt": "Admission asked a borrowing tenant's run to give its devices back to a tenant reclaiming its nominal quota.",
     "run.output": "A run's output was stored, registered as an artifact and given a platform-signed provenance statement.",

@@ -12,6 +12,7 @@ from audit.models import AuditCheckpoint, AuditEvent, AuditLeaf
 from audit.log import Target, record
 from tenants.access import actor_for, require
 from tenants.api import TenantScopedMixin
+from tenants.db import PLATFORM_ALIAS
 from tenants.errors import Invalid, NotFound
 
 from .filters import AuditEventFilter
@@ -168,7 +169,7 @@ class TenantAuditExport(TenantScopedMixin, APIView):
                     raise Invalid(f"{name} is an ISO date or time.", field=name)
                 bounds[name] = moment
         try:
-            files = export_files(tenant=self.tenant.slug, using="platform", **bounds)
+            files = export_files(tenant=self.tenant.slug, using=PLATFORM_ALIAS, **bounds)
         except NothingToExport as exc:
             raise NotFound(str(exc)) from None
         with transaction.atomic():

@@ -23,7 +23,7 @@ from django.utils import timezone
 from audit.hashing import canonical_json
 from audit.log import Actor, Target, record
 from tenants.access import actor_for, require
-from tenants.db import bind_rls
+from tenants.db import PLATFORM_ALIAS, bind_rls
 from tenants.errors import Conflict, Forbidden, Invalid, Unprocessable
 from tenants.models import BudgetMode, GpuFlavor, Tenant, TenantQuota
 from workflows.models import Promotion, PromotionState, Stage, StagePointer, WorkflowVersion
@@ -38,7 +38,6 @@ from .services import run_priority_for
 
 logger = logging.getLogger(__name__)
 
-PLATFORM = "platform"  # the alias whose role sees every tenant (docs/operators.md)
 DEFAULT_STEP_TIMEOUT_SECONDS = 3600
 
 
@@ -178,7 +177,7 @@ def admission_cycle(*, moment=None) -> CycleResult:
     result.published = outbox_sweep()
     result.reaped = reap_expired(moment=moment)
     budgets.enforce(moment=moment)
-    slices = list(Run.objects.using(PLATFORM).filter(state__in=WAITING_STATES).order_by()
+    slices = list(Run.objects.using(PLATFORM_ALIAS).filter(state__in=WAITING_STATES).order_by()
                   .values("tenant_id", "flavor_id", "priority").annotate(oldest=Min("created_at")))
     usage = fair_share_usage(moment=moment)
     slices.sort(key=lambda s: (-s["priority"], usage.get((s["tenant_id"], s["flavor_id"]), 0.0), s["oldest"]))
@@ -197,18 +196,18 @@ def fair_share_usage(*, moment) -> dict[tuple[int, int], float]:
     half_life = settings.FAIR_SHARE_HALF_LIFE_HOURS * 3600
     used: dict[tuple[int, int], float] = {}
     for tenant_id, flavor_id, gpu_seconds, recorded_at in (
-            UsageEntry.objects.using(PLATFORM).filter(recorded_at__gte=moment - timedelta(seconds=8 * half_life))
+            UsageEntry.objects.using(PLATFORM_ALIAS).filter(recorded_at__gte=moment - timedelta(seconds=8 * half_life))
             .values_list("tenant_id", "flavor_id", "gpu_seconds", "recorded_at")):
         age = max(0.0, (moment - recorded_at).total_seconds())
         used[(tenant_id, flavor_id)] = used.get((tenant_id, flavor_id), 0.0) + float(gpu_seconds) * 0.5 ** (
             age / half_life)
-    for tenant_id, flavor_id, gpus, started_at in (Run.objects.using(PLATFORM).filter(state=RunState.RUNNING)
+    for tenant_id, flavor_id, gpus, started_at in (Run.objects.using(PLATFORM_ALIAS).filter(state=RunState.RUNNING)
                                                    .exclude(flavor_id=None)
                                                    .values_list("tenant_id", "flavor_id", "gpus", "started_at")):
         used[(tenant_id, flavor_id)] = used.get((tenant_id, flavor_id), 0.0) + gpus * max(
             0.0, (moment - started_at).total_seconds())
     shares = dict(((q.tenant_id, q.flavor_id), q.nominal)
-                  for q in TenantQuota.objects.using(PLATFORM).only("tenant_id", "flavor_id", "nominal"))
+                  for q in TenantQuota.objects.using(PLATFORM_ALIAS).only("tenant_id", "flavor_id", "nominal"))
     return {key: value / max(shares.get(key, 0), 1) for key, value in used.items()}
 
 
@@ -217,22 +216,23 @@ def _admit_group(tenant_id: int, flavor_id: int | None, *, priority: int, moment
     """One transaction: lock, in the fixed order, the tenant's quota row for the flavor, the
     pool's nodes by id, then the slice's waiting runs; admit them in order while they fit."""
     held_pools = {} if held_pools is None else held_pools
-    with transaction.atomic(using=PLATFORM):
-        tenant = Tenant.objects.using(PLATFORM).get(pk=tenant_id)
+    with transaction.atomic(using=PLATFORM_ALIAS):
+        tenant = Tenant.objects.using(PLATFORM_ALIAS).get(pk=tenant_id)
         quota = nodes = None
         if flavor_id is not None:
-            quota = (TenantQuota.objects.using(PLATFORM).select_for_update(of=("self",))
+            quota = (TenantQuota.objects.using(PLATFORM_ALIAS).select_for_update(of=("self",))
                      .filter(tenant_id=tenant_id, flavor_id=flavor_id).order_by("id").first())
-            nodes = list(RunnerNode.objects.using(PLATFORM).select_for_update(of=("self",))
+            nodes = list(RunnerNode.objects.using(PLATFORM_ALIAS).select_for_update(of=("self",))
                          .filter(flavor_id=flavor_id, jurisdiction=tenant.jurisdiction, state=NodeState.READY)
                          .order_by("id"))
-        runs = list(Run.objects.using(PLATFORM).select_for_update(of=("self",)).select_related("flavor")
+        runs = list(Run.objects.using(PLATFORM_ALIAS).select_for_update(of=("self",)).select_related("flavor")
                     .filter(tenant_id=tenant_id, flavor_id=flavor_id, priority=priority, state__in=WAITING_STATES)
                     .order_by("created_at", "id"))
         if flavor_id is None:  # no GPU: nothing to reserve, but it still runs on a node in the jurisdiction
             return _admit_without_gpus(runs, tenant=tenant, moment=moment)
         limit = quota.nominal + quota.borrowing_limit if quota else 0
-        held = (Run.objects.using(PLATFORM).filter(tenant_id=tenant_id, flavor_id=flavor_id, state__in=HOLDING_STATES)
+        held = (Run.objects.using(PLATFORM_ALIAS)
+                .filter(tenant_id=tenant_id, flavor_id=flavor_id, state__in=HOLDING_STATES)
                 .aggregate(total=Sum("gpus"))["total"] or 0)
         live = [n for n in nodes if n.is_live(moment)]
         taken = _devices_taken(live)
@@ -282,13 +282,13 @@ def _admit_group(tenant_id: int, flavor_id: int | None, *, priority: int, moment
 
 
 def _admit_without_gpus(runs: list[Run], *, tenant: Tenant, moment) -> tuple[int, int]:
-    nodes = [n for n in RunnerNode.objects.using(PLATFORM).select_for_update(of=("self",))
+    nodes = [n for n in RunnerNode.objects.using(PLATFORM_ALIAS).select_for_update(of=("self",))
              .filter(jurisdiction=tenant.jurisdiction, state=NodeState.READY).order_by("id") if n.is_live(moment)]
     if not nodes:
         for run in runs:
             _wait(run, tenant=tenant, reason=f"No live runner node in {tenant.jurisdiction}.")
         return 0, len(runs)
-    load = dict(Run.objects.using(PLATFORM).filter(node__in=nodes, state__in=HOLDING_STATES).order_by()
+    load = dict(Run.objects.using(PLATFORM_ALIAS).filter(node__in=nodes, state__in=HOLDING_STATES).order_by()
                 .values("node_id").annotate(count=Count("id")).values_list("node_id", "count"))
     for run in runs:
         node = min(nodes, key=lambda n: (load.get(n.pk, 0), n.pk))
@@ -303,11 +303,11 @@ def _reclaim(run: Run, *, tenant: Tenant, nodes: list[RunnerNode], taken: dict, 
     the fewest GPUs must be returned. Order: lowest priority first, then the most recently
     admitted (the least work lost). A borrower keeps what is within its nominal quota.
     Returns why the run waits, or None when reclaiming cannot make it fit."""
-    holding = list(Run.objects.using(PLATFORM).select_for_update(of=("self",)).select_related("tenant", "node")
+    holding = list(Run.objects.using(PLATFORM_ALIAS).select_for_update(of=("self",)).select_related("tenant", "node")
                    .filter(node__in=nodes, state__in=HOLDING_STATES).exclude(tenant_id=tenant.pk).order_by("id"))
     if not holding:
         return None
-    nominal = dict(TenantQuota.objects.using(PLATFORM).filter(flavor_id=run.flavor_id, tenant_id__in={
+    nominal = dict(TenantQuota.objects.using(PLATFORM_ALIAS).filter(flavor_id=run.flavor_id, tenant_id__in={
         r.tenant_id for r in holding}).values_list("tenant_id", "nominal"))
     held_by: dict[int, int] = {}
     for other in holding:
@@ -342,14 +342,14 @@ def _preempt(run: Run, *, for_tenant: Tenant, moment) -> None:
     yet started gives its devices back at once."""
     reason = f"Preempted: {for_tenant.slug} reclaims its nominal {run.flavor.name if run.flavor_id else ''} quota."
     record(action="run.preempt", actor=Actor.system("admission"), tenant=run.tenant.slug,
-           target=Target("run", run.public_id), using=PLATFORM,
+           target=Target("run", run.public_id), using=PLATFORM_ALIAS,
            data={"for_tenant": for_tenant.slug, "node": run.node.hostname, "devices": run.device_ids,
                  "fencing_token": run.fencing_token, "was": run.state})
     if run.state == RunState.RUNNING:
         run.preempt_requested_at = moment
-        run.save(using=PLATFORM, update_fields=["preempt_requested_at"])
+        run.save(using=PLATFORM_ALIAS, update_fields=["preempt_requested_at"])
     else:
-        requeue_preempted(run, reason=reason, using=PLATFORM)
+        requeue_preempted(run, reason=reason, using=PLATFORM_ALIAS)
 
 
 def requeue_preempted(run: Run, *, reason: str, using: str) -> None:
@@ -362,7 +362,7 @@ def requeue_preempted(run: Run, *, reason: str, using: str) -> None:
 
 def _devices_taken(nodes: list[RunnerNode]) -> dict[int, set]:
     taken = {}
-    for node_id, device_ids in (Run.objects.using(PLATFORM).filter(node__in=nodes, state__in=HOLDING_STATES)
+    for node_id, device_ids in (Run.objects.using(PLATFORM_ALIAS).filter(node__in=nodes, state__in=HOLDING_STATES)
                                 .values_list("node_id", "device_ids")):
         taken.setdefault(node_id, set()).update(device_ids)
     return taken
@@ -385,10 +385,10 @@ def _wait(run: Run, *, tenant: Tenant, reason: str) -> None:
     while it waits (the tenant's holdings move) is only an explanation and is not."""
     if run.state != RunState.QUEUED:
         record(action="run.queue", actor=Actor.system("admission"), tenant=tenant.slug,
-               target=Target("run", run.public_id), using=PLATFORM, data={"reason": reason})
+               target=Target("run", run.public_id), using=PLATFORM_ALIAS, data={"reason": reason})
     if (run.state, run.reason) != (RunState.QUEUED, reason):
         run.state, run.reason = RunState.QUEUED, reason
-        run.save(using=PLATFORM, update_fields=["state", "reason"])
+        run.save(using=PLATFORM_ALIAS, update_fields=["state", "reason"])
 
 
 def _admit(run: Run, *, tenant: Tenant, node, devices, moment) -> None:
@@ -398,10 +398,10 @@ def _admit(run: Run, *, tenant: Tenant, node, devices, moment) -> None:
     run.node, run.device_ids, run.admitted_at = node, devices, moment
     run.lease_expires_at = moment + timedelta(seconds=settings.RUN_CLAIM_TIMEOUT_SECONDS)
     run.fencing_token += 1
-    run.save(using=PLATFORM, update_fields=["state", "reason", "node", "device_ids", "admitted_at", "fencing_token",
-                                            "lease_expires_at"])
+    run.save(using=PLATFORM_ALIAS, update_fields=["state", "reason", "node", "device_ids", "admitted_at",
+                                                  "fencing_token", "lease_expires_at"])
     outbox_add(run)
     record(action="run.admit", actor=Actor.system("admission"), tenant=tenant.slug,
-           target=Target("run", run.public_id), using=PLATFORM,
+           target=Target("run", run.public_id), using=PLATFORM_ALIAS,
            data={"node": node.hostname if node else "", "devices": devices, "gpus": run.gpus,
                  "flavor": run.flavor.name if run.flavor else "", "fencing_token": run.fencing_token})

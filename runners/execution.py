@@ -18,16 +18,15 @@ from django.utils import timezone
 
 from audit.log import Actor, Target, record
 from tenants.access import actor_for, require
-from tenants.db import bind_rls
+from tenants.db import PLATFORM_ALIAS, bind_rls
 from tenants.errors import Conflict
 from workflows.spec import step_order
 
 from .ledger import bill
-from .models import FINISHED_STATES, WAITING_STATES, Run, RunLogChunk, RunState, RunStep, StepState
+from .models import FINISHED_STATES, UNCLAIMED_STATES, WAITING_STATES, Run, RunLogChunk, RunState, RunStep, StepState
 
 logger = logging.getLogger(__name__)
 
-PLATFORM = "platform"
 RUNNER = Actor.system("runner")
 
 
@@ -43,13 +42,13 @@ class Lease:
     done: threading.Event = field(default_factory=threading.Event)
 
     def fenced(self):
-        return Run.objects.using(PLATFORM).filter(pk=self.run.pk, fencing_token=self.fencing_token,
+        return Run.objects.using(PLATFORM_ALIAS).filter(pk=self.run.pk, fencing_token=self.fencing_token,
                                                   state=RunState.RUNNING)
 
 
 def _record(action: str, run: Run, **data) -> None:
     record(action=action, actor=RUNNER, tenant=run.tenant.slug, target=Target("run", run.public_id),
-           using=PLATFORM, data=data)
+           using=PLATFORM_ALIAS, data=data)
 
 
 def run_claim(*, run_id: str, fencing_token: int, hostname: str) -> Lease | None:
@@ -57,8 +56,8 @@ def run_claim(*, run_id: str, fencing_token: int, hostname: str) -> Lease | None
     that counts. A duplicate or stale delivery returns None and changes nothing; a message
     for devices reserved on another node is refused (and audited)."""
     now = timezone.now()
-    with transaction.atomic(using=PLATFORM):
-        run = (Run.objects.using(PLATFORM).select_for_update(of=("self",))
+    with transaction.atomic(using=PLATFORM_ALIAS):
+        run = (Run.objects.using(PLATFORM_ALIAS).select_for_update(of=("self",))
                .select_related("tenant", "node", "flavor", "version__workflow", "requested_by")
                .filter(public_id=run_id).first())
         if run is None:
@@ -68,14 +67,14 @@ def run_claim(*, run_id: str, fencing_token: int, hostname: str) -> Lease | None
             _record("run.claim_refused", run, node=hostname, fencing_token=fencing_token,
                     reserved_on=run.node.hostname if run.node else "")
             return None
-        if run.fencing_token != fencing_token or run.state not in (RunState.ADMITTED, RunState.DISPATCHED):
+        if run.fencing_token != fencing_token or run.state not in UNCLAIMED_STATES:
             logger.info("run %s: delivery with token %s is stale or a duplicate (token %s, %s); no effect",
                         run_id, fencing_token, run.fencing_token, run.state)
             return None
         run.state, run.reason, run.started_at = RunState.RUNNING, "", now
         run.lease_expires_at = now + timedelta(seconds=settings.RUNNER_LEASE_SECONDS)
-        run.save(using=PLATFORM, update_fields=["state", "reason", "started_at", "lease_expires_at"])
-        RunStep.objects.using(PLATFORM).bulk_create([
+        run.save(using=PLATFORM_ALIAS, update_fields=["state", "reason", "started_at", "lease_expires_at"])
+        RunStep.objects.using(PLATFORM_ALIAS).bulk_create([
             RunStep(tenant_id=run.tenant_id, run=run, fencing_token=fencing_token, position=position, name=step["name"])
             for position, step in enumerate(step_order(run.version.spec))])
         _record("run.start", run, node=hostname, devices=run.device_ids, fencing_token=fencing_token)
@@ -85,14 +84,14 @@ def run_claim(*, run_id: str, fencing_token: int, hostname: str) -> Lease | None
 CANCEL, PREEMPT = "cancel", "preempt"
 
 
-def lease_renew(lease: Lease) -> tuple[bool, str | None]:
-    """Extend the lease; return (still held, what the run was asked to do: cancel, preempt)."""
+def lease_renew(lease: Lease) -> bool:
+    """Extend the lease; False when the reaper has taken the run back."""
     expires = timezone.now() + timedelta(seconds=settings.RUNNER_LEASE_SECONDS)
-    held = bool(lease.fenced().update(lease_expires_at=expires))
-    return held, stop_requested(lease) if held else None
+    return bool(lease.fenced().update(lease_expires_at=expires))
 
 
 def stop_requested(lease: Lease) -> str | None:
+    """What the run was asked to do while running: CANCEL, PREEMPT, or nothing."""
     asked = lease.fenced().values_list("cancel_requested_at", "preempt_requested_at").first()
     if asked is None:
         return None
@@ -100,7 +99,7 @@ def stop_requested(lease: Lease) -> str | None:
 
 
 def step_update(lease: Lease, name: str, **changes) -> None:
-    RunStep.objects.using(PLATFORM).filter(run_id=lease.run.pk, fencing_token=lease.fencing_token,
+    RunStep.objects.using(PLATFORM_ALIAS).filter(run_id=lease.run.pk, fencing_token=lease.fencing_token,
                                            name=name).update(**changes)
 
 
@@ -112,12 +111,12 @@ def log_append(lease: Lease, text: str) -> None:
     room = max(0, settings.RUN_LOG_MAX_BYTES - lease.run.log_bytes)
     kept = data[:room].decode("utf-8", "ignore")
     kept_bytes = len(kept.encode("utf-8"))
-    with transaction.atomic(using=PLATFORM):
+    with transaction.atomic(using=PLATFORM_ALIAS):
         if not lease.fenced().update(log_bytes=F("log_bytes") + kept_bytes,
                                      log_dropped_bytes=F("log_dropped_bytes") + len(data) - kept_bytes):
             return
         if kept:
-            RunLogChunk.objects.using(PLATFORM).create(tenant_id=lease.run.tenant_id, run_id=lease.run.pk,
+            RunLogChunk.objects.using(PLATFORM_ALIAS).create(tenant_id=lease.run.tenant_id, run_id=lease.run.pk,
                                                        step=lease.step, text=kept)
     lease.run.log_bytes += kept_bytes
     lease.run.log_dropped_bytes += len(data) - kept_bytes
@@ -126,22 +125,22 @@ def log_append(lease: Lease, text: str) -> None:
 def run_finish(lease: Lease, *, state: str, reason: str = "") -> bool:
     """End the admission: record the outcome, release the devices, bill the GPU time once."""
     now = timezone.now()
-    with transaction.atomic(using=PLATFORM):
+    with transaction.atomic(using=PLATFORM_ALIAS):
         run = (lease.fenced().select_for_update(of=("self",)).select_related("tenant", "flavor").first())
         if run is None:  # the reaper took it back meanwhile; it billed what this admission used
             return False
         if run.log_dropped_bytes:
-            RunLogChunk.objects.using(PLATFORM).create(
+            RunLogChunk.objects.using(PLATFORM_ALIAS).create(
                 tenant_id=run.tenant_id, run_id=run.pk,
                 text=f"\n[log capped at {settings.RUN_LOG_MAX_BYTES} bytes: {run.log_dropped_bytes} bytes "
                      f"were not kept]\n")
         if state == RunState.CANCELLED and run.reason:  # who or what cancelled it, not how the worker saw it
             reason = run.reason
         run.state, run.reason, run.finished_at, run.lease_expires_at = state, reason[:1000], now, None
-        run.save(using=PLATFORM, update_fields=["state", "reason", "finished_at", "lease_expires_at"])
-        RunStep.objects.using(PLATFORM).filter(run=run, fencing_token=lease.fencing_token,
+        run.save(using=PLATFORM_ALIAS, update_fields=["state", "reason", "finished_at", "lease_expires_at"])
+        RunStep.objects.using(PLATFORM_ALIAS).filter(run=run, fencing_token=lease.fencing_token,
                                                state=StepState.PENDING).update(state=StepState.SKIPPED)
-        entry = bill(run, until=now, using=PLATFORM)
+        entry = bill(run, until=now, using=PLATFORM_ALIAS)
         _record("run.finish", run, state=state, reason=run.reason, node=lease.hostname, devices=run.device_ids,
                 gpu_seconds=str(entry.gpu_seconds) if entry else "0")
     return True
@@ -153,15 +152,15 @@ def run_preempted(lease: Lease) -> bool:
     from .admission import requeue_preempted
 
     now = timezone.now()
-    with transaction.atomic(using=PLATFORM):
+    with transaction.atomic(using=PLATFORM_ALIAS):
         run = lease.fenced().select_for_update(of=("self",)).select_related("tenant", "flavor").first()
         if run is None:
             return False
-        entry = bill(run, until=now, using=PLATFORM)
-        RunStep.objects.using(PLATFORM).filter(run=run, fencing_token=lease.fencing_token,
+        entry = bill(run, until=now, using=PLATFORM_ALIAS)
+        RunStep.objects.using(PLATFORM_ALIAS).filter(run=run, fencing_token=lease.fencing_token,
                                                state__in=(StepState.PENDING, StepState.RUNNING)).update(
             state=StepState.CANCELLED, reason="Preempted.", finished_at=now)
-        requeue_preempted(run, reason="Preempted to return borrowed devices.", using=PLATFORM)
+        requeue_preempted(run, reason="Preempted to return borrowed devices.", using=PLATFORM_ALIAS)
         _record("run.requeue", run, node=lease.hostname, fencing_token=lease.fencing_token, was="running",
                 reason=run.reason, gpu_seconds=str(entry.gpu_seconds) if entry else "0")
     return True
@@ -180,7 +179,7 @@ def run_cancel(*, actor, run: Run) -> Run:
         if run.cancel_requested_at is None:
             run.cancel_requested_at, run.reason = now, f"Cancelled by {actor.username}."
             fields = ["cancel_requested_at", "reason"]
-            if run.state in WAITING_STATES or run.state in (RunState.ADMITTED, RunState.DISPATCHED):
+            if run.state in (*WAITING_STATES, *UNCLAIMED_STATES):
                 run.state, run.finished_at = RunState.CANCELLED, now
                 run.node, run.device_ids, run.lease_expires_at = None, [], None
                 fields += ["state", "finished_at", "node", "device_ids", "lease_expires_at"]

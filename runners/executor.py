@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
+from tenants.db import PLATFORM_ALIAS
 from workflows.outputs import run_output_register
 from workflows.spec import step_order
 from workflows.store import UploadRefused, get_store
@@ -37,7 +38,8 @@ logger = logging.getLogger(__name__)
 LOG_FLUSH_SECONDS = 0.5
 LOG_FLUSH_BYTES = 64 * 1024
 CANCEL_CHECK_SECONDS = 1.0
-PREEMPTED = "preempted"  # an outcome, not a state: the run goes back to the queue
+PREEMPTED = "preempted"  # outcomes, not states: the run goes back to the queue,
+LEASE_LOST = "lease_lost"  # or the reaper owns it already
 
 
 class StepsStopped(Exception):
@@ -78,7 +80,7 @@ def execute(*, run_id: str, fencing_token: int, hostname: str) -> str | None:
         lease.done.set()
         keeper.join()
         shutil.rmtree(workdir, ignore_errors=True)
-    if state == "lost" or lease.lost:  # the reaper owns the run now; nothing of ours may be written
+    if state == LEASE_LOST or lease.lost:  # the reaper owns the run now; nothing of ours may be written
         return None
     if state == PREEMPTED:
         run_preempted(lease)
@@ -92,8 +94,7 @@ def _keep_lease(lease: Lease) -> None:
     steps, outputs); a refused renewal means the reaper took the run: the steps are stopped."""
     try:
         while not lease.done.wait(settings.RUNNER_LEASE_SECONDS / 3):
-            held, _ = lease_renew(lease)
-            if not held:
+            if not lease_renew(lease):
                 lease.lost = True
                 return
     finally:
@@ -118,7 +119,7 @@ def _execute(lease: Lease, workdir: Path) -> tuple[str, str]:
         if not ok:
             return RunState.FAILED, reason
     if lease.lost:
-        raise StepsStopped("lost", "The lease was lost to the reaper.")
+        raise StepsStopped(LEASE_LOST, "The lease was lost to the reaper.")
     try:
         _register_outputs(lease, workdir)
     except OutputRefused as exc:
@@ -151,7 +152,7 @@ def _register_outputs(lease: Lease, workdir: Path) -> None:
         try:
             run_output_register(tenant=run.tenant, version=run.version, stage=run.stage, run_id=str(run.public_id),
                                 name=output["name"], kind=output["kind"], path=path, region=run.node.region,
-                                created_by=run.requested_by, facts=facts, using="platform")
+                                created_by=run.requested_by, facts=facts, using=PLATFORM_ALIAS)
         except UploadRefused as exc:
             raise OutputRefused(f"Output {output['name']} was refused: {exc}") from None
         log_append(lease, f"<== output {output['name']} registered\n")
@@ -255,7 +256,7 @@ def _attempt(lease: Lease, step: dict, workdir: Path) -> Attempt:
                 next_cancel_check = now + CANCEL_CHECK_SECONDS
                 if lease.lost:
                     _kill(process)
-                    raise StepsStopped("lost", "The lease was lost to the reaper.")
+                    raise StepsStopped(LEASE_LOST, "The lease was lost to the reaper.")
                 if asked == CANCEL:
                     _kill(process)
                     log_append(lease, b"".join(pending).decode("utf-8", "replace") + "<== cancelled\n")

@@ -63,7 +63,8 @@ class RunState(models.TextChoices):
 
 
 WAITING_STATES = (RunState.PENDING, RunState.QUEUED)
-HOLDING_STATES = (RunState.ADMITTED, RunState.DISPATCHED, RunState.RUNNING)  # these hold devices
+UNCLAIMED_STATES = (RunState.ADMITTED, RunState.DISPATCHED)  # hold devices; no worker has claimed them yet
+HOLDING_STATES = (*UNCLAIMED_STATES, RunState.RUNNING)  # these hold devices
 
 
 class Run(models.Model):

@@ -9,13 +9,13 @@ from django.db.models import Count, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
+from tenants.db import PLATFORM_ALIAS
 from tenants.models import TenantQuota
 
 from .ledger import month_of
 from .models import HOLDING_STATES, BudgetAlert, WAITING_STATES, Run, RunnerNode, RunState, UsageEntry
 
 
-PLATFORM = "platform"  # node utilisation and chargeback read every tenant's runs and usage
 
 @dataclass
 class Pool:
@@ -123,7 +123,7 @@ def node_utilisation(moment=None) -> list[NodeUse]:
     """Every node with how many of its devices runs hold now (platform admins' view)."""
     moment = moment or timezone.now()
     held: dict[int, list] = {}
-    for node_id, device_ids in (Run.objects.using(PLATFORM).filter(state__in=HOLDING_STATES, node__isnull=False)
+    for node_id, device_ids in (Run.objects.using(PLATFORM_ALIAS).filter(state__in=HOLDING_STATES, node__isnull=False)
                                 .values_list("node_id", "device_ids")):
         held.setdefault(node_id, []).append(device_ids)
     return [NodeUse(node=node, live=node.is_live(moment), devices_held=sum(len(d) for d in held.get(node.pk, [])),
@@ -138,9 +138,9 @@ CHARGEBACK_COLUMNS = ["month", "tenant", "flavor", "gpu_hours", "weighted_gpu_ho
 def chargeback(month) -> list[dict]:
     """GPU-hours per tenant and flavor billed in ``month`` (the ledger, every tenant: the
     platform role), weighted by the flavor's billing weight, with the budget and any overrun."""
-    quotas = {(q.tenant_id, q.flavor_id): q for q in TenantQuota.objects.using(PLATFORM).all()}
+    quotas = {(q.tenant_id, q.flavor_id): q for q in TenantQuota.objects.using(PLATFORM_ALIAS).all()}
     rows = []
-    for row in (UsageEntry.objects.using(PLATFORM).filter(month=month).order_by()
+    for row in (UsageEntry.objects.using(PLATFORM_ALIAS).filter(month=month).order_by()
                 .values("tenant_id", "tenant__slug", "flavor_id", "flavor__name")
                 .annotate(seconds=Sum("gpu_seconds"), weighted=Sum("weighted_gpu_seconds"))
                 .order_by("tenant__slug", "flavor__name")):

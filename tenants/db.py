@@ -22,6 +22,8 @@ from django.db import connections, migrations, transaction
 from audit.appendonly import APPEND_ONLY_TABLES
 
 OWNER_ALIAS = "owner"
+# The platform role (BYPASSRLS): platform jobs and runners, which see every tenant.
+PLATFORM_ALIAS = "platform"
 
 TENANT_MATCH = "tenant_id = nullif(current_setting('app.tenant_id', true), '')::bigint"
 USER_MATCH = "user_id = nullif(current_setting('app.user_id', true), '')::bigint"

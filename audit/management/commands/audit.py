@@ -6,7 +6,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.sequencer import sequence_pending
+from audit.sequencer import PLATFORM_ALIAS, sequence_pending
 from audit.verify import verify_log
 
 
@@ -49,7 +49,7 @@ class Command(BaseCommand):
 
             try:
                 files = export_files(tenant=options["tenant"], since=options["since"], until=options["until"],
-                                     using="platform")
+                                     using=PLATFORM_ALIAS)
             except NothingToExport as exc:
                 raise CommandError(str(exc)) from None
             write_folder(files, options["output"])
@@ -62,7 +62,7 @@ class Command(BaseCommand):
 
             while sequence_pending(batch=settings.AUDIT_SEQUENCER_BATCH):
                 pass
-            checkpoint = checkpoint_write(using="platform")
+            checkpoint = checkpoint_write(using=PLATFORM_ALIAS)
             if checkpoint is None:
                 self.stdout.write("Nothing new since the last checkpoint.")
             else:
