@@ -17,6 +17,7 @@ ACTIONS = {
     "gpu_flavor.update": "A platform admin changed a GPU flavor's description, billing weight or availability.",
     "tenant_quota.set": "A platform admin set a tenant's GPU quota for one flavor.",
     "audit.export": "An auditor or admin downloaded the tenant's verifiable audit export.",
+    "audit.evidence_pack": "An auditor or admin downloaded a promotion's evidence pack.",
     "audit.checkpoint": "The platform signed a checkpoint of the audit tree, with a head per tenant.",
     "runner.register": "A runner node registered (or updated) itself with the GPUs it found.",
     "run.request": "A developer asked for a run; it passed the run policy and waits for admission.",

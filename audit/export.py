@@ -35,11 +35,9 @@ class NothingToExport(Exception):
     pass
 
 
-def export_files(*, tenant: str, since=None, until=None, using: str) -> dict[str, bytes]:
-    """The export's files by name, ending at a checkpoint signed now (covering every event so
-    far), or with ``until``, at the latest checkpoint signed by then;
-    ``since`` leaves out the tenant's events before it (a regulator then checks the first
-    position against the tenant head they kept)."""
+def signed_checkpoint(*, using: str, until=None) -> AuditCheckpoint:
+    """A checkpoint signed now, covering every event so far; or with ``until``, the latest
+    checkpoint signed by then."""
     if until is None:  # up to now: sequence what is pending and sign a checkpoint covering it
         while sequence_pending(using=using):
             pass
@@ -50,6 +48,26 @@ def export_files(*, tenant: str, since=None, until=None, using: str) -> dict[str
     checkpoint = checkpoints.first()
     if checkpoint is None:
         raise NothingToExport("No checkpoint has been signed in that period yet; run `manage.py audit checkpoint`.")
+    return checkpoint
+
+
+def proved_event(leaf: AuditLeaf, size: int, *, using: str) -> dict:
+    """One event as an export line: its exact canonical bytes, its sequencing entry, its global
+    and tenant positions, and its inclusion proof in the tree of ``size`` leaves."""
+    return {"position": leaf.position, "tenant_position": leaf.tenant_position, "canonical": leaf.event.canonical,
+            "leaf": leaf.leaf, "proof": [h.hex() for h in tree.inclusion_proof(leaf.position, size, using=using)]}
+
+
+def jsonl(records) -> bytes:
+    return "".join(json.dumps(item, sort_keys=True) + "\n" for item in records).encode()
+
+
+def export_files(*, tenant: str, since=None, until=None, using: str) -> dict[str, bytes]:
+    """The export's files by name, ending at a checkpoint signed now (covering every event so
+    far), or with ``until``, at the latest checkpoint signed by then;
+    ``since`` leaves out the tenant's events before it (a regulator then checks the first
+    position against the tenant head they kept)."""
+    checkpoint = signed_checkpoint(using=using, until=until)
     head = checkpoint.tenant_heads.using(using).filter(tenant=tenant).first()
     if head is None:
         raise NothingToExport(f"The checkpoint of size {checkpoint.tree_size} covers no event of tenant {tenant}.")
@@ -58,23 +76,16 @@ def export_files(*, tenant: str, since=None, until=None, using: str) -> dict[str
               .order_by("position"))
     if since is not None:
         leaves = leaves.filter(event__occurred_at__gte=since)
-    lines = []
-    for leaf in leaves.iterator(chunk_size=1000):
-        lines.append(json.dumps({
-            "position": leaf.position, "tenant_position": leaf.tenant_position, "canonical": leaf.event.canonical,
-            "leaf": leaf.leaf, "proof": [h.hex() for h in tree.inclusion_proof(leaf.position, size, using=using)]},
-            sort_keys=True))
-    consistency = [json.dumps({"from": older.tree_size, "from_root": older.root_hash,
-                               "proof": [h.hex() for h in tree.consistency_proof(older.tree_size, size, using=using)]},
-                              sort_keys=True)
+    events = [proved_event(leaf, size, using=using) for leaf in leaves.iterator(chunk_size=1000)]
+    consistency = [{"from": older.tree_size, "from_root": older.root_hash,
+                    "proof": [h.hex() for h in tree.consistency_proof(older.tree_size, size, using=using)]}
                    for older in AuditCheckpoint.objects.using(using).filter(tree_size__lt=size).order_by("tree_size")]
     manifest = {"format": FORMAT, "tenant": tenant, "tree_size": size, "tenant_size": head.tenant_size,
-                "events": len(lines), "since": since.isoformat() if since else None,
+                "events": len(events), "since": since.isoformat() if since else None,
                 "until": until.isoformat() if until else None, "exported_at": timezone.now().isoformat()}
     return {"manifest.json": json.dumps(manifest, indent=2, sort_keys=True).encode(),
             "checkpoint.txt": checkpoint.note.encode(), "tenant-head.txt": head.note.encode(),
-            "events.jsonl": "".join(f"{line}\n" for line in lines).encode(),
-            "consistency.jsonl": "".join(f"{line}\n" for line in consistency).encode()}
+            "events.jsonl": jsonl(events), "consistency.jsonl": jsonl(consistency)}
 
 
 def write_folder(files: dict[str, bytes], folder: Path) -> None:

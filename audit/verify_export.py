@@ -30,7 +30,7 @@ class PackInvalid(Exception):
     pass
 
 
-def _canonical_entry(event_hash: str, tenant: str, tenant_position: int) -> bytes:
+def sequencing_entry(event_hash: str, tenant: str, tenant_position: int) -> bytes:
     """RFC 8785 JSON of the sequencing entry: for its string and integer members, sorted keys
     and no whitespace are exactly what RFC 8785 prescribes."""
     return json.dumps({"event_hash": event_hash, "tenant": tenant, "tenant_position": tenant_position},
@@ -63,24 +63,9 @@ def verify_pack(folder: Path, public_pem: str, *, previous_checkpoint: str | Non
     except OSError as exc:
         raise PackInvalid(f"events.jsonl cannot be read: {exc}") from None
     for number, line in enumerate(lines, start=1):
-        try:
-            event = json.loads(line)
-            canonical, position = event["canonical"].encode(), int(event["position"])
-            tenant_position, proof = int(event["tenant_position"]), [bytes.fromhex(h) for h in event["proof"]]
-            stated_tenant = json.loads(canonical)["tenant"]
-        except (ValueError, KeyError, TypeError):
-            raise PackInvalid(f"event line {number} is not a valid export record") from None
-        if stated_tenant != tenant:
-            raise PackInvalid(f"event line {number} belongs to tenant {stated_tenant!r}, not {tenant!r}")
+        _, tenant_position = proven_event(line, number, checkpoint, tenant)
         if tenant_position != expected:
             raise PackInvalid(f"tenant position {expected} is missing (line {number} has {tenant_position})")
-        entry = _canonical_entry(leaf_hash(canonical).hex(), tenant, tenant_position)
-        if event.get("leaf") is not None and event["leaf"].encode() != entry:
-            raise PackInvalid(f"event line {number}: its sequencing entry does not match its canonical bytes")
-        try:
-            verify_inclusion(position, checkpoint.size, leaf_hash(entry), proof, checkpoint.root)
-        except ProofError as exc:
-            raise PackInvalid(f"event at sequence number {position} is not in the signed tree: {exc}") from None
         expected += 1
         count += 1
     if expected != tenant_size:
@@ -89,6 +74,29 @@ def verify_pack(folder: Path, public_pem: str, *, previous_checkpoint: str | Non
     if previous_checkpoint is not None:
         _check_consistency(folder, previous_checkpoint, public_pem, checkpoint)
     return {"tenant": tenant, "events": count, "tree_size": checkpoint.size, "tenant_size": tenant_size}
+
+
+def proven_event(line: str, number: int, checkpoint, tenant: str) -> tuple[dict, int]:
+    """Check one export line: its canonical bytes, sequencing entry and inclusion proof in
+    ``checkpoint``; return the event's body and its tenant position."""
+    try:
+        event = json.loads(line)
+        canonical, position = event["canonical"].encode(), int(event["position"])
+        tenant_position, proof = int(event["tenant_position"]), [bytes.fromhex(h) for h in event["proof"]]
+        body = json.loads(canonical)
+        stated_tenant = body["tenant"]
+    except (ValueError, KeyError, TypeError):
+        raise PackInvalid(f"event line {number} is not a valid export record") from None
+    if stated_tenant != tenant:
+        raise PackInvalid(f"event line {number} belongs to tenant {stated_tenant!r}, not {tenant!r}")
+    entry = sequencing_entry(leaf_hash(canonical).hex(), tenant, tenant_position)
+    if event.get("leaf") is not None and event["leaf"].encode() != entry:
+        raise PackInvalid(f"event line {number}: its sequencing entry does not match its canonical bytes")
+    try:
+        verify_inclusion(position, checkpoint.size, leaf_hash(entry), proof, checkpoint.root)
+    except ProofError as exc:
+        raise PackInvalid(f"event at sequence number {position} is not in the signed tree: {exc}") from None
+    return body, tenant_position
 
 
 def _check_consistency(folder: Path, previous_note: str, public_pem: str, checkpoint) -> None:

@@ -1,4 +1,6 @@
 from django.db import transaction
+from django.http import HttpResponse
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
 from rest_framework.permissions import AllowAny
@@ -7,6 +9,7 @@ from rest_framework.views import APIView
 
 from audit import tree
 from audit.checkpoints import key_hint
+from audit.export import NothingToExport, as_zip, export_files
 from audit.keys import platform_keyring
 from audit.models import AuditCheckpoint, AuditEvent, AuditLeaf
 from audit.log import Target, record
@@ -15,6 +18,7 @@ from tenants.api import TenantScopedMixin
 from tenants.db import PLATFORM_ALIAS
 from tenants.errors import Invalid, NotFound
 
+from .evidence import promotion_evidence
 from .filters import AuditEventFilter
 from .selectors import events_visible_to
 
@@ -154,11 +158,6 @@ class TenantAuditExport(TenantScopedMixin, APIView):
 
     @extend_schema(responses={(200, "application/zip"): bytes})
     def get(self, request, tenant):
-        from django.http import HttpResponse
-        from django.utils.dateparse import parse_datetime
-
-        from audit.export import NothingToExport, as_zip, export_files
-
         require(request.user, self.tenant, "audit")
         bounds = {}
         for name in ("since", "until"):
@@ -177,4 +176,20 @@ class TenantAuditExport(TenantScopedMixin, APIView):
                    target=Target("tenant", self.tenant.slug), data={k: v.isoformat() for k, v in bounds.items()})
         response = HttpResponse(as_zip(files), content_type="application/zip")
         response["Content-Disposition"] = f'attachment; filename="audit-{self.tenant.slug}.zip"'
+        return response
+
+
+class PromotionEvidencePack(TenantScopedMixin, APIView):
+    """One promotion's evidence pack as a zip (auditors and admins): the version, artifacts and
+    their verifications, every policy decision, approvals with their MFA evidence, waivers and
+    overrides, the attestation, and an inclusion proof for each audit event about them. Verify
+    it with ``python -m compliance.verify_evidence``."""
+
+    read_action = "audit"
+
+    @extend_schema(responses={(200, "application/zip"): bytes})
+    def get(self, request, tenant, promotion):
+        found, files = promotion_evidence(actor=request.user, tenant=self.tenant, public_id=promotion)
+        response = HttpResponse(as_zip(files), content_type="application/zip")
+        response["Content-Disposition"] = f'attachment; filename="evidence-{found.public_id}.zip"'
         return response

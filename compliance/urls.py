@@ -13,6 +13,8 @@ api_urlpatterns = [
     path("tenants/<slug:tenant>/audit/events/", api.TenantAuditEventList.as_view(), name="api-tenant-audit-events"),
     # Outside the request's transaction: the export signs a checkpoint through the platform role first.
     path("tenants/<slug:tenant>/audit/export/", committing(api.TenantAuditExport), name="api-tenant-audit-export"),
+    path("tenants/<slug:tenant>/promotions/<uuid:promotion>/evidence/", committing(api.PromotionEvidencePack),
+         name="api-promotion-evidence"),
 ]
 
 console_urlpatterns = [

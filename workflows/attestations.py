@@ -20,6 +20,7 @@ from audit.hashing import canonical_json
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 PREDICATE_TYPE = "https://neocloud.dev/attestations/promotion/v1"
+PROVENANCE_PREDICATE = "https://neocloud.dev/provenance/run/v1"  # what the platform signs for a run's outputs
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 
 

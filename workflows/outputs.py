@@ -17,7 +17,7 @@ from .models import Artifact, ArtifactKind, RunOutput, Stage, WorkflowVersion
 from .signing import file_digest
 from .store import get_store
 
-PROVENANCE_PREDICATE = "https://neocloud.dev/provenance/run/v1"
+PROVENANCE_PREDICATE = attestations.PROVENANCE_PREDICATE
 
 
 def run_output_register(*, tenant: Tenant, version: WorkflowVersion, stage: str, run_id: str, name: str, kind: str,

@@ -1,0 +1,635 @@
+"""Audit log throughput and proof latency on PostgreSQL, each next to its plain baseline.
+
+    python bench/audit.py [--writers 8] [--appends 4000] [--rounds 2] [--verify-events 20000]
+                          [--proof-events 1000000] [--proofs 200] [--repeat 3]
+
+Measures in one run:
+
+1. appends: events per second through the product's ``audit.log.record`` (each event in its
+   own ``transaction.atomic()`` on the app role, as a request records it) from --writers
+   threads, each with its own connection, while a sequencer thread calls
+   ``audit.sequencer.sequence_pending`` in a loop on the platform role; next to it the same
+   number of equivalent rows (built by the same code beforehand: canonical JSON and hash
+   precomputed) written by as many threads as bare INSERTs through psycopg, one transaction
+   per row. It reports how far the sequencer lagged and how long after the writers stopped
+   everything was sequenced;
+2. verify: events and MB per second of ``audit.verify.verify_log`` (what
+   ``manage.py audit verify`` runs) over a log of --verify-events events with a signed
+   checkpoint every AUDIT_CHECKPOINT_EVERY events, next to plain ``hashlib.sha256`` over the
+   bytes verify must hash (each event's canonical JSON and each leaf entry, with the RFC 6962
+   leaf prefix);
+3. proofs: p50 and p99 latency of ``audit.tree.inclusion_proof`` and
+   ``audit.tree.consistency_proof`` on a log of --proof-events events, read from the stored
+   subtrees. Every timed proof is then checked with ``audit.merkle.verify_*`` against roots
+   computed independently from all the stored leaves.
+
+The events beyond those the first part records are written directly (COPY as the owner
+role): synthetic events of the same shape, hashed the way the product hashes them, with their
+leaves and tree nodes computed here through ``audit.merkle.completed_nodes``. The verify of
+the second part checks the first of them with the product's own code.
+
+Needs PostgreSQL with the project's roles (``make pg-roles``) and a superuser
+(``PG_SUPERUSER_URL``, default ``postgresql://postgres@127.0.0.1:5432/postgres``); it creates
+and drops its own database, ``neocloud_bench_audit``, and a throwaway platform keyring in a
+temporary folder. It prints whether each goal is met and never asserts a goal; it exits
+non-zero only when something did not work (a failed write, an unverifiable proof, a log that
+does not verify).
+"""
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PG = os.environ.get("PG_HOST", "127.0.0.1") + ":" + os.environ.get("PG_PORT", "5432")
+DATABASE = "neocloud_bench_audit"
+SUPERUSER_URL = os.environ.get("PG_SUPERUSER_URL", f"postgresql://postgres@{PG}/postgres")
+APP_URL = f"postgresql://neocloud_app@{PG}/{DATABASE}"
+OWNER_URL = f"postgresql://neocloud_owner@{PG}/{DATABASE}"
+PLATFORM_URL = f"postgresql://neocloud_platform@{PG}/{DATABASE}"
+PLATFORM = "platform"
+
+ACTION = "workflow_version.register"  # catalogued; what registering a workflow version records
+TENANTS = tuple(f"bench-bank-{n}" for n in range(4))
+GOAL_APPEND, GOAL_VERIFY, GOAL_PROOF_MS = 0.70, 0.50, 10.0
+
+EVENT_COLUMNS = ("id", "uuid", "occurred_at", "actor_type", "actor_id", "actor_name", "token_id", "tenant", "action",
+                 "outcome", "target_type", "target_id", "data", "canonical", "event_hash")
+INSERT_SQL = ("INSERT INTO audit_auditevent (uuid, occurred_at, actor_type, actor_id, actor_name, token_id, tenant, "
+              "action, outcome, target_type, target_id, data, canonical, event_hash) "
+              "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s) RETURNING id")
+
+
+class BenchFailure(Exception):
+    """Something did not work; the message is one sentence."""
+
+
+# Database and Django ----------------------------------------------------------------------------
+
+
+def boot_django(keys: Path) -> None:
+    import psycopg
+
+    with psycopg.connect(SUPERUSER_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{DATABASE}" OWNER neocloud_owner')
+    os.environ.update({
+        "DJANGO_SETTINGS_MODULE": "neocloud.settings",
+        "NEOCLOUD_ENV": "development",
+        "DATABASE_URL": APP_URL,
+        "OWNER_DATABASE_URL": OWNER_URL,
+        "PLATFORM_DATABASE_URL": PLATFORM_URL,
+        "PLATFORM_KEK_FILE": str(keys / "platform-kek"),  # a throwaway keyring signs the checkpoints
+        "PLATFORM_KEYRING_FILE": str(keys / "platform-keyring.json"),
+        "LOG_LEVEL": "ERROR",
+    })
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    call_command("platform_keys", "init", stdout=io.StringIO())
+
+
+def drop_database() -> None:
+    import psycopg
+
+    try:
+        from django.db import connections
+
+        connections.close_all()
+    except Exception:  # Django never started
+        pass
+    with psycopg.connect(SUPERUSER_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+
+
+def tree_size() -> int:
+    from audit.models import SequencerState
+
+    return SequencerState.objects.using(PLATFORM).values_list("tree_size", flat=True).get(pk=1)
+
+
+def drain() -> int:
+    """Sequence everything committed so far (untimed housekeeping between measurements)."""
+    from django.conf import settings
+
+    from audit.sequencer import sequence_pending
+
+    total = 0
+    while done := sequence_pending(batch=settings.AUDIT_SEQUENCER_BATCH, using=PLATFORM):
+        total += done
+    return total
+
+
+# Events -----------------------------------------------------------------------------------------
+
+
+def digest(*parts) -> str:
+    return "sha256:" + hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()
+
+
+def event_arguments(writer: int, n: int, tag: str) -> dict:
+    """What registering workflow version ``n`` of a developer records (workflows.services)."""
+    from audit.log import Actor, Target
+
+    return {
+        "action": ACTION,
+        "actor": Actor(type="user", id=str(100 + writer), name=f"developer-{writer}"),
+        "tenant": TENANTS[writer % len(TENANTS)],
+        "target": Target("workflow_version", f"scorer-{tag}-{writer}@{n + 1}"),
+        "data": {"digest": digest(tag, writer, n), "artifacts": sorted([digest(tag, writer, n, "model"),
+                                                                        digest(tag, writer, n, "eval")]),
+                 "uses_images": False},
+    }
+
+
+def insert_row(event) -> tuple:
+    return (event.uuid, event.occurred_at, event.actor_type, event.actor_id, event.actor_name, event.token_id,
+            event.tenant, event.action, event.outcome, event.target_type, event.target_id, json.dumps(event.data),
+            event.canonical, event.event_hash)
+
+
+# 1. Appends -------------------------------------------------------------------------------------
+
+
+def timed_threads(count: int, prepare, work) -> tuple[float, list]:
+    """Run ``work(i, prepared)`` in ``count`` threads released together; the wall time from the
+    release to the last thread's end, and the errors raised."""
+    barrier = threading.Barrier(count + 1)
+    ends, errors = [0.0] * count, []
+
+    def body(index):
+        prepared = None
+        try:
+            prepared = prepare(index)
+        except Exception as exc:
+            errors.append(exc)
+        barrier.wait()
+        try:
+            if prepared is not None:
+                work(index, prepared)
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            ends[index] = time.perf_counter()
+            from django.db import connections
+
+            connections.close_all()  # this thread's own connections
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return max(ends) - started, errors
+
+
+def bare_inserts(writers: int, per_writer: int, tag: str) -> float:
+    """Bare INSERTs of precomputed rows, one transaction each; the wall time."""
+    import psycopg
+
+    from audit.log import _build
+
+    def prepare(index):
+        rows = [insert_row(_build(outcome="success", **event_arguments(index, n, tag))) for n in range(per_writer)]
+        connection = psycopg.connect(APP_URL)
+        return connection, rows
+
+    def work(index, prepared):
+        connection, rows = prepared
+        with connection:
+            for row in rows:
+                connection.execute(INSERT_SQL, row).fetchone()
+                connection.commit()
+
+    wall, errors = timed_threads(writers, prepare, work)
+    if errors:
+        raise BenchFailure(f"a bare INSERT writer failed: {type(errors[0]).__name__}: {errors[0]}")
+    return wall
+
+
+class Sequencer(threading.Thread):
+    """``sequence_pending`` in a loop on the platform connection, as fast as it finds work,
+    noting how far behind the writers it is after every call."""
+
+    def __init__(self, start_size: int, committed):
+        super().__init__()
+        self.start_size, self.committed = start_size, committed
+        self.writers_done = threading.Event()
+        self.stopped_at = None
+        self.lag_at_stop = None
+        self.caught_up_at = None
+        self.calls = self.batches = 0
+        self.lags: list[int] = []
+        self.error = None
+
+    def run(self):
+        from django.conf import settings
+        from django.db import connections
+
+        from audit.sequencer import sequence_pending
+
+        try:
+            while True:
+                finishing = self.writers_done.is_set()
+                done = sequence_pending(batch=settings.AUDIT_SEQUENCER_BATCH, using=PLATFORM)
+                self.calls += 1
+                self.batches += bool(done)
+                sequenced = tree_size() - self.start_size
+                lag = self.committed() - sequenced
+                self.lags.append(lag)
+                if finishing and lag == 0:
+                    self.caught_up_at = time.perf_counter()
+                    return
+                if not done:
+                    time.sleep(0.005)
+        except Exception as exc:
+            self.error = exc
+        finally:
+            connections.close_all()
+
+
+def recorded_appends(writers: int, per_writer: int, tag: str) -> tuple[float, Sequencer]:
+    """record() from ``writers`` threads with a sequencer thread beside them; the writers'
+    wall time and the sequencer's account."""
+    from django.db import connections, transaction
+
+    from audit.log import record
+
+    counts = [0] * writers
+    sequencer = Sequencer(tree_size(), lambda: sum(counts))
+
+    def prepare(index):
+        connections["default"].ensure_connection()
+        return [event_arguments(index, n, tag) for n in range(per_writer)]
+
+    def work(index, arguments):
+        for kwargs in arguments:
+            with transaction.atomic():
+                record(**kwargs)
+            counts[index] += 1
+
+    sequencer.start()
+    wall, errors = timed_threads(writers, prepare, work)
+    sequencer.stopped_at = time.perf_counter()
+    sequencer.lag_at_stop = sum(counts) - (tree_size() - sequencer.start_size)  # pending as the writers stop
+    sequencer.writers_done.set()
+    sequencer.join()
+    if errors:
+        raise BenchFailure(f"a record() writer failed: {type(errors[0]).__name__}: {errors[0]}")
+    if sequencer.error:
+        raise BenchFailure(f"the sequencer failed: {type(sequencer.error).__name__}: {sequencer.error}")
+    return wall, sequencer
+
+
+def measure_appends(writers: int, appends: int, rounds: int) -> dict:
+    per_writer = max(1, appends // writers)
+    total = per_writer * writers
+    best = {"record": float("inf"), "bare": float("inf")}
+    sequencers = []
+    for round_ in range(rounds):
+        # The bare rows go in first and are sequenced before record() runs, so the sequencer
+        # beside record() has only record()'s events to keep up with.
+        best["bare"] = min(best["bare"], bare_inserts(writers, per_writer, f"bare{round_}"))
+        drain()
+        wall, sequencer = recorded_appends(writers, per_writer, f"record{round_}")
+        best["record"] = min(best["record"], wall)
+        sequencers.append(sequencer)
+    return {"events": total, "record": total / best["record"], "bare": total / best["bare"],
+            "sequencers": sequencers}
+
+
+# Synthetic log (COPY) ---------------------------------------------------------------------------
+
+
+def _copy_text(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def populate(upto: int, *, checkpoint_every: int | None = None, chunk: int = 50000) -> float:
+    """Append synthetic, correctly hashed events with their leaves and tree nodes until the
+    tree has ``upto`` leaves, by COPY as the owner role; with ``checkpoint_every``, the product
+    signs a checkpoint (checkpoint_write) after each that many. Returns the seconds taken."""
+    import psycopg
+
+    from audit import merkle, tree
+    from audit.checkpointing import checkpoint_write
+    from audit.hashing import canonical_json, timestamp
+    from audit.models import AuditLeaf
+
+    started = time.perf_counter()
+    step = min(chunk, checkpoint_every or chunk)
+    rng = random.Random(upto)
+    with psycopg.connect(OWNER_URL) as connection:
+        while True:
+            size = connection.execute("SELECT tree_size FROM audit_sequencerstate WHERE id = 1").fetchone()[0]
+            if size >= upto:
+                break
+            count = min(step, upto - size)
+            heads = dict(connection.execute(
+                "SELECT tenant, max(tenant_position) FROM audit_auditleaf GROUP BY tenant").fetchall())
+            pending = {}  # level -> hash of the left node waiting for its right sibling
+            wanted = tree.frontier(size)
+            if wanted:
+                rows = connection.execute(
+                    "SELECT level, index, hash FROM audit_audittreenode WHERE (level, index) IN ("
+                    + ", ".join(f"({level}, {index})" for level, index in wanted) + ")").fetchall()
+                pending = {level: bytes.fromhex(value) for level, index, value in rows}
+                if len(pending) != len(wanted):
+                    raise BenchFailure(f"the stored tree lacks part of its frontier at size {size}")
+            first_id = connection.execute(
+                "SELECT nextval(pg_get_serial_sequence('audit_auditevent', 'id'))").fetchone()[0]
+            moment = datetime.now(UTC) - timedelta(seconds=60)
+            events, leaves, nodes = io.StringIO(), io.StringIO(), io.StringIO()
+            sequenced_at = moment.isoformat()
+            for offset in range(count):
+                position, event_id = size + offset, first_id + offset
+                writer = rng.randrange(64)
+                tenant = TENANTS[writer % len(TENANTS)]
+                occurred = moment + timedelta(microseconds=offset)
+                data = {"artifacts": sorted([digest("copy", position, "model"), digest("copy", position, "eval")]),
+                        "digest": digest("copy", position), "uses_images": False}
+                body = {"action": ACTION,
+                        "actor": {"id": str(100 + writer), "name": f"developer-{writer}", "token": "", "type": "user"},
+                        "data": data, "outcome": "success",
+                        "target": {"id": f"scorer-copy-{writer}@{position}", "type": "workflow_version"},
+                        "tenant": tenant, "time": timestamp(occurred), "uuid": str(uuid.UUID(int=rng.getrandbits(128),
+                                                                                            version=4))}
+                # JCS (RFC 8785) equals sorted, compact json.dumps for these ASCII strings and
+                # booleans; checked against the product's canonical_json on the first of each chunk.
+                canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+                if offset == 0 and canonical.encode() != canonical_json(body):
+                    raise BenchFailure("the synthetic events' JSON is not the canonical form")
+                event_hash = merkle.leaf_hash(canonical.encode()).hex()
+                tenant_position = heads.get(tenant, -1) + 1
+                heads[tenant] = tenant_position
+                leaf = (f'{{"event_hash":"{event_hash}","tenant":"{tenant}",'
+                        f'"tenant_position":{tenant_position}}}')
+                if offset == 0 and leaf.encode() != AuditLeaf.leaf_body(
+                        event_hash=event_hash, tenant=tenant, tenant_position=tenant_position):
+                    raise BenchFailure("the synthetic leaf entries are not the product's")
+                leaf_hash = merkle.leaf_hash(leaf.encode())
+                events.write("\t".join((
+                    str(event_id), body["uuid"], occurred.isoformat(), "user", str(100 + writer),
+                    f"developer-{writer}", "", tenant, ACTION, "success", "workflow_version",
+                    f"scorer-copy-{writer}@{position}", _copy_text(json.dumps(data)), _copy_text(canonical),
+                    event_hash)) + "\n")
+                leaves.write(f"{position}\t{event_id}\t{tenant}\t{tenant_position}\t{_copy_text(leaf)}\t"
+                             f"{leaf_hash.hex()}\t{sequenced_at}\n")
+                level = 0
+                for level, index, value in merkle.completed_nodes(position, leaf_hash, lambda lv, ix: pending[lv]):
+                    nodes.write(f"{level}\t{index}\t{value.hex()}\n")
+                pending[level] = value
+            with connection.cursor() as cursor:
+                for table, columns, buffer in (
+                        ("audit_auditevent", EVENT_COLUMNS, events),
+                        ("audit_auditleaf", ("position", "event_id", "tenant", "tenant_position", "leaf", "leaf_hash",
+                                             "sequenced_at"), leaves),
+                        ("audit_audittreenode", ("level", "index", "hash"), nodes)):
+                    with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                        copy.write(buffer.getvalue())
+                cursor.execute("SELECT setval(pg_get_serial_sequence('audit_auditevent', 'id'), %s)",
+                               (first_id + count - 1,))
+                cursor.execute("UPDATE audit_sequencerstate SET tree_size = %s, updated_at = now() WHERE id = 1",
+                               (size + count,))
+            connection.commit()
+            if checkpoint_every and checkpoint_write(using=PLATFORM) is None:
+                raise BenchFailure(f"no checkpoint was written at size {size + count}")
+    return time.perf_counter() - started
+
+
+# 2. Verify --------------------------------------------------------------------------------------
+
+
+def measure_verify(events: int, repeat: int) -> dict:
+    """verify_log over the log as it stands, and hashlib.sha256 over the bytes it must hash."""
+    import psycopg
+    from django.conf import settings
+
+    from audit.models import AuditCheckpoint
+    from audit.verify import verify_log
+
+    filled = populate(events, checkpoint_every=settings.AUDIT_CHECKPOINT_EVERY)
+    bound = timedelta(seconds=settings.AUDIT_MAX_UNSEQUENCED_SECONDS)
+    with psycopg.connect(PLATFORM_URL) as connection:
+        rows = connection.execute(
+            "SELECT e.canonical, l.leaf FROM audit_auditleaf l JOIN audit_auditevent e ON e.id = l.event_id "
+            "ORDER BY l.position").fetchall()
+    # What verify must hash: every event's canonical JSON and every leaf entry, as RFC 6962
+    # leaves (0x00 prefix). Built beforehand: the baseline is hashing alone.
+    blobs = [b"\x00" + text.encode() for row in rows for text in row]
+    size = sum(len(blob) - 1 for blob in blobs)
+    best_verify = best_hashlib = float("inf")
+    leaves = 0
+    for _ in range(repeat):
+        started = time.perf_counter()
+        report = verify_log(using=PLATFORM, max_unsequenced=bound)
+        best_verify = min(best_verify, time.perf_counter() - started)
+        if not report.ok:
+            raise BenchFailure(f"the log does not verify: {report.problems[0].sentence()}")
+        if report.unsequenced:
+            raise BenchFailure(f"{report.unsequenced} events were left unsequenced before verify")
+        leaves = report.leaves
+        sha256 = hashlib.sha256
+        started = time.perf_counter()
+        for blob in blobs:
+            sha256(blob).digest()
+        best_hashlib = min(best_hashlib, time.perf_counter() - started)
+    return {"events": leaves, "checkpoints": AuditCheckpoint.objects.using(PLATFORM).count(), "bytes": size,
+            "verify_s": best_verify, "hashlib_s": best_hashlib, "fill_s": filled, "hashed_rows": len(rows)}
+
+
+# 3. Proofs --------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(share * len(ordered)) - 1))]
+
+
+def independent_roots(sizes: set[int], total: int) -> dict[int, bytes]:
+    """Roots at ``sizes`` computed from the stored leaves alone (not the stored tree)."""
+    import psycopg
+
+    from audit import merkle
+
+    frontier, roots = merkle.Frontier(), {}
+    with psycopg.connect(PLATFORM_URL) as connection, connection.cursor(name="leaves") as cursor:
+        cursor.itersize = 20000
+        cursor.execute("SELECT leaf_hash FROM audit_auditleaf ORDER BY position")
+        for (value,) in cursor:
+            frontier.append(bytes.fromhex(value))
+            if frontier.size in sizes:
+                roots[frontier.size] = frontier.root()
+    if frontier.size != total:
+        raise BenchFailure(f"the log holds {frontier.size} leaves where {total} were expected")
+    return roots
+
+
+def measure_proofs(events: int, proofs: int) -> dict:
+    """Inclusion and consistency proof latency at ``events`` leaves, every proof verified."""
+    from audit import merkle, tree
+    from audit.models import AuditLeaf
+
+    filled = populate(events)
+    size = tree_size()
+    rng = random.Random(size)
+    positions = [rng.randrange(size) for _ in range(proofs)]
+    olds = [rng.randrange(1, size) for _ in range(proofs)]
+    for n in range(10):  # warm the connection and the index pages a first proof would pay for
+        tree.inclusion_proof(positions[n], size, using=PLATFORM)
+        tree.consistency_proof(olds[n], size, using=PLATFORM)
+
+    def timed(call, arguments):
+        results, latencies = [], []
+        for argument in arguments:
+            started = time.perf_counter()
+            results.append(call(argument))
+            latencies.append((time.perf_counter() - started) * 1000)
+        return results, latencies
+
+    inclusion, inclusion_ms = timed(lambda p: tree.inclusion_proof(p, size, using=PLATFORM), positions)
+    consistency, consistency_ms = timed(lambda m: tree.consistency_proof(m, size, using=PLATFORM), olds)
+    _, root_ms = timed(lambda m: tree.root(m, using=PLATFORM), olds)
+
+    roots = independent_roots({*olds, size}, size)
+    if tree.root(size, using=PLATFORM) != roots[size]:
+        raise BenchFailure(f"the stored tree's root at {size} differs from the root of its leaves")
+    leaf_hashes = dict(AuditLeaf.objects.using(PLATFORM).filter(position__in=positions)
+                       .values_list("position", "leaf_hash"))
+    try:
+        for position, proof in zip(positions, inclusion):
+            merkle.verify_inclusion(position, size, bytes.fromhex(leaf_hashes[position]), proof, roots[size])
+        for old, proof in zip(olds, consistency):
+            merkle.verify_consistency(old, size, roots[old], roots[size], proof)
+    except merkle.ProofError as exc:
+        raise BenchFailure(f"a proof does not verify: {exc}") from None
+    return {"size": size, "fill_s": filled, "inclusion": inclusion_ms, "consistency": consistency_ms,
+            "root": root_ms, "proof_hashes": max(map(len, inclusion + consistency))}
+
+
+def sequencer_at_scale() -> tuple[float, int]:
+    """One event recorded on a large log, then one sequence_pending call: its milliseconds."""
+    from django.db import transaction
+
+    from audit.log import record
+    from audit.sequencer import sequence_pending
+
+    with transaction.atomic():
+        record(**event_arguments(0, 0, "at-scale"))
+    started = time.perf_counter()
+    done = sequence_pending(using=PLATFORM)
+    return (time.perf_counter() - started) * 1000, done
+
+
+# Report -----------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--writers", type=int, default=8, help="writer threads in each append contender")
+    parser.add_argument("--appends", type=int, default=4000, help="events each append contender writes per round")
+    parser.add_argument("--rounds", type=int, default=2, help="append rounds, contenders in turns; the best counts")
+    parser.add_argument("--verify-events", type=int, default=20000, help="events in the log verify checks")
+    parser.add_argument("--proof-events", "--events", dest="proof_events", type=int, default=1_000_000,
+                        help="events in the log proofs are taken on")
+    parser.add_argument("--proofs", type=int, default=200, help="proofs of each kind timed")
+    parser.add_argument("--repeat", type=int, default=3, help="verify runs (with hashlib in turns); the best counts")
+    options = parser.parse_args()
+    if options.proof_events < options.verify_events:
+        parser.error("--proof-events must be at least --verify-events (the proofs' log grows from verify's)")
+    keys = tempfile.TemporaryDirectory(prefix="neocloud-bench-audit-")
+    try:
+        boot_django(Path(keys.name))
+    except Exception as exc:
+        keys.cleanup()
+        print(f"PostgreSQL is not ready for the benchmark ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+              "run `make pg-roles` first.", file=sys.stderr)
+        return 2
+    try:
+        from django.db import connections
+
+        with connections[PLATFORM].cursor() as cursor:
+            cursor.execute("SELECT current_setting('server_version'), current_setting('synchronous_commit')")
+            version, synchronous = cursor.fetchone()
+        print(f"{os.cpu_count()} CPU cores; Python {sys.version.split()[0]}; PostgreSQL {version} at {PG} "
+              f"(synchronous_commit {synchronous}); action {ACTION}, {len(TENANTS)} tenants", flush=True)
+
+        appends = measure_appends(options.writers, options.appends, options.rounds)
+        ratio = appends["record"] / appends["bare"]
+        print(f"\n1. Appends: {options.writers} writer threads, {appends['events']} events per contender and round, "
+              f"one transaction per event; best of {options.rounds} round(s), contenders in turns")
+        print(f"{'contender':<58}{'events/s':>10}{'vs bare':>10}")
+        print(f"{'audit.log.record() (+ sequence_pending loop beside it)':<58}{appends['record']:>10.0f}{ratio:>10.1%}")
+        print(f"{'bare INSERT (psycopg, precomputed rows)':<58}{appends['bare']:>10.0f}{1:>10.1%}")
+        for n, sequencer in enumerate(appends["sequencers"], 1):
+            batches = sequencer.batches
+            print(f"sequencer, round {n}: {batches} batches ({appends['events'] / max(batches, 1):.0f} events each "
+                  f"on average) in {sequencer.calls} calls; lag after each call p50 "
+                  f"{statistics.median(sequencer.lags):.0f}, max {max(sequencer.lags)} events; "
+                  f"{sequencer.lag_at_stop} pending when the writers stopped, all sequenced "
+                  f"{(sequencer.caught_up_at - sequencer.stopped_at) * 1000:.0f} ms later")
+
+        verify = measure_verify(options.verify_events, options.repeat)
+        mb = verify["bytes"] / 1e6
+        verify_ratio = verify["hashlib_s"] / verify["verify_s"]
+        print(f"\n2. Verify: audit.verify.verify_log (manage.py audit verify) over {verify['events']} events and "
+              f"{verify['checkpoints']} signed checkpoints; {mb:.1f} MB of canonical events + leaf entries; "
+              f"best of {options.repeat}")
+        print(f"{'contender':<58}{'events/s':>10}{'MB/s':>10}{'vs hashlib':>12}")
+        print(f"{'verify_log (reads, rebuilds, hashes, checks)':<58}{verify['events'] / verify['verify_s']:>10.0f}"
+              f"{mb / verify['verify_s']:>10.1f}{verify_ratio:>12.1%}")
+        print(f"{'hashlib.sha256 over the same bytes (in memory)':<58}{verify['events'] / verify['hashlib_s']:>10.0f}"
+              f"{mb / verify['hashlib_s']:>10.1f}{1:>12.1%}")
+
+        proofs = measure_proofs(options.proof_events, options.proofs)
+        inclusion_p99, consistency_p99 = percentile(proofs["inclusion"], 0.99), percentile(proofs["consistency"], 0.99)
+        print(f"\n3. Proofs at {proofs['size']} events, from the stored subtrees (audit.tree), {options.proofs} random "
+              f"positions/sizes each; all verified (audit.merkle) against roots rebuilt from every leaf")
+        print(f"{'read':<58}{'p50 ms':>10}{'p99 ms':>10}")
+        for name, key in (("inclusion_proof(random position, size)", "inclusion"),
+                          ("consistency_proof(random older size, size)", "consistency"),
+                          ("root(random size)", "root")):
+            print(f"{name:<58}{statistics.median(proofs[key]):>10.2f}{percentile(proofs[key], 0.99):>10.2f}")
+        sequence_ms, sequenced = sequencer_at_scale()
+        print(f"one sequence_pending call for 1 new event on this log: {sequence_ms:.0f} ms ({sequenced} sequenced)")
+        print(f"(filled by COPY, not a product path: {verify['fill_s']:.0f} s to {verify['events']} events with "
+              f"checkpoints, {proofs['fill_s']:.0f} s to {proofs['size']})")
+
+        print("\nGoals:")
+        print(f"  append  record() >= {GOAL_APPEND:.0%} of bare INSERT: {'met' if ratio >= GOAL_APPEND else 'not met'} "
+              f"({ratio:.1%}: {appends['record']:.0f} vs {appends['bare']:.0f} events/s); the sequencer kept up: "
+              f"{'yes' if all(s.caught_up_at for s in appends['sequencers']) else 'no'}")
+        print(f"  verify  >= {GOAL_VERIFY:.0%} of hashlib.sha256: {'met' if verify_ratio >= GOAL_VERIFY else 'not met'} "
+              f"({verify_ratio:.1%}: {mb / verify['verify_s']:.1f} vs {mb / verify['hashlib_s']:.1f} MB/s)")
+        proofs_met = max(inclusion_p99, consistency_p99) < GOAL_PROOF_MS
+        print(f"  proofs  p99 < {GOAL_PROOF_MS:.0f} ms at {proofs['size']} events: {'met' if proofs_met else 'not met'} "
+              f"(inclusion {inclusion_p99:.2f} ms, consistency {consistency_p99:.2f} ms)")
+        return 0
+    except BenchFailure as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    finally:
+        drop_database()
+        keys.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

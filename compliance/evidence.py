@@ -1,0 +1,218 @@
+"""Evidence packs: everything that decided one promotion, with proof that it is in the log.
+
+A pack is a zip of JSON files and a readable ``summary.html``:
+
+- ``promotion.json``: the request, its state and who asked;
+- ``version.json``: the version's spec, its artifact digests and its digest;
+- ``artifacts.json``: each artifact with its signatures and every verification of them;
+- ``decisions.json``: every policy decision taken on the promotion (input, input digest,
+  policy revision, engine, result, rule messages);
+- ``approvals.json``: every approval or rejection, with its time, its binding and the one-time
+  password device that backed it;
+- ``exemptions.json``: the waivers and overrides any decision's input carried;
+- ``attestation.sigstore.json``: the platform-signed promotion attestation (once promoted);
+- ``events.jsonl`` and ``checkpoint.txt``: the audit events about all of the above, each with
+  its exact canonical bytes and an inclusion proof in the signed checkpoint;
+- ``manifest.json``: what the pack is, and the SHA-256 of every other file.
+
+``python -m compliance.verify_evidence`` checks a pack offline against the platform's key.
+"""
+
+import hashlib
+import json
+
+from django.db import transaction
+from django.db.models import Q
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from audit.export import jsonl, proved_event, signed_checkpoint
+from audit.log import Target, record
+from audit.models import AuditCheckpoint, AuditLeaf
+from policies.models import PolicyDecision, Waiver
+from tenants.access import actor_for, require
+from tenants.db import PLATFORM_ALIAS, tenant_reads
+from tenants.models import Tenant
+from workflows.models import Approval, Artifact, Promotion, RunOutput, Signature, Verification
+from workflows.promotions import promotion_by_id
+
+FORMAT = 1
+KIND = "neocloud/promotion-evidence"
+
+
+def _time(moment) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _promotion(promotion: Promotion) -> dict:
+    return {
+        "id": str(promotion.public_id), "tenant": promotion.tenant.slug, "workflow": promotion.workflow.name,
+        "version": promotion.version.number, "stage": promotion.stage, "kind": promotion.kind,
+        "state": promotion.state, "requested_by": promotion.requested_by.username,
+        "requested_via_token": promotion.requested_via_token, "requested_at": _time(promotion.requested_at),
+        "justification": promotion.justification, "expires_at": _time(promotion.expires_at),
+        "previous_version_digest": promotion.previous_version.digest if promotion.previous_version else "",
+        "metrics_artifact": promotion.metrics_artifact.digest if promotion.metrics_artifact else "",
+        "binding_digest": promotion.binding_digest, "policy_revision": promotion.policy_revision,
+        "required_approvals": promotion.required_approvals, "decision_ids": promotion.decisions,
+        "closed_at": _time(promotion.closed_at), "closed_by": promotion.closed_by.username if promotion.closed_by else "",
+        "close_reason": promotion.close_reason, "promoted_at": _time(promotion.promoted_at),
+        "superseded_at": _time(promotion.superseded_at), "attestation_digest": promotion.attestation_digest,
+    }
+
+
+def _version(promotion: Promotion) -> dict:
+    version = promotion.version
+    return {"workflow": promotion.workflow.name, "number": version.number, "digest": version.digest,
+            "spec": version.spec, "artifact_digests": version.artifact_digests,
+            "created_by": version.created_by.username, "created_at": _time(version.created_at)}
+
+
+def _artifacts(promotion: Promotion) -> list[dict]:
+    artifacts = list(Artifact.objects.filter(Q(version_links__version=promotion.version)
+                                             | Q(pk=promotion.metrics_artifact_id), tenant=promotion.tenant)
+                     .distinct().order_by("name", "digest"))
+    outputs = {output.artifact_id: output for output in
+               RunOutput.objects.filter(artifact__in=artifacts, version=promotion.version).order_by("created_at", "id")}
+    signatures = {}
+    for signature in (Signature.objects.filter(artifact__in=artifacts).select_related("uploaded_by")
+                      .order_by("received_at", "id")):
+        signatures.setdefault(signature.artifact_id, []).append(signature)
+    verifications = {}
+    for verification in Verification.objects.filter(artifact__in=artifacts).order_by("performed_at", "id"):
+        verifications.setdefault(verification.signature_id, []).append(verification)
+    return [{
+        "name": artifact.name, "kind": artifact.kind, "digest": artifact.digest, "size_bytes": artifact.size_bytes,
+        "region": artifact.region, "created_at": _time(artifact.created_at),
+        "signatures": [{
+            "id": signature.pk, "bundle_digest": signature.bundle_digest, "bundle": signature.bundle,
+            "received_at": _time(signature.received_at), "uploaded_by": signature.uploaded_by.username,
+            "verifications": [{"verified": v.verified, "mode": v.mode, "identity": v.identity, "reason": v.reason,
+                               "trust_revision": v.trust_revision, "performed_by": v.performed_by,
+                               "performed_at": _time(v.performed_at)}
+                              for v in verifications.get(signature.pk, [])],
+        } for signature in signatures.get(artifact.pk, [])],
+        "run_output": _run_output(outputs.get(artifact.pk)),
+    } for artifact in artifacts]
+
+
+def _run_output(output: RunOutput | None) -> dict | None:
+    """For an output of a run: which run made it, and the provenance the platform signed."""
+    if output is None:
+        return None
+    return {"run_id": str(output.run_id), "output_name": output.output_name, "stage": output.stage,
+            "created_at": _time(output.created_at), "provenance": output.provenance}
+
+
+def _decisions(promotion: Promotion) -> list[PolicyDecision]:
+    found = {str(d.decision_id): d for d in PolicyDecision.objects.filter(tenant=promotion.tenant,
+                                                                          decision_id__in=promotion.decisions)}
+    return [found[decision_id] for decision_id in promotion.decisions if decision_id in found]
+
+
+def _decision(decision: PolicyDecision) -> dict:
+    return {"decision_id": str(decision.decision_id), "entrypoint": decision.entrypoint, "engine": decision.engine,
+            "policy_revision": decision.policy_revision, "input": decision.input,
+            "input_digest": decision.input_digest, "allow": decision.allow, "violations": decision.violations,
+            "enforcement": decision.enforcement, "error": decision.error, "requested_by": decision.requested_by,
+            "created_at": _time(decision.created_at)}
+
+
+def _approvals(promotion: Promotion) -> list[dict]:
+    approvals = Approval.objects.filter(promotion=promotion).select_related("user").order_by("created_at", "id")
+    return [{"id": a.pk, "user": a.user.username, "verdict": a.verdict, "comment": a.comment,
+             "created_at": _time(a.created_at), "version_digest": a.version_digest,
+             "binding_digest": a.binding_digest, "policy_revision": a.policy_revision,
+             "mfa": {"method": "totp", "otp_device": a.otp_device, "verified_at": _time(a.created_at)},
+             "via": a.via, "token": a.token, "current": a.is_current_for(promotion)} for a in approvals]
+
+
+def _exemption_sources(decisions: list[PolicyDecision]) -> set[str]:
+    return {exemption["source"] for d in decisions for exemption in d.input.get("exemptions", [])
+            if isinstance(exemption, dict) and "source" in exemption}
+
+
+def _exemptions(promotion: Promotion, decisions: list[PolicyDecision]) -> dict:
+    sources = _exemption_sources(decisions)
+    waiver_ids = sorted(int(s.split(":", 1)[1]) for s in sources if s.startswith("waiver:"))
+    waivers = Waiver.objects.filter(tenant=promotion.tenant, pk__in=waiver_ids).select_related(
+        "requested_by", "approved_by", "revoked_by").order_by("id")
+    overrides = promotion.overrides.select_related("requested_by", "confirmed_by").order_by("requested_at", "id")
+
+    def who(user):
+        return user.username if user else ""
+
+    return {
+        "waivers": [{"id": w.pk, "rule": w.rule, "reason": w.reason, "ticket_url": w.ticket_url,
+                     "requested_by": who(w.requested_by), "requested_at": _time(w.requested_at),
+                     "approved_by": who(w.approved_by), "approved_at": _time(w.approved_at),
+                     "expires_at": _time(w.expires_at), "revoked_by": who(w.revoked_by),
+                     "revoked_at": _time(w.revoked_at)} for w in waivers],
+        "overrides": [{"id": o.pk, "rule": o.rule, "justification": o.justification,
+                       "requested_by": who(o.requested_by), "requested_at": _time(o.requested_at),
+                       "confirmed_by": who(o.confirmed_by), "confirmed_at": _time(o.confirmed_at)}
+                      for o in overrides],
+    }
+
+
+def _audit_targets(promotion: Promotion, decisions, exemptions, artifacts) -> Q:
+    """The audit events that are about this promotion or what it was decided on."""
+    targets = [("promotion", str(promotion.public_id)),
+               ("workflow_version", f"{promotion.workflow.name}@{promotion.version.number}")]
+    targets += [("policy_decision", str(d.decision_id)) for d in decisions]
+    targets += [("waiver", str(w["id"])) for w in exemptions["waivers"]]
+    targets += [("artifact", f"{a['name']}@{a['digest']}") for a in artifacts]
+    targets += [("run", a["run_output"]["run_id"]) for a in artifacts if a["run_output"]]
+    condition = Q()
+    for target_type, target_id in targets:
+        condition |= Q(event__target_type=target_type, event__target_id=target_id)
+    return condition
+
+
+def evidence_files(*, promotion: Promotion, checkpoint: AuditCheckpoint, using: str) -> dict[str, bytes]:
+    """The pack's files by name, its events proven in ``checkpoint``. The promotion and what it
+    links to are read on the caller's connection (the caller has checked the reader may audit
+    the tenant, and bound its row-level security); the audit events and the tree on ``using``."""
+    decisions = _decisions(promotion)
+    artifacts = _artifacts(promotion)
+    exemptions = _exemptions(promotion, decisions)
+    approvals = _approvals(promotion)
+    size = checkpoint.tree_size
+    leaves = (AuditLeaf.objects.using(using)
+              .filter(_audit_targets(promotion, decisions, exemptions, artifacts),
+                      tenant=promotion.tenant.slug, position__lt=size)
+              .select_related("event").order_by("position"))
+    events = [proved_event(leaf, size, using=using) for leaf in leaves]
+    records = {"promotion": _promotion(promotion), "version": _version(promotion), "artifacts": artifacts,
+               "decisions": [_decision(d) for d in decisions], "approvals": approvals, "exemptions": exemptions}
+    packed = {f"{name}.json": json.dumps(value, indent=2, sort_keys=True).encode() for name, value in records.items()}
+    if promotion.attestation:
+        packed["attestation.sigstore.json"] = promotion.attestation.encode()
+    packed["events.jsonl"] = jsonl(events)
+    packed["checkpoint.txt"] = checkpoint.note.encode()
+    packed["summary.html"] = render_to_string("compliance/evidence_summary.html", {
+        **records, "events": [{**json.loads(e["canonical"]), "position": e["position"]} for e in events],
+        "checkpoint": checkpoint, "has_attestation": bool(promotion.attestation)}).encode()
+    manifest = {"format": FORMAT, "kind": KIND, "tenant": promotion.tenant.slug,
+                "promotion": str(promotion.public_id), "tree_size": size, "events": len(events),
+                "created_at": timezone.now().isoformat(),
+                "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(packed.items())}}
+    return {"manifest.json": json.dumps(manifest, indent=2, sort_keys=True).encode(), **packed}
+
+
+def promotion_evidence(*, actor, tenant: Tenant, public_id) -> tuple[Promotion, dict[str, bytes]]:
+    """The evidence pack of one of the tenant's promotions, for its auditors and admins; the
+    download is audited. Runs outside any transaction: the pack's checkpoint is signed and
+    committed through the platform role first."""
+    require(actor, tenant, "audit")
+    with tenant_reads(actor, tenant):
+        promotion_by_id(actor=actor, tenant=tenant, public_id=public_id)  # 404 before signing anything
+    checkpoint = signed_checkpoint(using=PLATFORM_ALIAS)  # covers everything about the promotion so far
+    with tenant_reads(actor, tenant):
+        promotion = promotion_by_id(actor=actor, tenant=tenant, public_id=public_id)
+        files = evidence_files(promotion=promotion, checkpoint=checkpoint, using=PLATFORM_ALIAS)
+    with transaction.atomic():
+        record(action="audit.evidence_pack", actor=actor_for(actor), tenant=tenant.slug,
+               target=Target("promotion", str(promotion.public_id)),
+               data={"tree_size": json.loads(files["manifest.json"])["tree_size"]})
+    return promotion, files
