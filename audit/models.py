@@ -38,7 +38,9 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["tenant", "-id"])]
+        # The compliance console filters on these and pages by id (keyset), newest first.
+        indexes = [models.Index(fields=["tenant", "-id"]), models.Index(fields=["action", "-id"]),
+                   models.Index(fields=["actor_name", "-id"]), models.Index(fields=["target_type", "target_id", "-id"])]
 
     def __str__(self):
         return f"{self.action} by {self.actor_name or self.actor_type} ({self.outcome})"

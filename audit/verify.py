@@ -35,7 +35,7 @@ class VerifyReport:
         return not self.problems
 
 
-def _event_problem(event: AuditEvent) -> str | None:
+def event_problem(event: AuditEvent) -> str | None:
     body = event.compute_canonical()
     if body.decode() != event.canonical:
         return f"event {event.id} no longer matches its stored canonical JSON"
@@ -69,7 +69,7 @@ def verify_log(*, using: str = "platform", max_unsequenced: timedelta, now=None,
             if fail(Problem(missing, None, "gap in the sequence: this position is missing")):
                 return report
             break
-        reason = _event_problem(leaf.event)
+        reason = event_problem(leaf.event)
         if reason is None:
             want = expected_tenant_position.get(leaf.tenant, 0)
             expected_tenant_position[leaf.tenant] = leaf.tenant_position + 1
@@ -104,7 +104,7 @@ def verify_log(*, using: str = "platform", max_unsequenced: timedelta, now=None,
     unsequenced = AuditEvent.objects.using(using).filter(leaf__isnull=True).order_by("id")
     for event in unsequenced.iterator(chunk_size=2000):
         report.unsequenced += 1
-        reason = _event_problem(event)
+        reason = event_problem(event)
         if reason is None and now - event.occurred_at > max_unsequenced:
             reason = f"left unsequenced for more than {int(max_unsequenced.total_seconds())} seconds"
         if reason and fail(Problem(None, event.id, reason)):
@@ -128,7 +128,7 @@ def _verified(note: str, public_pems: list[str]) -> str | None:
     return None
 
 
-def _checkpoint_problem(checkpoint, root: bytes, tenant_counts: dict, public_pems: list[str]) -> str | None:
+def _checkpoint_problem(checkpoint, root: bytes, tenant_counts: dict | None, public_pems: list[str]) -> str | None:
     from django.conf import settings
 
     size = checkpoint.tree_size
@@ -144,7 +144,7 @@ def _checkpoint_problem(checkpoint, root: bytes, tenant_counts: dict, public_pem
         if head_body is None or head_body != tenant_head_body(settings.AUDIT_LOG_ORIGIN, head.tenant, head.tenant_size,
                                                               size, root):
             return f"checkpoint {size}'s head for tenant {head.tenant or '(platform)'} is not validly signed"
-        if tenant_counts.get(head.tenant, 0) != head.tenant_size:
+        if tenant_counts is not None and tenant_counts.get(head.tenant, 0) != head.tenant_size:
             return (f"checkpoint {size} says tenant {head.tenant or '(platform)'} had {head.tenant_size} events; "
                     f"the log has {tenant_counts.get(head.tenant, 0)}")
     return None
@@ -166,3 +166,57 @@ def _consistency_problem(checkpoints, using: str) -> tuple[int, str] | None:
             return older.tree_size, f"checkpoint {newer.tree_size} is not consistent with checkpoint " \
                                     f"{older.tree_size}: {exc}"
     return None
+
+
+@dataclass(frozen=True)
+class CheckpointStatus:
+    checkpoint: AuditCheckpoint | None
+    previous_size: int | None
+    problem: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.checkpoint is not None and self.problem is None
+
+
+def latest_checkpoint_status(*, using: str) -> CheckpointStatus:
+    """A quick check of the latest checkpoint, cheap enough for a page: its note and tenant
+    heads are signed by a platform key, its root is the stored tree's root at its size, and it
+    is consistent with the checkpoint before it. ``verify_log`` is the full re-check from the
+    events themselves."""
+    latest, *earlier = AuditCheckpoint.objects.using(using).order_by("-tree_size").prefetch_related(
+        "tenant_heads")[:2] or [None]
+    if latest is None:
+        return CheckpointStatus(None, None, "No checkpoint has been signed yet.")
+    previous = earlier[0] if earlier else None
+    try:
+        root = tree.root(latest.tree_size, using=using)
+    except LookupError as exc:
+        return CheckpointStatus(latest, None, f"the stored tree cannot give the root at {latest.tree_size}: {exc}")
+    problem = _checkpoint_problem(latest, root, None, keys())
+    if problem is None and previous is not None:
+        found = _consistency_problem([previous, latest], using)
+        problem = found[1] if found else None
+    return CheckpointStatus(latest, previous.tree_size if previous else None, problem)
+
+
+@dataclass(frozen=True)
+class InclusionStatus:
+    proof: list[bytes]
+    problem: str | None
+
+
+def inclusion_status(leaf: AuditLeaf, checkpoint: AuditCheckpoint, *, using: str) -> InclusionStatus:
+    """The inclusion proof of a sequenced event in a checkpoint's tree, checked against the
+    checkpoint's signed root, after checking the event still hashes to its leaf."""
+    problem = event_problem(leaf.event)
+    if problem is None and AuditLeaf.leaf_body(event_hash=leaf.event.event_hash, tenant=leaf.tenant,
+                                               tenant_position=leaf.tenant_position).decode() != leaf.leaf:
+        problem = "the sequencing entry does not match the event"
+    try:
+        proof = tree.inclusion_proof(leaf.position, checkpoint.tree_size, using=using)
+        merkle.verify_inclusion(leaf.position, checkpoint.tree_size, leaf_hash(leaf.leaf.encode()), proof,
+                                bytes.fromhex(checkpoint.root_hash))
+    except (merkle.ProofError, LookupError) as exc:
+        return InclusionStatus([], problem or f"the proof does not lead to the signed root: {exc}")
+    return InclusionStatus(proof, problem)

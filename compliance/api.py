@@ -3,6 +3,7 @@ from django.http import HttpResponse
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
+from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -33,10 +34,21 @@ class AuditEventSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class AuditEventPagination(CursorPagination):
+    """Keyset pages on the event id, newest first: as fast at a million events as at ten, with
+    no count. Follow ``next`` and ``previous``."""
+
+    ordering = "-id"
+    page_size = 50
+    page_size_query_param = "limit"
+    max_page_size = 500
+
+
 class TenantAuditEventList(TenantScopedMixin, generics.ListAPIView):
     """The tenant's audit trail, newest first, for its auditors and admins."""
 
     serializer_class = AuditEventSerializer
+    pagination_class = AuditEventPagination
     filterset_class = AuditEventFilter
     read_action = "audit"
 
@@ -51,6 +63,7 @@ class AuditEventList(generics.ListAPIView):
     """Every audit event the caller may read (platform admins: all of them)."""
 
     serializer_class = AuditEventSerializer
+    pagination_class = AuditEventPagination
     filterset_class = AuditEventFilter
 
     def get_queryset(self):

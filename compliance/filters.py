@@ -5,13 +5,17 @@ from audit.models import AuditEvent
 
 
 class AuditEventFilter(django_filters.FilterSet):
+    """Each filter is an equality or range on an indexed column (see AuditEvent.Meta.indexes)."""
+
+    tenant = django_filters.CharFilter(field_name="tenant")
+    actor = django_filters.CharFilter(field_name="actor_name")
     action = django_filters.ChoiceFilter(choices=[(a, a) for a in sorted(ACTIONS)])
     outcome = django_filters.ChoiceFilter(choices=[(o, o) for o in OUTCOMES])
-    actor = django_filters.CharFilter(field_name="actor_name")
-    tenant = django_filters.CharFilter(field_name="tenant")
+    target_type = django_filters.CharFilter(field_name="target_type", label="Target type")
+    target = django_filters.CharFilter(field_name="target_id", label="Target id")
     since = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
     until = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
 
     class Meta:
         model = AuditEvent
-        fields = ["action", "outcome", "actor", "tenant", "since", "until"]
+        fields = ["tenant", "actor", "action", "outcome", "target_type", "target", "since", "until"]

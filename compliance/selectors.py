@@ -1,13 +1,20 @@
-"""What each viewer may read of the audit log.
+"""What each viewer may read of the audit log, and how it is paged.
 
 Audit events name their tenant by slug (the log outlives tenants), so visibility is the
 set of slugs of tenants where the viewer holds ``audit``; platform admins see everything,
 including platform-scope events.
+
+Pages are keyset pages on the event id (newest first): a page at any depth costs one indexed
+range read, where an offset would scan everything before it and a count would scan it all.
 """
+
+from dataclasses import dataclass
 
 from audit.models import AuditEvent
 from tenants.access import allowed_tenant_ids
 from tenants.models import Tenant
+
+PAGE_SIZE = 50
 
 
 def events_visible_to(user, *, tenant: Tenant | None = None):
@@ -19,3 +26,27 @@ def events_visible_to(user, *, tenant: Tenant | None = None):
         return events
     slugs = Tenant.objects.filter(pk__in=allowed).values_list("slug", flat=True)
     return events.filter(tenant__in=slugs)
+
+
+@dataclass(frozen=True)
+class EventPage:
+    events: list
+    newer: int | None  # pass as ?after= for the page of newer events
+    older: int | None  # pass as ?before= for the page of older events
+
+
+def event_page(events, *, before: int | None = None, after: int | None = None, size: int = PAGE_SIZE) -> EventPage:
+    """One page of ``events``, newest first: the newest ones, those older than event ``before``,
+    or those just newer than event ``after``."""
+    if after is not None:
+        rows = list(events.filter(id__gt=after).order_by("id")[:size + 1])
+        more_newer = len(rows) > size
+        rows = rows[:size][::-1]
+        return EventPage(rows, newer=rows[0].id if more_newer else None, older=rows[-1].id if rows else after + 1)
+    if before is not None:
+        events = events.filter(id__lt=before)
+    rows = list(events.order_by("-id")[:size + 1])
+    more_older = len(rows) > size
+    rows = rows[:size]
+    return EventPage(rows, newer=rows[0].id if before is not None and rows else None,
+                     older=rows[-1].id if more_older else None)

@@ -19,5 +19,6 @@ api_urlpatterns = [
 
 console_urlpatterns = [
     path("audit/", views.AuditView.as_view(), name="audit"),
+    path("audit/events/<int:event>/", views.AuditEventView.as_view(), name="audit-event"),
     path("t/<slug:tenant>/audit/", views.TenantAuditView.as_view(), name="tenant-audit"),
 ]

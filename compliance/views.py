@@ -1,21 +1,38 @@
 from django.contrib.auth.mixins import LoginRequiredMixin
-from django.core.paginator import Paginator
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import render
 from django.views import View
 
+from audit.verify import inclusion_status, latest_checkpoint_status
 from tenants.access import allowed_tenant_ids
 from tenants.console import TenantConsoleMixin
 
 from .filters import AuditEventFilter
-from .selectors import events_visible_to
+from .selectors import event_page, events_visible_to
+
+# The app role reads the audit tables (they hold no tenant rows under row-level security).
+AUDIT_READS = "default"
+
+
+def _cursor(request, name: str) -> int | None:
+    raw = request.GET.get(name, "")
+    return int(raw) if raw.isdigit() else None
 
 
 def _render_events(request, events, context):
     filterset = AuditEventFilter(request.GET, queryset=events.select_related("leaf"))
-    page = Paginator(filterset.qs, 50).get_page(request.GET.get("page"))
-    return render(request, "compliance/audit.html", {**context, "filter": filterset, "page": page})
+    # A filter that does not parse lists nothing (its error shows by the field), never everything.
+    matching = filterset.qs if filterset.is_valid() else events.none()
+    page = event_page(matching, before=_cursor(request, "before"), after=_cursor(request, "after"))
+    query = request.GET.copy()
+    for name in ("before", "after"):
+        query.pop(name, None)
+    return render(request, "compliance/audit.html", {
+        **context, "filter": filterset, "page": page, "query": query.urlencode(),
+        "status": latest_checkpoint_status(using=AUDIT_READS),
+        "promotion": request.GET.get("target", "") if request.GET.get("target_type") == "promotion" else "",
+    })
 
 
 class TenantAuditView(TenantConsoleMixin, View):
@@ -27,7 +44,29 @@ class TenantAuditView(TenantConsoleMixin, View):
 
 class AuditView(LoginRequiredMixin, View):
     def get(self, request):
-        allowed = allowed_tenant_ids(request.user, "audit")
-        if allowed is not None and not allowed:
-            raise Http404("No audit access.")
+        _require_some_audit_access(request.user)
         return _render_events(request, events_visible_to(request.user), {"tenant": None})
+
+
+class AuditEventView(LoginRequiredMixin, View):
+    """One event: its exact canonical JSON, its sequencing entry, and its inclusion proof in
+    the latest checkpoint, checked here against the signed root."""
+
+    def get(self, request, event):
+        _require_some_audit_access(request.user)
+        found = events_visible_to(request.user).select_related("leaf").filter(pk=event).first()
+        if found is None:
+            raise Http404("No such event.")
+        status = latest_checkpoint_status(using=AUDIT_READS)
+        leaf = getattr(found, "leaf", None)
+        inclusion = None
+        if leaf is not None and status.checkpoint is not None and leaf.position < status.checkpoint.tree_size:
+            inclusion = inclusion_status(leaf, status.checkpoint, using=AUDIT_READS)
+        return render(request, "compliance/event.html", {"event": found, "leaf": leaf, "status": status,
+                                                          "inclusion": inclusion})
+
+
+def _require_some_audit_access(user):
+    allowed = allowed_tenant_ids(user, "audit")
+    if allowed is not None and not allowed:
+        raise Http404("No audit access.")

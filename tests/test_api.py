@@ -329,7 +329,7 @@ def test_an_explicit_audit_grant_lets_an_external_auditor_read_one_tenants_trail
     regulator = api(world.outsider)
     assert [t["slug"] for t in regulator.get("/api/v1/tenants/").json()["results"]] == ["acme-bank"]
     events = regulator.get("/api/v1/tenants/acme-bank/audit/events/")
-    assert events.status_code == 200 and events.json()["count"] >= 1
+    assert events.status_code == 200 and len(events.json()["results"]) >= 1
     assert_error(regulator.post(members_url(world.a.tenant), {"username": "outsider", "role": "tenant_admin"}),
                  403, "permission_denied")
     assert_error(regulator.get("/api/v1/tenants/st-mary-hospital/audit/events/"), 404, "not_found")

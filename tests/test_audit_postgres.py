@@ -48,3 +48,33 @@ def test_app_role_has_no_update_or_delete_grant_on_postgresql(live_db):
         with pytest.raises(DatabaseError, match="permission denied"), transaction.atomic():
             with connections["default"].cursor() as cursor:
                 cursor.execute(statement)
+
+
+AUDIT_TABLES = ("audit_auditevent", "audit_auditleaf", "audit_audittreenode", "audit_auditcheckpoint",
+                "audit_audittenanthead", "audit_sequencerstate")
+
+
+@pytest.mark.parametrize("alias", ["default", "platform"])
+def test_the_roles_the_platform_runs_as_cannot_lift_the_triggers_or_drop_the_tables(live_db, alias):
+    """The grant step (docs/operators.md): the owner owns the audit tables, so neither the app
+    role nor the platform role may change, disable, drop or empty them."""
+    record_events(1)
+    sequence_pending()
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT tablename, tableowner FROM pg_tables WHERE tablename LIKE 'audit\\_%%'")
+        owners = dict(cursor.fetchall())
+    assert {table: owners[table] for table in AUDIT_TABLES} == {table: "neocloud_owner" for table in AUDIT_TABLES}
+    for table in AUDIT_TABLES:
+        trigger = f"{table}_no_change" if table != "audit_sequencerstate" else None
+        key = "position" if table == "audit_auditleaf" else "id"
+        statements = [f"UPDATE {table} SET {key} = {key}" if table != "audit_sequencerstate" else None,
+                      f"DELETE FROM {table}" if table != "audit_sequencerstate" else None,
+                      f"TRUNCATE {table} CASCADE", f"ALTER TABLE {table} DISABLE TRIGGER ALL",
+                      f"DROP TRIGGER {trigger} ON {table}" if trigger else None, f"DROP TABLE {table} CASCADE"]
+        for statement in filter(None, statements):
+            with pytest.raises(DatabaseError, match="permission denied|must be owner"), \
+                    transaction.atomic(using=alias):
+                with connection.cursor() as cursor:
+                    cursor.execute(statement)
+    assert owner_events().count() == 1

@@ -251,6 +251,7 @@ class PromotionPage(TenantConsoleMixin, View):
             "thresholds": thresholds, "metrics_artifact": promotion.metrics_artifact,
             "current": current, "diff": version_diff(current, version) if current else None,
             "approvals": [(a, a.is_current_for(promotion)) for a in approvals], "overrides": overrides,
+            "can_audit": self.can("audit"),
             "can_approve": self.can("approve") and promotion.state == PromotionState.AWAITING_APPROVAL,
             "can_override": self.can("admin") and promotion.state == PromotionState.CHECKED,
             "can_confirm": (self.can("admin") or self.can("approve")) and promotion.state == PromotionState.CHECKED,
