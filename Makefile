@@ -9,7 +9,7 @@ TEST_DB ?= neocloud_test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
 
-.PHONY: run test install install-test system-packages browser sandbox pg-roles test-postgres test-embedded screenshot clean
+.PHONY: run test install install-test system-packages browser sandbox pg-roles test-postgres test-embedded screenshot gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,10 @@ test-embedded: install-test browser sandbox
 	$(BIN)/pytest -m embedded $(PYTEST_ARGS)
 
 test: test-postgres test-embedded
+
+# On a GPU node: NVML finds the GPUs, and a sandboxed step sees only the device it holds.
+gpu-check: install sandbox
+	$(BIN)/python scripts/gpu_check.py
 
 # Refresh the README's console picture from the browser test.
 screenshot:
