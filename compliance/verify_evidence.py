@@ -9,7 +9,7 @@ It checks:
 - the checkpoint is signed by the given key, and every audit event in the pack is in the
   signed tree (canonical bytes, sequencing entry, inclusion proof);
 - the version's digest recomputes from its spec and artifact digests, and the request event
-  in the log names that digest;
+  in the log names that digest, workflow, version, stage, kind and justification;
 - every policy decision's input hashes to its digest, and the log holds that decision with
   the same digest, result and rules;
 - every approval or rejection is in the log with the same person, binding and OTP device;
@@ -118,7 +118,8 @@ def _check_version(files, promotion, log: _Log) -> dict:
     if _sha256(body) != version["digest"]:
         raise PackInvalid("the version's digest does not match its spec and artifacts")
     log.one("the request", "promotion", promotion["id"], "promotion.request", version_digest=version["digest"],
-            stage=promotion["stage"])
+            workflow=promotion["workflow"], version=promotion["version"], stage=promotion["stage"],
+            kind=promotion["kind"], justification=promotion["justification"])
     return version
 
 

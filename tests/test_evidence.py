@@ -191,6 +191,9 @@ TAMPERING = {
     "an MFA device changed": (
         lambda f: _rewrite(f, "approvals.json", lambda a: a[0]["mfa"].update(otp_device="otp_static.x/1")),
         "holds no promotion.approve event"),
+    "the request's justification": (
+        lambda f: _rewrite(f, "promotion.json", lambda p: p.update(justification="Board approved")),
+        "holds no promotion.request event"),
     "the version spec": (
         lambda f: _rewrite(f, "version.json", lambda v: v["spec"].update(name="other")),
         "digest does not match its spec"),
