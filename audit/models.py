@@ -95,6 +95,15 @@ class AuditLeaf(models.Model):
         return canonical_json({"event_hash": event_hash, "tenant": tenant, "tenant_position": tenant_position})
 
 
+class AuditPending(models.Model):
+    """An event committed but not sequenced yet, as Trillian's Unsequenced table: a database
+    trigger writes it with the event (whatever path inserted it), and the sequencer deletes it
+    when it gives the event its leaf. So finding new work reads only this small table, never
+    the whole log."""
+
+    event = models.OneToOneField(AuditEvent, on_delete=models.DO_NOTHING, primary_key=True, related_name="+")
+
+
 class SequencerState(models.Model):
     """One row: the sequencer's lock and the current tree size."""
 

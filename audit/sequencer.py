@@ -2,17 +2,17 @@
 
 Event ids come from a database sequence, so concurrent commits group but ids may have gaps
 and may commit out of order. The sequencer takes whatever has committed and is not yet
-sequenced, in id order, and appends it to AuditLeaf under a lock, so positions are gapless
-both globally and per tenant.
+sequenced (the queue a trigger fills, AuditPending), in id order, and appends it to AuditLeaf
+under a lock, so positions are gapless both globally and per tenant. Each call reads only the
+queue and the tenants' last positions (an index lookup each), whatever the log's size.
 """
 
 from django.db import transaction
-from django.db.models import Max
 from django.utils import timezone
 
 from . import tree
 from .hashing import leaf_hash
-from .models import AuditEvent, AuditLeaf, SequencerState
+from .models import AuditEvent, AuditLeaf, AuditPending, SequencerState
 
 PLATFORM_ALIAS = "platform"
 
@@ -21,21 +21,13 @@ def sequence_pending(*, batch: int = 1000, using: str = PLATFORM_ALIAS) -> int:
     """Sequence up to ``batch`` committed events; return how many were sequenced."""
     with transaction.atomic(using=using):
         state = SequencerState.objects.using(using).select_for_update().get(pk=1)
-        pending = list(
-            AuditEvent.objects.using(using)
-            .filter(leaf__isnull=True)
-            .order_by("id")
-            .only("id", "tenant", "event_hash")[:batch]
-        )
-        if not pending:
+        queued = list(AuditPending.objects.using(using).order_by("event_id")
+                      .values_list("event_id", flat=True)[:batch])
+        if not queued:
             return 0
-        tenants = {event.tenant for event in pending}
-        heads = dict(
-            AuditLeaf.objects.using(using)
-            .filter(tenant__in=tenants)
-            .values_list("tenant")
-            .annotate(head=Max("tenant_position"))
-        )
+        pending = list(AuditEvent.objects.using(using).filter(id__in=queued).order_by("id")
+                       .only("id", "tenant", "event_hash"))
+        heads = {tenant: _tenant_head(tenant, using) for tenant in {event.tenant for event in pending}}
         now = timezone.now()
         leaves = []
         position = state.tree_size
@@ -57,7 +49,15 @@ def sequence_pending(*, batch: int = 1000, using: str = PLATFORM_ALIAS) -> int:
             position += 1
         AuditLeaf.objects.using(using).bulk_create(leaves)
         tree.append(start=state.tree_size, leaf_hashes=[bytes.fromhex(leaf.leaf_hash) for leaf in leaves], using=using)
+        AuditPending.objects.using(using).filter(event_id__in=queued).delete()
         state.tree_size = position
         state.updated_at = now
         state.save(using=using, update_fields=["tree_size", "updated_at"])
         return len(leaves)
+
+
+def _tenant_head(tenant: str, using: str) -> int:
+    """The tenant's last position, -1 before its first event: the top of its unique index."""
+    last = (AuditLeaf.objects.using(using).filter(tenant=tenant).order_by("-tenant_position")
+            .values_list("tenant_position", flat=True).first())
+    return -1 if last is None else last

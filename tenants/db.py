@@ -150,6 +150,8 @@ def apply_role_grants(using=OWNER_ALIAS, **kwargs):
                 cursor.execute(f'REVOKE UPDATE, DELETE, TRUNCATE ON {table} FROM "{app_role}"')
             cursor.execute(f'REVOKE INSERT ON audit_auditleaf, audit_audittreenode, audit_auditcheckpoint, '
                            f'audit_audittenanthead, audit_sequencerstate FROM "{app_role}"')
+            # The sequencer's queue is the database's to fill (a trigger) and the sequencer's to empty.
+            cursor.execute(f'REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON audit_auditpending FROM "{app_role}"')
             # Only runners bill; the ledger is written once and never changed.
             cursor.execute(f'REVOKE INSERT, UPDATE ON runners_usageentry FROM "{app_role}"')
         if _role_exists(cursor, platform_role):
@@ -159,6 +161,7 @@ def apply_role_grants(using=OWNER_ALIAS, **kwargs):
             cursor.execute(f'GRANT INSERT ON audit_auditleaf, audit_audittreenode, audit_auditcheckpoint, '
                            f'audit_audittenanthead TO "{platform_role}"')
             cursor.execute(f'GRANT UPDATE ON audit_sequencerstate TO "{platform_role}"')
+            cursor.execute(f'GRANT DELETE ON audit_auditpending TO "{platform_role}"')
             # Admission sees every tenant's runs and admits them, recording each admission.
             for table, privilege in PLATFORM_WRITES:
                 cursor.execute(f'GRANT {privilege} ON {table} TO "{platform_role}"')

@@ -205,3 +205,24 @@ def test_verify_catches_an_edit_made_with_the_trigger_dropped_and_restored(live_
             cursor.execute("UPDATE audit_auditevent SET actor_name = 'x'")
     with pytest.raises(CommandError, match="at sequence number 2: "):
         call_command("audit", "verify")
+
+
+@pytest.mark.parametrize("tenant, position", [("", 0), ("acme-bank", 7), ("st-mary-hospital", 123456789)])
+def test_the_standalone_sequencing_entry_is_the_models_rfc8785_entry(tenant, position):
+    from audit.models import AuditLeaf
+    from audit.verify_export import sequencing_entry
+
+    event_hash = "0f" * 32
+    assert sequencing_entry(event_hash, tenant, position) == AuditLeaf.leaf_body(
+        event_hash=event_hash, tenant=tenant, tenant_position=position)
+
+
+def test_the_sequencer_works_from_the_queue_the_database_fills(live_db):
+    from audit.models import AuditPending
+
+    record_events(3)
+    assert AuditPending.objects.using("owner").count() == 3  # the insert trigger queued each
+    assert sequence_pending(using="owner") == 3
+    assert not AuditPending.objects.using("owner").exists()
+    assert sequence_pending(using="owner") == 0
+    assert list(owner_events().values_list("leaf__position", flat=True)) == [0, 1, 2]

@@ -78,3 +78,15 @@ def test_the_roles_the_platform_runs_as_cannot_lift_the_triggers_or_drop_the_tab
                 with connection.cursor() as cursor:
                     cursor.execute(statement)
     assert owner_events().count() == 1
+
+
+def test_the_app_role_cannot_forge_or_drop_the_sequencers_queue(live_db):
+    """The queue is filled by a trigger that runs as the owner; the app role records events
+    (and so queues them) but cannot add, change or remove queue entries itself."""
+    record_events(1)
+    for statement in ("INSERT INTO audit_auditpending (event_id) SELECT max(id) FROM audit_auditevent",
+                      "DELETE FROM audit_auditpending", "UPDATE audit_auditpending SET event_id = event_id"):
+        with pytest.raises(DatabaseError, match="permission denied"), transaction.atomic():
+            with connections["default"].cursor() as cursor:
+                cursor.execute(statement)
+    assert sequence_pending() == 1
