@@ -6,11 +6,12 @@ the denial is written afterwards on a separate connection so it is never lost wi
 """
 
 import contextvars
+import functools
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 from .catalog import OUTCOMES, is_catalogued
@@ -75,8 +76,28 @@ def record(*, action: str, actor: Actor, tenant: str = "", target: Target | None
     if not transaction.get_connection(using).in_atomic_block:
         raise RuntimeError("audit.record must run inside the transaction of the change it records")
     event = _build(action=action, actor=actor, tenant=tenant, target=target, data=data, outcome=outcome)
-    event.save(using=using, force_insert=True)
+    _insert(event, using)
     return event
+
+
+@functools.cache
+def _insert_statement() -> tuple[str, tuple]:
+    """The INSERT for an event (standard SQL: PostgreSQL and SQLite alike) and its fields."""
+    fields = tuple(field for field in AuditEvent._meta.concrete_fields if field.attname != "id")
+    columns = ", ".join(f'"{field.column}"' for field in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    return f'INSERT INTO "{AuditEvent._meta.db_table}" ({columns}) VALUES ({placeholders}) RETURNING "id"', fields
+
+
+def _insert(event: AuditEvent, using: str) -> None:
+    """One prepared INSERT with the model's own column conversions: the log's hot path, without
+    Model.save()'s machinery (about a third of an event's cost). Events are never saved twice."""
+    connection = connections[using]
+    sql, fields = _insert_statement()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [field.get_db_prep_save(getattr(event, field.attname), connection) for field in fields])
+        event.pk = cursor.fetchone()[0]
+    event._state.adding, event._state.db = False, using
 
 
 _pending_denials: contextvars.ContextVar[list | None] = contextvars.ContextVar("pending_denials", default=None)
@@ -100,7 +121,7 @@ def record_denial(*, action: str = "request.denied", actor: Actor, tenant: str =
 
 def _write_side(event: AuditEvent) -> None:
     with transaction.atomic(using=SIDE_ALIAS):
-        event.save(using=SIDE_ALIAS, force_insert=True)
+        _insert(event, SIDE_ALIAS)
 
 
 @contextmanager

@@ -7,7 +7,8 @@ Measures in one run:
 
 1. appends: events per second through the product's ``audit.log.record`` (each event in its
    own ``transaction.atomic()`` on the app role, as a request records it) from --writers
-   threads, each with its own connection, while a sequencer thread calls
+   threads, each with its own connection, while a sequencer process (as in production, where
+   the beat-driven task runs in a worker process) calls
    ``audit.sequencer.sequence_pending`` in a loop on the platform role; the same without the
    sequencer; and next to them the same number of equivalent rows (built by the same code
    beforehand: canonical JSON and hash precomputed) written by as many threads as bare
@@ -46,6 +47,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -242,45 +244,63 @@ def bare_inserts(writers: int, per_writer: int, tag: str) -> float:
     return wall
 
 
-class Sequencer(threading.Thread):
-    """``sequence_pending`` in a loop on the platform connection, as fast as it finds work,
-    noting how far behind the writers it is after every call."""
+class Sequencer:
+    """``sequence_pending`` in a loop in a process of its own, as the beat-driven sequencer runs
+    in production (a Celery worker process), not a thread competing with the writers for one
+    interpreter. It notes the queue's length (committed, not yet sequenced) after every call."""
 
-    def __init__(self, start_size: int, committed, pause: float):
-        super().__init__()
-        self.start_size, self.committed, self.pause = start_size, committed, pause
-        self.writers_done = threading.Event()
-        self.stopped_at = None
+    def __init__(self, pause: float):
+        self.pause = pause
+        self.process = None
+        self.stopped_at = self.caught_up_at = None
         self.lag_at_stop = None
-        self.caught_up_at = None
         self.calls = self.batches = 0
         self.lags: list[int] = []
         self.error = None
 
-    def run(self):
-        from django.conf import settings
-        from django.db import connections
+    def start(self):
+        self.process = subprocess.Popen([sys.executable, __file__, "--sequencer-process", str(self.pause)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env=os.environ.copy())
 
-        from audit.sequencer import sequence_pending
+    def finish(self, pending: int):
+        """The writers have stopped with ``pending`` events unsequenced: let the process drain
+        the queue and report."""
+        self.stopped_at, self.lag_at_stop = time.time(), pending
+        out, err = self.process.communicate("stop\n", timeout=300)
+        if self.process.returncode != 0:
+            self.error = RuntimeError(err.strip().splitlines()[-1] if err.strip() else "exited non-zero")
+            return
+        report = json.loads(out.strip().splitlines()[-1])
+        self.calls, self.batches, self.lags, self.caught_up_at = (report["calls"], report["batches"], report["lags"],
+                                                                   report["caught_up_at"])
 
-        try:
-            while True:
-                finishing = self.writers_done.is_set()
-                done = sequence_pending(batch=settings.AUDIT_SEQUENCER_BATCH, using=PLATFORM)
-                self.calls += 1
-                self.batches += bool(done)
-                sequenced = tree_size() - self.start_size
-                lag = self.committed() - sequenced
-                self.lags.append(lag)
-                if finishing and lag == 0:
-                    self.caught_up_at = time.perf_counter()
-                    return
-                if done < settings.AUDIT_SEQUENCER_BATCH:
-                    time.sleep(self.pause)  # caught up with what had committed: wait for more
-        except Exception as exc:
-            self.error = exc
-        finally:
-            connections.close_all()
+
+def sequencer_process(pause: float) -> int:
+    """The child side of Sequencer: loop until told to stop on stdin and the queue is empty."""
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    from audit.models import AuditPending
+    from audit.sequencer import sequence_pending
+
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+    calls = batches = 0
+    lags = []
+    while True:
+        finishing = stop.is_set()
+        done = sequence_pending(batch=settings.AUDIT_SEQUENCER_BATCH, using=PLATFORM)
+        calls, batches = calls + 1, batches + bool(done)
+        lags.append(AuditPending.objects.using(PLATFORM).count())
+        if finishing and lags[-1] == 0:
+            break
+        if done < settings.AUDIT_SEQUENCER_BATCH:
+            time.sleep(pause)  # caught up with what had committed: wait for more
+    print(json.dumps({"calls": calls, "batches": batches, "lags": lags, "caught_up_at": time.time()}))
+    return 0
 
 
 def recorded_appends(writers: int, per_writer: int, tag: str, pause: float | None) -> tuple[float, Sequencer | None]:
@@ -291,7 +311,8 @@ def recorded_appends(writers: int, per_writer: int, tag: str, pause: float | Non
     from audit.log import record
 
     counts = [0] * writers
-    sequencer = None if pause is None else Sequencer(tree_size(), lambda: sum(counts), pause)
+    start_size = tree_size()
+    sequencer = None if pause is None else Sequencer(pause)
 
     def prepare(index):
         connections["default"].ensure_connection()
@@ -307,10 +328,7 @@ def recorded_appends(writers: int, per_writer: int, tag: str, pause: float | Non
         sequencer.start()
     wall, errors = timed_threads(writers, prepare, work)
     if sequencer:
-        sequencer.stopped_at = time.perf_counter()
-        sequencer.lag_at_stop = sum(counts) - (tree_size() - sequencer.start_size)  # pending as the writers stop
-        sequencer.writers_done.set()
-        sequencer.join()
+        sequencer.finish(sum(counts) - (tree_size() - start_size))  # pending as the writers stop
     if errors:
         raise BenchFailure(f"a record() writer failed: {type(errors[0]).__name__}: {errors[0]}")
     if sequencer and sequencer.error:
@@ -436,8 +454,10 @@ def populate(upto: int, *, checkpoint_every: int | None = None, chunk: int = 500
             connection.commit()
             if checkpoint_every and checkpoint_write(using=PLATFORM) is None:
                 raise BenchFailure(f"no checkpoint was written at size {size + count}")
-        connection.execute("ANALYZE audit_auditevent, audit_auditleaf, audit_audittreenode")  # as autovacuum would
         connection.commit()
+        connection.autocommit = True  # VACUUM runs outside a transaction
+        # As autovacuum would: statistics for the filled tables, and the queue the fill emptied.
+        connection.execute("VACUUM ANALYZE audit_auditevent, audit_auditleaf, audit_audittreenode, audit_auditpending")
     return time.perf_counter() - started
 
 
@@ -592,12 +612,14 @@ def verdict(met: bool) -> str:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--sequencer-process"]:
+        return sequencer_process(float(sys.argv[2]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--writers", type=int, default=8, help="writer threads in each append contender")
     parser.add_argument("--appends", type=int, default=4000, help="events each append contender writes per round")
     parser.add_argument("--rounds", type=int, default=2, help="append rounds, contenders in turns; the best counts")
     parser.add_argument("--sequencer-pause", type=float, default=0.01,
-                        help="seconds the sequencer thread waits after a call that found less than a full batch")
+                        help="seconds the sequencer process waits after a call that found less than a full batch")
     parser.add_argument("--verify-events", type=int, default=20000, help="events in the log verify checks")
     parser.add_argument("--proof-events", "--events", dest="proof_events", type=int, default=1_000_000,
                         help="events in the log proofs are taken on")
