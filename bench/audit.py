@@ -22,7 +22,11 @@ Measures in one run:
    ``audit.tree.consistency_proof`` on a log of --proof-events events, read from the stored
    subtrees. Every timed proof is then checked with ``audit.merkle.verify_*`` against roots
    computed independently from all the stored leaves. It also times one ``sequence_pending``
-   call for one new event on the verify-sized and on the proof-sized log.
+   call for one new event on the verify-sized and on the proof-sized log;
+4. console: on the same log, the compliance console's page read
+   (``compliance.selectors.event_page``, one keyset query of 50 rows, checked to be one query):
+   a tenant's first page, a random page deep in it, and pages filtered by actor and by target
+   type and time.
 
 The log the first part appends is checked with ``verify_log`` (untimed). Parts 2 and 3 start
 again from an empty database, whose log is written directly (COPY as the owner role):
@@ -585,6 +589,46 @@ def measure_proofs(events: int, proofs: int) -> dict:
             "root": root_ms, "proof_hashes": max(map(len, inclusion + consistency))}
 
 
+def measure_console(samples: int) -> dict:
+    """The compliance console's page read (``compliance.selectors.event_page``, one keyset query)
+    on the million-event log: the first page of a tenant, a random page deep in it, and pages
+    filtered by actor and by target type and time, each starting at a random event."""
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    from audit.models import AuditEvent
+    from compliance.selectors import event_page
+
+    events = AuditEvent.objects.using(PLATFORM)
+    top = events.order_by("-id").values_list("id", flat=True).first()
+    rng = random.Random(top)
+    since = events.order_by("id").values_list("occurred_at", flat=True).first()
+    shapes = {
+        "first page of a tenant": lambda: (events.filter(tenant=rng.choice(TENANTS)), None),
+        "a random page of a tenant": lambda: (events.filter(tenant=rng.choice(TENANTS)), rng.randrange(top)),
+        "by tenant and actor, from a random event": lambda: (
+            events.filter(tenant=rng.choice(TENANTS), actor_name=f"developer-{rng.randrange(64)}"), rng.randrange(top)),
+        "by target type and time, from a random event": lambda: (
+            events.filter(target_type="workflow_version", occurred_at__gte=since), rng.randrange(top)),
+    }
+    results = {}
+    for name, shape in shapes.items():
+        latencies, rows = [], 0
+        for n in range(samples + 5):
+            queryset, before = shape()
+            with CaptureQueriesContext(connections[PLATFORM]) as captured:
+                started = time.perf_counter()
+                page = event_page(queryset, before=before)
+                elapsed = (time.perf_counter() - started) * 1000
+            if len(captured) != 1:
+                raise BenchFailure(f"a console page took {len(captured)} queries, not 1")
+            if n >= 5:  # the first few warm the connection and the index pages
+                latencies.append(elapsed)
+                rows += len(page.events)
+        results[name] = {"ms": latencies, "rows": rows / samples}
+    return results
+
+
 def sequencer_call() -> tuple[float, int]:
     """One event recorded on the log as it stands, then one sequence_pending call: its
     milliseconds and the log's size before it."""
@@ -692,6 +736,12 @@ def main() -> int:
               + ", ".join(f"{ms:.0f} ms on a log of {size} events" for ms, size in sequencer_calls))
         print(f"(the logs were filled by COPY, not a product path: {verify['fill_s']:.0f} s to {verify['events']} "
               f"events with checkpoints, {proofs['fill_s']:.0f} s more to {proofs['size']})")
+        console = measure_console(options.proofs)
+        print(f"\n4. Compliance console pages at {proofs['size']} events (compliance.selectors.event_page: one keyset "
+              f"query of 50 rows), {options.proofs} pages each")
+        print(f"{'page':<58}{'p50 ms':>10}{'p99 ms':>10}")
+        for name, figures in console.items():
+            print(f"{name:<58}{statistics.median(figures['ms']):>10.2f}{percentile(figures['ms'], 0.99):>10.2f}")
 
         print("\nGoals:")
         kept_up = all(sequencer.caught_up_at for sequencer in appends["sequencers"])
