@@ -38,9 +38,12 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        # The compliance console filters on these and pages by id (keyset), newest first.
+        # The compliance console filters on these and pages by id (keyset), newest first: a
+        # tenant's auditors always within their tenant, platform admins across all of them.
         indexes = [models.Index(fields=["tenant", "-id"]), models.Index(fields=["action", "-id"]),
-                   models.Index(fields=["actor_name", "-id"]), models.Index(fields=["target_type", "target_id", "-id"])]
+                   models.Index(fields=["actor_name", "-id"]), models.Index(fields=["target_type", "target_id", "-id"]),
+                   models.Index(fields=["tenant", "action", "-id"]), models.Index(fields=["tenant", "actor_name", "-id"]),
+                   models.Index(fields=["tenant", "target_type", "target_id", "-id"])]
 
     def __str__(self):
         return f"{self.action} by {self.actor_name or self.actor_type} ({self.outcome})"
