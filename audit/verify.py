@@ -78,10 +78,13 @@ def verify_log(*, using: str = "platform", max_unsequenced: timedelta, now=None,
             if fail(Problem(missing, None, "gap in the sequence: this position is missing")):
                 return report
             break
+        # Every leaf advances the tenant's count and the stored tree, bad or not, so that with
+        # stop_at_first=False one bad leaf does not make every later one look bad too.
+        want = expected_tenant_position.get(leaf.tenant, 0)
+        expected_tenant_position[leaf.tenant] = leaf.tenant_position + 1
+        stored = next(stored_leaves, None)
         reason = event_problem(leaf.event)
         if reason is None:
-            want = expected_tenant_position.get(leaf.tenant, 0)
-            expected_tenant_position[leaf.tenant] = leaf.tenant_position + 1
             body = sequencing_entry(leaf.event.event_hash, leaf.event.tenant, leaf.tenant_position)
             if leaf.tenant != leaf.event.tenant:
                 reason = "the leaf names a different tenant than its event"
@@ -89,10 +92,8 @@ def verify_log(*, using: str = "platform", max_unsequenced: timedelta, now=None,
                 reason = f"tenant position {leaf.tenant_position} where {want} was expected"
             elif body.decode() != leaf.leaf or leaf_hash(body).hex() != leaf.leaf_hash:
                 reason = "the leaf does not match its event"
-        if reason is None:
-            stored = next(stored_leaves, None)
-            if stored is None or stored != (leaf.position, leaf.leaf_hash):
-                reason = "the tree's stored leaf differs from the sequenced leaf"
+        if reason is None and (stored is None or stored != (leaf.position, leaf.leaf_hash)):
+            reason = "the tree's stored leaf differs from the sequenced leaf"
         if reason and fail(Problem(leaf.position, leaf.event_id, reason)):
             return report
         frontier.append(bytes.fromhex(leaf.leaf_hash))

@@ -226,3 +226,17 @@ def test_the_sequencer_works_from_the_queue_the_database_fills(live_db):
     assert not AuditPending.objects.using("owner").exists()
     assert sequence_pending(using="owner") == 0
     assert list(owner_events().values_list("leaf__position", flat=True)) == [0, 1, 2]
+
+
+def test_verify_can_list_every_bad_event_not_only_the_first(live_db):
+    from datetime import timedelta
+
+    from audit.verify import verify_log
+
+    record_events(8)
+    sequence_pending()
+    for position in (2, 5):
+        victim = AuditLeaf.objects.using("owner").get(position=position).event_id
+        _tamper("UPDATE audit_auditevent SET data = %s WHERE id = %s", ['{"role": "tenant_admin"}', victim])
+    report = verify_log(using="owner", max_unsequenced=timedelta(minutes=5), stop_at_first=False)
+    assert [problem.position for problem in report.problems] == [2, 5], report.problems
