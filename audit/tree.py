@@ -4,7 +4,7 @@ The sequencer appends the nodes each new leaf completes, in the transaction that
 it; roots and proofs read only the O(log n) stored subtrees they name, fetched in one query.
 """
 
-from django.db.models import Q
+from django.db import connections
 
 from . import merkle
 from .models import AuditLeaf, AuditTreeNode
@@ -16,12 +16,17 @@ def frontier(size: int) -> list[tuple[int, int]]:
 
 
 def _fetch(keys, using: str) -> dict[tuple[int, int], bytes]:
+    """The stored hashes of ``keys`` ((level, index) pairs), in one query on the unique index.
+    Written as a row-value IN (PostgreSQL and SQLite alike): the ORM's OR of ~25 Q terms cost
+    more to build than the database took to answer."""
     if not keys:
         return {}
-    condition = Q()
-    for level, index in keys:
-        condition |= Q(level=level, index=index)
-    return {(n.level, n.index): bytes.fromhex(n.hash) for n in AuditTreeNode.objects.using(using).filter(condition)}
+    table = AuditTreeNode._meta.db_table
+    rows = ", ".join(["(%s, %s)"] * len(keys))
+    with connections[using].cursor() as cursor:
+        cursor.execute(f'SELECT "level", "index", "hash" FROM "{table}" WHERE ("level", "index") IN ({rows})',
+                       [value for key in keys for value in key])
+        return {(level, index): bytes.fromhex(value) for level, index, value in cursor.fetchall()}
 
 
 def append(*, start: int, leaf_hashes: list[bytes], using: str) -> int:
