@@ -58,6 +58,14 @@ def proved_event(leaf: AuditLeaf, size: int, *, using: str) -> dict:
             "leaf": leaf.leaf, "proof": [h.hex() for h in tree.inclusion_proof(leaf.position, size, using=using)]}
 
 
+def consistency_proofs(size: int, *, using: str) -> list[dict]:
+    """A consistency proof from every earlier checkpoint to the tree of ``size``: the platform
+    does not know which one a regulator kept."""
+    return [{"from": older.tree_size, "from_root": older.root_hash,
+             "proof": [h.hex() for h in tree.consistency_proof(older.tree_size, size, using=using)]}
+            for older in AuditCheckpoint.objects.using(using).filter(tree_size__lt=size).order_by("tree_size")]
+
+
 def jsonl(records) -> bytes:
     return "".join(json.dumps(item, sort_keys=True) + "\n" for item in records).encode()
 
@@ -77,9 +85,7 @@ def export_files(*, tenant: str, since=None, until=None, using: str) -> dict[str
     if since is not None:
         leaves = leaves.filter(event__occurred_at__gte=since)
     events = [proved_event(leaf, size, using=using) for leaf in leaves.iterator(chunk_size=1000)]
-    consistency = [{"from": older.tree_size, "from_root": older.root_hash,
-                    "proof": [h.hex() for h in tree.consistency_proof(older.tree_size, size, using=using)]}
-                   for older in AuditCheckpoint.objects.using(using).filter(tree_size__lt=size).order_by("tree_size")]
+    consistency = consistency_proofs(size, using=using)
     manifest = {"format": FORMAT, "tenant": tenant, "tree_size": size, "tenant_size": head.tenant_size,
                 "events": len(events), "since": since.isoformat() if since else None,
                 "until": until.isoformat() if until else None, "exported_at": timezone.now().isoformat()}

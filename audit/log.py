@@ -94,7 +94,9 @@ def _insert(event: AuditEvent, using: str) -> None:
     Model.save()'s machinery (about a third of an event's cost). Events are never saved twice."""
     connection = connections[using]
     sql, fields = _insert_statement()
-    with connection.cursor() as cursor:
+    # As save() does: a failed insert caught inside atomic() still rolls the transaction back,
+    # so the change cannot commit without its event.
+    with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
         cursor.execute(sql, [field.get_db_prep_save(getattr(event, field.attname), connection) for field in fields])
         event.pk = cursor.fetchone()[0]
     event._state.adding, event._state.db = False, using

@@ -25,7 +25,9 @@ def sequence_pending(*, batch: int = 1000, using: str = PLATFORM_ALIAS) -> int:
                       .values_list("event_id", flat=True)[:batch])
         if not queued:
             return 0
-        pending = list(AuditEvent.objects.using(using).filter(id__in=queued).order_by("id")
+        # An entry whose event already has its leaf (a queue left behind by a restore, say) is
+        # dropped with the rest, never sequenced twice.
+        pending = list(AuditEvent.objects.using(using).filter(id__in=queued, leaf__isnull=True).order_by("id")
                        .only("id", "tenant", "event_hash"))
         heads = {tenant: _tenant_head(tenant, using) for tenant in {event.tenant for event in pending}}
         now = timezone.now()

@@ -37,6 +37,20 @@ class VerifyReport:
         return not self.problems
 
 
+def same_json(first, second) -> bool:
+    """Equality of JSON values where true is not 1 and "1" is not 1, but 1 and 1.0 are the
+    same number (RFC 8785 writes 1.0 as 1)."""
+    if isinstance(first, bool) or isinstance(second, bool):
+        return type(first) is type(second) and first == second
+    if isinstance(first, (int, float)) and isinstance(second, (int, float)):
+        return first == second
+    if isinstance(first, dict) and isinstance(second, dict):
+        return first.keys() == second.keys() and all(same_json(first[key], second[key]) for key in first)
+    if isinstance(first, list) and isinstance(second, list):
+        return len(first) == len(second) and all(map(same_json, first, second))
+    return type(first) is type(second) and first == second
+
+
 def event_problem(event: AuditEvent) -> str | None:
     """The columns must say what the hashed canonical JSON says, and it must hash to the event
     hash. Comparing the parsed JSON with the columns is exact for what the columns hold and
@@ -46,7 +60,7 @@ def event_problem(event: AuditEvent) -> str | None:
         stated = json.loads(event.canonical)
     except ValueError:
         stated = None
-    if stated != event.canonical_body():
+    if not same_json(stated, event.canonical_body()):
         return f"event {event.id} no longer matches its stored canonical JSON"
     if leaf_hash(event.canonical.encode()).hex() != event.event_hash:
         return f"event {event.id} hash does not match its content"
@@ -137,7 +151,8 @@ def _verified(note: str, public_pems: list[str]) -> str | None:
     return None
 
 
-def _checkpoint_problem(checkpoint, root: bytes, tenant_counts: dict | None, public_pems: list[str]) -> str | None:
+def _checkpoint_problem(checkpoint, root: bytes, tenant_counts: dict | None, public_pems: list[str],
+                        heads=None) -> str | None:
     from django.conf import settings
 
     size = checkpoint.tree_size
@@ -148,7 +163,7 @@ def _checkpoint_problem(checkpoint, root: bytes, tenant_counts: dict | None, pub
         return f"checkpoint {size}'s signed note does not match its stored size and root"
     if checkpoint.root_hash != root.hex():
         return f"the events up to {size} no longer hash to checkpoint {size}'s signed root"
-    for head in checkpoint.tenant_heads.all():
+    for head in checkpoint.tenant_heads.all() if heads is None else heads:
         head_body = _verified(head.note, public_pems)
         if head_body is None or head_body != tenant_head_body(settings.AUDIT_LOG_ORIGIN, head.tenant, head.tenant_size,
                                                               size, root):
@@ -188,13 +203,13 @@ class CheckpointStatus:
         return self.checkpoint is not None and self.problem is None
 
 
-def latest_checkpoint_status(*, using: str) -> CheckpointStatus:
-    """A quick check of the latest checkpoint, cheap enough for a page: its note and tenant
-    heads are signed by a platform key, its root is the stored tree's root at its size, and it
-    is consistent with the checkpoint before it. ``verify_log`` is the full re-check from the
+def latest_checkpoint_status(*, using: str, tenant: str | None = None) -> CheckpointStatus:
+    """A quick check of the latest checkpoint, cheap enough for a page: its note (and the head
+    of ``tenant``, when one is named: only the viewer's own, whatever the number of tenants)
+    is signed by a platform key, its root is the stored tree's root at its size, and it is
+    consistent with the checkpoint before it. ``verify_log`` is the full re-check from the
     events themselves."""
-    latest, *earlier = AuditCheckpoint.objects.using(using).order_by("-tree_size").prefetch_related(
-        "tenant_heads")[:2] or [None]
+    latest, *earlier = AuditCheckpoint.objects.using(using).order_by("-tree_size")[:2] or [None]
     if latest is None:
         return CheckpointStatus(None, None, "No checkpoint has been signed yet.")
     previous = earlier[0] if earlier else None
@@ -202,7 +217,8 @@ def latest_checkpoint_status(*, using: str) -> CheckpointStatus:
         root = tree.root(latest.tree_size, using=using)
     except LookupError as exc:
         return CheckpointStatus(latest, None, f"the stored tree cannot give the root at {latest.tree_size}: {exc}")
-    problem = _checkpoint_problem(latest, root, None, keys())
+    heads = [] if tenant is None else latest.tenant_heads.using(using).filter(tenant=tenant)
+    problem = _checkpoint_problem(latest, root, None, keys(), heads=heads)
     if problem is None and previous is not None:
         found = _consistency_problem([previous, latest], using)
         problem = found[1] if found else None

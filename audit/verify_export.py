@@ -72,7 +72,7 @@ def verify_pack(folder: Path, public_pem: str, *, previous_checkpoint: str | Non
         raise PackInvalid(f"the signed tenant head counts {tenant_size} events; the pack ends at {expected}: "
                           "events are missing")
     if previous_checkpoint is not None:
-        _check_consistency(folder, previous_checkpoint, public_pem, checkpoint)
+        check_consistency((folder / "consistency.jsonl").read_text(), previous_checkpoint, public_pem, checkpoint)
     return {"tenant": tenant, "events": count, "tree_size": checkpoint.size, "tenant_size": tenant_size}
 
 
@@ -99,7 +99,9 @@ def proven_event(line: str, number: int, checkpoint, tenant: str) -> tuple[dict,
     return body, tenant_position
 
 
-def _check_consistency(folder: Path, previous_note: str, public_pem: str, checkpoint) -> None:
+def check_consistency(consistency_lines: str, previous_note: str, public_pem: str, checkpoint) -> None:
+    """That ``checkpoint`` extends the earlier checkpoint a regulator kept, by the proof from its
+    size among ``consistency_lines`` (JSON lines: from, proof)."""
     try:
         previous = parse_checkpoint(verify_note(previous_note, public_pem))
     except NoteInvalid as exc:
@@ -108,7 +110,7 @@ def _check_consistency(folder: Path, previous_note: str, public_pem: str, checkp
         if previous.root != checkpoint.root:
             raise PackInvalid("the earlier checkpoint has the same size but another root")
         return
-    for line in (folder / "consistency.jsonl").read_text().splitlines():
+    for line in consistency_lines.splitlines():
         record = json.loads(line)
         if int(record["from"]) == previous.size:
             try:

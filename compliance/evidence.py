@@ -26,14 +26,16 @@ from django.db.models import Q
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from audit.export import jsonl, proved_event, signed_checkpoint
+from audit.export import NothingToExport, consistency_proofs, jsonl, proved_event, signed_checkpoint
+from audit.sequencer import sequence_pending
 from audit.log import Target, record
 from audit.models import AuditCheckpoint, AuditLeaf
 from policies.models import PolicyDecision, Waiver
 from tenants.access import actor_for, require
 from tenants.db import PLATFORM_ALIAS, tenant_reads
 from tenants.models import Tenant
-from workflows.models import Approval, Artifact, Promotion, RunOutput, Signature, Verification
+from workflows.models import (OPEN_PROMOTION_STATES, Approval, Artifact, Promotion, RunOutput, Signature,
+                              Verification)
 from workflows.promotions import promotion_by_id
 
 FORMAT = 1
@@ -123,7 +125,7 @@ def _approvals(promotion: Promotion) -> list[dict]:
     return [{"id": a.pk, "user": a.user.username, "verdict": a.verdict, "comment": a.comment,
              "created_at": _time(a.created_at), "version_digest": a.version_digest,
              "binding_digest": a.binding_digest, "policy_revision": a.policy_revision,
-             "mfa": {"method": "totp", "otp_device": a.otp_device, "verified_at": _time(a.created_at)},
+             "mfa": {"method": "totp", "otp_device": a.otp_device},
              "via": a.via, "token": a.token, "current": a.is_current_for(promotion)} for a in approvals]
 
 
@@ -155,62 +157,98 @@ def _exemptions(promotion: Promotion, decisions: list[PolicyDecision]) -> dict:
     }
 
 
-def _audit_targets(promotion: Promotion, decisions, exemptions, artifacts) -> Q:
-    """The audit events that are about this promotion or what it was decided on."""
-    targets = [("promotion", str(promotion.public_id)),
-               ("workflow_version", f"{promotion.workflow.name}@{promotion.version.number}")]
-    targets += [("policy_decision", str(d.decision_id)) for d in decisions]
-    targets += [("waiver", str(w["id"])) for w in exemptions["waivers"]]
-    targets += [("artifact", f"{a['name']}@{a['digest']}") for a in artifacts]
-    targets += [("run", a["run_output"]["run_id"]) for a in artifacts if a["run_output"]]
+def _audit_targets(promotion: dict, records: dict) -> Q:
+    """The audit events about what the promotion was decided on (some older than its request)."""
+    targets = [("promotion", promotion["id"]), ("workflow_version", f"{promotion['workflow']}@{promotion['version']}")]
+    targets += [("policy_decision", d["decision_id"]) for d in records["decisions"]]
+    targets += [("waiver", str(w["id"])) for w in records["exemptions"]["waivers"]]
+    targets += [("artifact", f"{a['name']}@{a['digest']}") for a in records["artifacts"]]
+    targets += [("run", a["run_output"]["run_id"]) for a in records["artifacts"] if a["run_output"]]
     condition = Q()
     for target_type, target_id in targets:
         condition |= Q(event__target_type=target_type, event__target_id=target_id)
     return condition
 
 
-def evidence_files(*, promotion: Promotion, checkpoint: AuditCheckpoint, using: str) -> dict[str, bytes]:
-    """The pack's files by name, its events proven in ``checkpoint``. The promotion and what it
-    links to are read on the caller's connection (the caller has checked the reader may audit
-    the tenant, and bound its row-level security); the audit events and the tree on ``using``."""
+def evidence_records(promotion: Promotion) -> dict:
+    """What the pack says, read on the caller's connection (the caller has checked the reader
+    may audit the tenant and bound its row-level security)."""
     decisions = _decisions(promotion)
     artifacts = _artifacts(promotion)
-    exemptions = _exemptions(promotion, decisions)
-    approvals = _approvals(promotion)
+    return {"promotion": _promotion(promotion), "version": _version(promotion), "artifacts": artifacts,
+            "decisions": [_decision(d) for d in decisions], "approvals": _approvals(promotion),
+            "exemptions": _exemptions(promotion, decisions)}
+
+
+def _span(promotion: dict, using: str) -> tuple[int, int | None]:
+    """The tenant positions the pack holds in full: from the promotion's request to its last
+    event of its own (None: an open request, whose span runs to the checkpoint's tenant head).
+    Everything that happened to the promotion lies in it, and the verifier checks none of it
+    is missing."""
+    own = (AuditLeaf.objects.using(using).filter(tenant=promotion["tenant"], event__target_type="promotion",
+                                                 event__target_id=promotion["id"])
+           .exclude(event__action__startswith="audit."))
+    first = own.filter(event__action="promotion.request").values_list("tenant_position", flat=True).first()
+    if first is None:
+        raise NothingToExport("The promotion's request is not in the log yet.")
+    last = own.order_by("-tenant_position").values_list("tenant_position", flat=True).first()
+    return first, None if promotion["state"] in OPEN_PROMOTION_STATES else last
+
+
+def evidence_files(*, records: dict, using: str) -> dict[str, bytes]:
+    """The pack's files by name: the records, and the audit events about them proven in a
+    signed checkpoint (the latest, when it already covers them; else one signed now)."""
+    while sequence_pending(using=using):
+        pass
+    attestation = records.get("attestation")
+    records = {name: value for name, value in records.items() if name != "attestation"}
+    promotion = records["promotion"]
+    tenant = promotion["tenant"]
+    first, last = _span(promotion, using)
+    tenant_leaves = AuditLeaf.objects.using(using).filter(tenant=tenant)
+    needed = [tenant_leaves.filter(_audit_targets(promotion, records)).order_by("-position")
+              .values_list("position", flat=True).first()]
+    if last is not None:
+        needed.append(tenant_leaves.filter(tenant_position=last).values_list("position", flat=True).first())
+    newest = max((position for position in needed if position is not None), default=-1)
+    # The latest checkpoint serves while it covers everything the pack proves (so repeated
+    # downloads do not each sign one); an open request's span runs to the tenant head, so it
+    # always gets a fresh one.
+    checkpoint = AuditCheckpoint.objects.using(using).order_by("-tree_size").first()
+    if last is None or checkpoint is None or checkpoint.tree_size <= newest:
+        checkpoint = signed_checkpoint(using=using)
     size = checkpoint.tree_size
-    leaves = (AuditLeaf.objects.using(using)
-              .filter(_audit_targets(promotion, decisions, exemptions, artifacts),
-                      tenant=promotion.tenant.slug, position__lt=size)
+    head = checkpoint.tenant_heads.using(using).get(tenant=tenant)
+    span = Q(tenant_position__gte=first) & (Q(tenant_position__lte=last) if last is not None else Q())
+    leaves = (tenant_leaves.filter(_audit_targets(promotion, records) | span, position__lt=size)
               .select_related("event").order_by("position"))
     events = [proved_event(leaf, size, using=using) for leaf in leaves]
-    records = {"promotion": _promotion(promotion), "version": _version(promotion), "artifacts": artifacts,
-               "decisions": [_decision(d) for d in decisions], "approvals": approvals, "exemptions": exemptions}
     packed = {f"{name}.json": json.dumps(value, indent=2, sort_keys=True).encode() for name, value in records.items()}
-    if promotion.attestation:
-        packed["attestation.sigstore.json"] = promotion.attestation.encode()
+    if attestation:
+        packed["attestation.sigstore.json"] = attestation.encode()
     packed["events.jsonl"] = jsonl(events)
     packed["checkpoint.txt"] = checkpoint.note.encode()
+    packed["tenant-head.txt"] = head.note.encode()
+    packed["consistency.jsonl"] = jsonl(consistency_proofs(size, using=using))
     packed["summary.html"] = render_to_string("compliance/evidence_summary.html", {
         **records, "events": [{**json.loads(e["canonical"]), "position": e["position"]} for e in events],
-        "checkpoint": checkpoint, "has_attestation": bool(promotion.attestation)}).encode()
-    manifest = {"format": FORMAT, "kind": KIND, "tenant": promotion.tenant.slug,
-                "promotion": str(promotion.public_id), "tree_size": size, "events": len(events),
-                "created_at": timezone.now().isoformat(),
+        "checkpoint": checkpoint, "has_attestation": bool(attestation)}).encode()
+    manifest = {"format": FORMAT, "kind": KIND, "tenant": tenant, "promotion": promotion["id"], "tree_size": size,
+                "events": len(events), "span": [first, last], "created_at": timezone.now().isoformat(),
                 "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(packed.items())}}
     return {"manifest.json": json.dumps(manifest, indent=2, sort_keys=True).encode(), **packed}
 
 
 def promotion_evidence(*, actor, tenant: Tenant, public_id) -> tuple[Promotion, dict[str, bytes]]:
     """The evidence pack of one of the tenant's promotions, for its auditors and admins; the
-    download is audited. Runs outside any transaction: the pack's checkpoint is signed and
-    committed through the platform role first."""
+    download is audited. Runs outside any transaction: the records are read first, then the
+    log (sequenced and, when needed, checkpointed through the platform role), so every record
+    read has its event in the checkpoint."""
     require(actor, tenant, "audit")
     with tenant_reads(actor, tenant):
-        promotion_by_id(actor=actor, tenant=tenant, public_id=public_id)  # 404 before signing anything
-    checkpoint = signed_checkpoint(using=PLATFORM_ALIAS)  # covers everything about the promotion so far
-    with tenant_reads(actor, tenant):
         promotion = promotion_by_id(actor=actor, tenant=tenant, public_id=public_id)
-        files = evidence_files(promotion=promotion, checkpoint=checkpoint, using=PLATFORM_ALIAS)
+        records = {**evidence_records(promotion), "attestation": promotion.attestation}
+    files = evidence_files(records=records, using=PLATFORM_ALIAS)
     with transaction.atomic():
         record(action="audit.evidence_pack", actor=actor_for(actor), tenant=tenant.slug,
                target=Target("promotion", str(promotion.public_id)),

@@ -1,7 +1,10 @@
+import uuid
+
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import render
+from django.urls import NoReverseMatch, reverse
 from django.views import View
 
 from audit.verify import inclusion_status, latest_checkpoint_status
@@ -17,7 +20,17 @@ AUDIT_READS = "default"
 
 def _cursor(request, name: str) -> int | None:
     raw = request.GET.get(name, "")
-    return int(raw) if raw.isdigit() else None
+    return int(raw) if raw.isascii() and raw.isdigit() else None  # "²".isdigit() is true
+
+
+def _promotion_filtered(request) -> str:
+    """The promotion the trail is filtered to, when it is one (its id as the evidence link takes it)."""
+    if request.GET.get("target_type") != "promotion":
+        return ""
+    try:
+        return str(uuid.UUID(request.GET.get("target", "")))
+    except ValueError:
+        return ""
 
 
 def _render_events(request, events, context):
@@ -30,8 +43,9 @@ def _render_events(request, events, context):
         query.pop(name, None)
     return render(request, "compliance/audit.html", {
         **context, "filter": filterset, "page": page, "query": query.urlencode(),
-        "status": latest_checkpoint_status(using=AUDIT_READS),
-        "promotion": request.GET.get("target", "") if request.GET.get("target_type") == "promotion" else "",
+        "status": latest_checkpoint_status(using=AUDIT_READS,
+                                           tenant=context["tenant"].slug if context["tenant"] else None),
+        "promotion": _promotion_filtered(request),
     })
 
 
@@ -57,13 +71,22 @@ class AuditEventView(LoginRequiredMixin, View):
         found = events_visible_to(request.user).select_related("leaf").filter(pk=event).first()
         if found is None:
             raise Http404("No such event.")
-        status = latest_checkpoint_status(using=AUDIT_READS)
+        status = latest_checkpoint_status(using=AUDIT_READS, tenant=found.tenant)
         leaf = getattr(found, "leaf", None)
         inclusion = None
         if leaf is not None and status.checkpoint is not None and leaf.position < status.checkpoint.tree_size:
             inclusion = inclusion_status(leaf, status.checkpoint, using=AUDIT_READS)
         return render(request, "compliance/event.html", {"event": found, "leaf": leaf, "status": status,
-                                                          "inclusion": inclusion})
+                                                          "inclusion": inclusion, "evidence_url": _evidence_url(found)})
+
+
+def _evidence_url(event) -> str:
+    if event.target_type != "promotion" or not event.tenant:
+        return ""
+    try:
+        return reverse("api-promotion-evidence", args=[event.tenant, event.target_id])
+    except NoReverseMatch:  # not a promotion id this platform issued
+        return ""
 
 
 def _require_some_audit_access(user):

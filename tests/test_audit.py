@@ -240,3 +240,16 @@ def test_verify_can_list_every_bad_event_not_only_the_first(live_db):
         _tamper("UPDATE audit_auditevent SET data = %s WHERE id = %s", ['{"role": "tenant_admin"}', victim])
     report = verify_log(using="owner", max_unsequenced=timedelta(minutes=5), stop_at_first=False)
     assert [problem.position for problem in report.problems] == [2, 5], report.problems
+
+
+def test_a_stale_queue_entry_is_dropped_not_sequenced_twice(live_db):
+    from audit.models import AuditPending
+
+    record_events(2)
+    assert sequence_pending(using="owner") == 2
+    first = owner_events().first()
+    AuditPending.objects.using("owner").create(event_id=first.id)  # as a restore might leave behind
+    record_events(1)
+    assert sequence_pending(using="owner") == 1
+    assert not AuditPending.objects.using("owner").exists()
+    assert list(owner_events().values_list("leaf__position", flat=True)) == [0, 1, 2]

@@ -90,3 +90,15 @@ def test_the_app_role_cannot_forge_or_drop_the_sequencers_queue(live_db):
             with connections["default"].cursor() as cursor:
                 cursor.execute(statement)
     assert sequence_pending() == 1
+
+
+def test_a_temporary_table_cannot_capture_the_queue(live_db):
+    """The trigger's function runs as the owner with pg_temp last on its search path and the
+    queue schema-qualified, so a session's own temporary table of that name changes nothing."""
+    from audit.models import AuditPending
+
+    with transaction.atomic(), connections["default"].cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE audit_auditpending (event_id bigint) ON COMMIT DROP")
+        record_events(1)
+    assert AuditPending.objects.using("owner").count() == 1
+    assert sequence_pending() == 1

@@ -17,7 +17,7 @@ from audit.verify_export import PackInvalid
 from compliance.verify_evidence import verify_evidence
 
 from .conftest import ROOT, fresh_totp
-from .test_promotions import T, Gate
+from .test_promotions import T, Gate, in_production  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.embedded
 
@@ -74,7 +74,7 @@ def test_a_production_pack_holds_the_whole_decision_and_verifies_offline(product
     names = {p.name for p in folder.iterdir()}
     assert names == {"manifest.json", "promotion.json", "version.json", "artifacts.json", "decisions.json",
                      "approvals.json", "exemptions.json", "attestation.sigstore.json", "events.jsonl",
-                     "checkpoint.txt", "summary.html"}
+                     "checkpoint.txt", "tenant-head.txt", "consistency.jsonl", "summary.html"}
     version = json.loads((folder / "version.json").read_text())
     assert version["digest"] == production["version_digest"] and version["spec"]["name"] == "fraud-detector"
     decisions = json.loads((folder / "decisions.json").read_text())
@@ -184,10 +184,29 @@ TAMPERING = {
         lambda f: _rewrite(f, "decisions.json", lambda d: d[0].update(allow=not d[0]["allow"])),
         "holds no policy.decide event"),
     "an approval dropped": (
-        lambda f: _rewrite(f, "approvals.json", lambda a: a.pop()), "whose approval is not in the pack"),
+        lambda f: _rewrite(f, "approvals.json", lambda a: a.pop()), "approvals and rejections are not those the log"),
+    "an approval and its event dropped": (
+        lambda f: (_rewrite(f, "approvals.json", lambda a: a.pop()), _drop_event(f, "promotion.approve", last=True)),
+        "is missing from the pack"),
+    "an approval slipped in": (
+        lambda f: _rewrite(f, "approvals.json", lambda a: a.append({**a[0], "id": None, "verdict": "promote"})),
+        "approvals and rejections are not those the log"),
     "an approver renamed": (
         lambda f: _rewrite(f, "approvals.json", lambda a: a[0].update(user="acme-bank-admin")),
-        "names acme-bank-admin, the log acme-bank-approver"),
+        "holds no promotion.approve event for the approve by acme-bank-admin"),
+    "the state, with the attestation removed": (
+        lambda f: (_rewrite(f, "promotion.json", lambda p: p.update(state="withdrawn")), _remove(f, "attestation.sigstore.json")),
+        "says the promotion is withdrawn; its events say promoted"),
+    "the requester": (
+        lambda f: _rewrite(f, "promotion.json", lambda p: p.update(requested_by="acme-bank-approver")),
+        "holds no promotion.request event"),
+    "a decision's engine": (
+        lambda f: _rewrite(f, "decisions.json", lambda d: d[0].update(engine="none")), "holds no policy.decide event"),
+    "a verification's identity": (
+        lambda f: _rewrite(f, "artifacts.json",
+                           lambda a: next(x for x in a if x["signatures"])["signatures"][0]["verifications"][0].update(
+                               identity="someone-else")),
+        "a verification of .* is not in the log"),
     "an MFA device changed": (
         lambda f: _rewrite(f, "approvals.json", lambda a: a[0]["mfa"].update(otp_device="otp_static.x/1")),
         "holds no promotion.approve event"),
@@ -202,8 +221,22 @@ TAMPERING = {
         "its sequencing entry does not match its canonical bytes"),
     "the checkpoint": (
         lambda f: (f / "checkpoint.txt").write_text((f / "checkpoint.txt").read_text().replace("\n", "\n1", 1)),
-        "checkpoint does not verify"),
+        "a signed note in the pack does not verify"),
 }
+
+
+def _remove(folder, name):
+    (folder / name).unlink()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["files"][name]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _drop_event(folder, action, last=False):
+    lines = (folder / "events.jsonl").read_text().splitlines()
+    matching = [i for i, line in enumerate(lines) if json.loads(json.loads(line)["canonical"])["action"] == action]
+    del lines[matching[-1] if last else matching[0]]
+    (folder / "events.jsonl").write_text("".join(f"{line}\n" for line in lines))
 
 
 @pytest.mark.parametrize("tamper", list(TAMPERING))
@@ -222,7 +255,7 @@ def _verify_after_manifest_fix(folder, key, tamper):
     that catches them is the log's, not the manifest's."""
     import hashlib
 
-    if tamper in ("an audit event", "the checkpoint"):
+    if tamper in ("an audit event", "the checkpoint", "an approval and its event dropped"):
         manifest = json.loads((folder / "manifest.json").read_text())
         for name in ("events.jsonl", "checkpoint.txt"):
             manifest["files"][name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
@@ -247,3 +280,39 @@ def test_only_the_tenants_auditors_and_admins_download_packs(production, world, 
     assert api(world.a.approver).get(path).status_code == 403
     assert api(world.b.auditor).get(path).status_code == 404
     assert api(world.a.auditor).get(f"{T}/promotions/00000000-0000-4000-8000-000000000000/evidence/").status_code == 404
+
+
+def test_a_pack_is_checked_against_a_checkpoint_the_regulator_kept(production, world, api, key, tmp_path):
+    from audit.checkpointing import checkpoint_write
+    from audit.sequencer import sequence_pending
+
+    while sequence_pending(using="owner"):
+        pass
+    kept = tmp_path / "kept-checkpoint.txt"
+    kept.write_text(checkpoint_write(using="owner").note)
+    api(world.a.developer).get(f"{T}/promotions/")  # the log moves on
+    pack = tmp_path / "evidence.zip"
+    pack.write_bytes(download(api, world.a.auditor, production["id"]))
+    result = run_verifier(pack, "--public-key", key, "--previous-checkpoint", kept)
+    assert result.returncode == 0, result.stderr
+    forked = kept.read_text().split("\n")
+    forked[2] = forked[2][:-8] + "AAAAAAA="  # another root at the same size: a forked history
+    kept.write_text("\n".join(forked))
+    result = run_verifier(pack, "--public-key", key, "--previous-checkpoint", kept)
+    assert result.returncode == 1 and "does not verify" in result.stderr, result.stderr
+
+
+def test_an_open_request_is_proven_up_to_the_tenant_head(in_production, world, api, key, tmp_path):
+    folder = unpack(download(api, world.a.auditor, in_production), tmp_path / "pack")
+    summary = verify_evidence(folder, [key.read_text()])
+    assert (summary["state"], summary["attested"]) == ("awaiting_approval", False)
+    lines = (folder / "events.jsonl").read_text().splitlines()
+    del lines[-1]  # the newest event of the tenant: after the request, so inside its span
+    (folder / "events.jsonl").write_text("".join(f"{line}\n" for line in lines))
+    import hashlib
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["events.jsonl"] = hashlib.sha256((folder / "events.jsonl").read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackInvalid, match="is missing from the pack"):
+        verify_evidence(folder, [key.read_text()])

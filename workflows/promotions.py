@@ -312,14 +312,16 @@ def _advance(promotion: Promotion, *, actor) -> None:
         state, reason = PromotionState.AWAITING_APPROVAL, ""
     else:
         state, reason = PromotionState.APPROVED, ""
+    if state == PromotionState.APPROVED:
+        state, reason = _final_checks(promotion, facts=facts, approvals=approvals, decision=decision)
+    # The event states where the check left the request, final checks included: "approved" in
+    # the log means the promotion follows in the same transaction (evidence packs rely on it).
     record(action="promotion.check", actor=actor_for(actor), tenant=promotion.tenant.slug, target=_target(promotion),
            outcome={PromotionState.REJECTED: "denied"}.get(state, "success"),
            data={**_summary(promotion), "decision_id": str(decision.decision_id), "state": state,
                  "binding_digest": binding, "policy_revision": revision, "approvals": len(approvals),
                  "required_approvals": promotion.required_approvals,
                  "violations": [v["rule"] for v in decision.violations], "reason": reason})
-    if state == PromotionState.APPROVED:
-        state, reason = _final_checks(promotion, facts=facts, approvals=approvals, decision=decision)
     if state == PromotionState.REJECTED:
         _close(promotion, state, reason=reason)
         return

@@ -7,9 +7,12 @@ from django.db import migrations, models
 # through any path, queues the event. On PostgreSQL the function runs as its owner (SECURITY
 # DEFINER), so the app role needs no grant on the queue and cannot forge or drop entries.
 PG_FORWARD = [
+    # pg_temp last and the table schema-qualified: a session's temporary table of the same
+    # name must not capture the queue (SECURITY DEFINER functions are otherwise hijackable).
     """CREATE OR REPLACE FUNCTION audit_queue_event() RETURNS trigger LANGUAGE plpgsql
-       SECURITY DEFINER SET search_path = public AS $$
-       BEGIN INSERT INTO audit_auditpending (event_id) VALUES (NEW.id); RETURN NULL; END; $$""",
+       SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+       BEGIN INSERT INTO public.audit_auditpending (event_id) VALUES (NEW.id); RETURN NULL; END; $$""",
+    "REVOKE ALL ON FUNCTION audit_queue_event() FROM PUBLIC",
     "CREATE TRIGGER audit_auditevent_queue AFTER INSERT ON audit_auditevent "
     "FOR EACH ROW EXECUTE FUNCTION audit_queue_event()",
     "ALTER TABLE audit_auditevent ENABLE ALWAYS TRIGGER audit_auditevent_queue",
@@ -24,9 +27,12 @@ BACKFILL = ("INSERT INTO audit_auditpending (event_id) SELECT e.id FROM audit_au
 
 
 def queue_forward(apps, schema_editor):
-    statements = PG_FORWARD if schema_editor.connection.vendor == "postgresql" else SQLITE_FORWARD
-    for statement in [*statements, BACKFILL]:
+    postgresql = schema_editor.connection.vendor == "postgresql"
+    for statement in PG_FORWARD if postgresql else SQLITE_FORWARD:
         schema_editor.execute(statement)
+    if postgresql:  # hold the sequencer's lock, so no leaf is written while the backfill reads
+        schema_editor.execute("SELECT 1 FROM audit_sequencerstate FOR UPDATE")
+    schema_editor.execute(BACKFILL)
 
 
 def queue_backward(apps, schema_editor):
