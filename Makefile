@@ -76,11 +76,11 @@ test: test-postgres test-embedded
 gpu-check: install sandbox
 	$(BIN)/python scripts/gpu_check.py
 
-# Refresh the README's console picture from the browser test.
+# Refresh the README's console pictures from the browser tests.
 screenshot:
 	$(MAKE) test-embedded TEST_DB=neocloud_test_screenshot NEOCLOUD_SCREENSHOT=$(CURDIR)/docs/img/console.png \
-	  NEOCLOUD_PROMOTION_SCREENSHOT=$(CURDIR)/docs/img/promotion.png \
-	  PYTEST_ARGS="tests/test_browser.py tests/test_promotion_console.py"
+	  NEOCLOUD_PROMOTION_SCREENSHOT=$(CURDIR)/docs/img/promotion.png NEOCLOUD_AUDIT_SCREENSHOT=$(CURDIR)/docs/img/audit.png \
+	  PYTEST_ARGS="tests/test_browser.py tests/test_promotion_console.py tests/test_compliance_console.py"
 
 clean:
 	rm -rf $(VENV) var

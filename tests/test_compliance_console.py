@@ -3,9 +3,11 @@ with depth or with the size of the log, an event page with its checked inclusion
 latest checkpoint's status, and the auditor's journey to a promotion's evidence pack."""
 
 import io
+import os
 import re
 import zipfile
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.db import connections, transaction
@@ -19,13 +21,14 @@ from audit.models import AuditCheckpoint, AuditEvent
 from audit.sequencer import sequence_pending
 from compliance.verify_evidence import verify_evidence
 
-from .conftest import sign_in
+from .conftest import ROOT, sign_in
 from .test_promotion_console import _sign_in
 from .test_promotions import Gate
 
 pytestmark = pytest.mark.embedded
 
 ALICE = Actor(type="user", id="1", name="alice")
+SCREENSHOT = Path(os.environ.get("NEOCLOUD_AUDIT_SCREENSHOT", ROOT / "var" / "screenshots" / "audit.png"))
 
 
 def record_many(count, *, tenant="acme-bank", action="membership.grant", target=None, actor=ALICE):
@@ -148,16 +151,23 @@ def test_an_auditor_filters_a_promotions_events_and_downloads_a_pack_that_verifi
     number = gate.version()
     gate.promote(number, "development")
     promotion = gate.promote(number, "staging")
+    while sequence_pending(using="owner"):
+        pass
+    checkpoint_write(using="owner")
     base = live_server.url
     page = open_page()
     _sign_in(page, base, world.a.auditor)
     page.goto(f"{base}/t/acme-bank/audit/")
+    assert "verified" in page.locator("#checkpoint-status").inner_text()
     page.fill("#id_target_type", "promotion")
     page.fill("#id_target", promotion["id"])
     with page.expect_navigation():
         page.click("#audit-filters button[type=submit]")
     actions = page.locator("#audit-events tbody tr td:nth-child(5)").all_inner_texts()
     assert {"promotion.request", "promotion.check", "promotion.approve", "promotion.promote"} <= set(actions)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)  # the trail of one promotion, with its evidence link
+    assert SCREENSHOT.stat().st_size > 10_000
     with page.expect_download() as download:
         page.click("#evidence-pack")
     pack = tmp_path / "evidence.zip"
