@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from . import tree
 from .checkpointing import checkpoint_write
-from .sequencer import sequence_pending
+from .sequencer import sequence_all
 from .models import AuditCheckpoint, AuditLeaf
 
 FORMAT = 1
@@ -39,8 +39,7 @@ def signed_checkpoint(*, using: str, until=None) -> AuditCheckpoint:
     """A checkpoint signed now, covering every event so far; or with ``until``, the latest
     checkpoint signed by then."""
     if until is None:  # up to now: sequence what is pending and sign a checkpoint covering it
-        while sequence_pending(using=using):
-            pass
+        sequence_all(using=using)
         checkpoint_write(using=using)
     checkpoints = AuditCheckpoint.objects.using(using).order_by("-tree_size")
     if until is not None:

@@ -68,6 +68,12 @@ def _kid_for(public_der: bytes) -> str:
     return "platform-" + hashlib.sha256(public_der).hexdigest()[:16]
 
 
+def kid_of_pem(public_pem: str) -> str:
+    """The key id of a public key given as PEM, as a verifier holding only the PEM computes it."""
+    public = serialization.load_pem_public_key(public_pem.encode())
+    return _kid_for(public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -7,7 +7,9 @@ under a lock, so positions are gapless both globally and per tenant. Each call r
 queue and the tenants' last positions (an index lookup each), whatever the log's size.
 """
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from . import tree
@@ -56,6 +58,18 @@ def sequence_pending(*, batch: int = 1000, using: str = PLATFORM_ALIAS) -> int:
         state.updated_at = now
         state.save(using=using, update_fields=["tree_size", "updated_at"])
         return len(leaves)
+
+
+def sequence_all(*, using: str = PLATFORM_ALIAS) -> int:
+    """Sequence everything committed before the call (for commands, exports and packs that need
+    the tree to cover it; events committed meanwhile may wait for the next call). Returns how
+    many events were sequenced."""
+    queue = AuditPending.objects.using(using)
+    last = queue.aggregate(last=Max("event_id"))["last"]
+    total = 0
+    while last is not None and queue.filter(event_id__lte=last).exists():
+        total += sequence_pending(batch=settings.AUDIT_SEQUENCER_BATCH, using=using)
+    return total
 
 
 def _tenant_head(tenant: str, using: str) -> int:

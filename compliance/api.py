@@ -202,7 +202,10 @@ class PromotionEvidencePack(TenantScopedMixin, APIView):
 
     @extend_schema(responses={(200, "application/zip"): bytes})
     def get(self, request, tenant, promotion):
-        found, files = promotion_evidence(actor=request.user, tenant=self.tenant, public_id=promotion)
+        try:
+            found, files = promotion_evidence(actor=request.user, tenant=self.tenant, public_id=promotion)
+        except NothingToExport as exc:
+            raise NotFound(str(exc)) from None
         response = HttpResponse(as_zip(files), content_type="application/zip")
         response["Content-Disposition"] = f'attachment; filename="evidence-{found.public_id}.zip"'
         return response

@@ -11,8 +11,11 @@ A pack is a zip of JSON files and a readable ``summary.html``:
   password device that backed it;
 - ``exemptions.json``: the waivers and overrides any decision's input carried;
 - ``attestation.sigstore.json``: the platform-signed promotion attestation (once promoted);
-- ``events.jsonl`` and ``checkpoint.txt``: the audit events about all of the above, each with
-  its exact canonical bytes and an inclusion proof in the signed checkpoint;
+- ``events.jsonl`` and ``checkpoint.txt``: the audit events about all of the above, and every
+  event of the tenant from the promotion's request to its last event (to the tenant head while
+  it is open), each with its exact canonical bytes and an inclusion proof in the checkpoint;
+- ``tenant-head.txt`` and ``consistency.jsonl``: the tenant's signed head at that checkpoint,
+  and a consistency proof from every earlier checkpoint;
 - ``manifest.json``: what the pack is, and the SHA-256 of every other file.
 
 ``python -m compliance.verify_evidence`` checks a pack offline against the platform's key.
@@ -27,9 +30,9 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from audit.export import NothingToExport, consistency_proofs, jsonl, proved_event, signed_checkpoint
-from audit.sequencer import sequence_pending
 from audit.log import Target, record
 from audit.models import AuditCheckpoint, AuditLeaf
+from audit.sequencer import sequence_all
 from policies.models import PolicyDecision, Waiver
 from tenants.access import actor_for, require
 from tenants.db import PLATFORM_ALIAS, tenant_reads
@@ -195,19 +198,17 @@ def _span(promotion: dict, using: str) -> tuple[int, int | None]:
     return first, None if promotion["state"] in OPEN_PROMOTION_STATES else last
 
 
-def evidence_files(*, records: dict, using: str) -> dict[str, bytes]:
-    """The pack's files by name: the records, and the audit events about them proven in a
-    signed checkpoint (the latest, when it already covers them; else one signed now)."""
-    while sequence_pending(using=using):
-        pass
-    attestation = records.get("attestation")
-    records = {name: value for name, value in records.items() if name != "attestation"}
+def evidence_files(*, records: dict, attestation: str, using: str) -> dict[str, bytes]:
+    """The pack's files by name: the records, the attestation (empty before promotion), and
+    the audit events about them proven in a signed checkpoint (the latest, when it already
+    covers them; else one signed now)."""
+    sequence_all(using=using)
     promotion = records["promotion"]
     tenant = promotion["tenant"]
     first, last = _span(promotion, using)
     tenant_leaves = AuditLeaf.objects.using(using).filter(tenant=tenant)
-    needed = [tenant_leaves.filter(_audit_targets(promotion, records)).order_by("-position")
-              .values_list("position", flat=True).first()]
+    targeted = _audit_targets(promotion, records)
+    needed = [tenant_leaves.filter(targeted).order_by("-position").values_list("position", flat=True).first()]
     if last is not None:
         needed.append(tenant_leaves.filter(tenant_position=last).values_list("position", flat=True).first())
     newest = max((position for position in needed if position is not None), default=-1)
@@ -220,7 +221,7 @@ def evidence_files(*, records: dict, using: str) -> dict[str, bytes]:
     size = checkpoint.tree_size
     head = checkpoint.tenant_heads.using(using).get(tenant=tenant)
     span = Q(tenant_position__gte=first) & (Q(tenant_position__lte=last) if last is not None else Q())
-    leaves = (tenant_leaves.filter(_audit_targets(promotion, records) | span, position__lt=size)
+    leaves = (tenant_leaves.filter(targeted | span, position__lt=size)
               .select_related("event").order_by("position"))
     events = [proved_event(leaf, size, using=using) for leaf in leaves]
     packed = {f"{name}.json": json.dumps(value, indent=2, sort_keys=True).encode() for name, value in records.items()}
@@ -247,8 +248,8 @@ def promotion_evidence(*, actor, tenant: Tenant, public_id) -> tuple[Promotion, 
     require(actor, tenant, "audit")
     with tenant_reads(actor, tenant):
         promotion = promotion_by_id(actor=actor, tenant=tenant, public_id=public_id)
-        records = {**evidence_records(promotion), "attestation": promotion.attestation}
-    files = evidence_files(records=records, using=PLATFORM_ALIAS)
+        records = evidence_records(promotion)
+    files = evidence_files(records=records, attestation=promotion.attestation, using=PLATFORM_ALIAS)
     with transaction.atomic():
         record(action="audit.evidence_pack", actor=actor_for(actor), tenant=tenant.slug,
                target=Target("promotion", str(promotion.public_id)),

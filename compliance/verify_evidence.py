@@ -37,9 +37,9 @@ from datetime import datetime
 from pathlib import Path
 
 import rfc8785
-from cryptography.hazmat.primitives import serialization
 
 from audit.checkpoints import NoteInvalid, parse_checkpoint, parse_tenant_head, verify_note
+from audit.keys import kid_of_pem
 from audit.verify_export import PackInvalid, check_consistency, proven_event
 from workflows.attestations import PROVENANCE_PREDICATE, AttestationInvalid, verify_attestation
 
@@ -52,13 +52,6 @@ MISSING = object()  # a logged field the event does not have never matches
 
 def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def key_id(public_pem: str) -> str:
-    """The platform's id for a key: ``platform-`` and 16 hex digits of SHA-256 over its DER."""
-    der = serialization.load_pem_public_key(public_pem.encode()).public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return "platform-" + hashlib.sha256(der).hexdigest()[:16]
 
 
 def read_pack(path: Path) -> dict[str, bytes]:
@@ -264,7 +257,7 @@ def _check_run_output(artifact: dict, version: dict, public_pems, log: _Log) -> 
     version, and the log records the run producing it."""
     output, target = artifact["run_output"], f"{artifact['name']}@{artifact['digest']}"
     try:
-        statement = verify_attestation(output["provenance"], {key_id(pem): pem for pem in public_pems},
+        statement = verify_attestation(output["provenance"], {kid_of_pem(pem): pem for pem in public_pems},
                                        predicate_type=PROVENANCE_PREDICATE)
     except AttestationInvalid as exc:
         raise PackInvalid(f"the provenance of {target} does not verify: {exc}") from None
@@ -319,7 +312,7 @@ def _check_attestation(files, promotion, version, decisions, approvals, public_p
             raise PackInvalid("the promotion was promoted but the pack has no attestation")
         return False
     try:
-        statement = verify_attestation(bundle, {key_id(pem): pem for pem in public_pems})
+        statement = verify_attestation(bundle, {kid_of_pem(pem): pem for pem in public_pems})
     except AttestationInvalid as exc:
         raise PackInvalid(f"the attestation does not verify: {exc}") from None
     predicate = statement["predicate"]

@@ -1,5 +1,3 @@
-import uuid
-
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
@@ -23,16 +21,6 @@ def _cursor(request, name: str) -> int | None:
     return int(raw) if raw.isascii() and raw.isdigit() else None  # "²".isdigit() is true
 
 
-def _promotion_filtered(request) -> str:
-    """The promotion the trail is filtered to, when it is one (its id as the evidence link takes it)."""
-    if request.GET.get("target_type") != "promotion":
-        return ""
-    try:
-        return str(uuid.UUID(request.GET.get("target", "")))
-    except ValueError:
-        return ""
-
-
 def _render_events(request, events, context):
     filterset = AuditEventFilter(request.GET, queryset=events.select_related("leaf"))
     # A filter that does not parse lists nothing (its error shows by the field), never everything.
@@ -45,7 +33,9 @@ def _render_events(request, events, context):
         **context, "filter": filterset, "page": page, "query": query.urlencode(),
         "status": latest_checkpoint_status(using=AUDIT_READS,
                                            tenant=context["tenant"].slug if context["tenant"] else None),
-        "promotion": _promotion_filtered(request),
+        # The trail filtered to one promotion offers its evidence pack.
+        "evidence_url": _evidence_url(context["tenant"].slug if context["tenant"] else "",
+                                      request.GET.get("target_type", ""), request.GET.get("target", "")),
     })
 
 
@@ -77,14 +67,15 @@ class AuditEventView(LoginRequiredMixin, View):
         if leaf is not None and status.checkpoint is not None and leaf.position < status.checkpoint.tree_size:
             inclusion = inclusion_status(leaf, status.checkpoint, using=AUDIT_READS)
         return render(request, "compliance/event.html", {"event": found, "leaf": leaf, "status": status,
-                                                          "inclusion": inclusion, "evidence_url": _evidence_url(found)})
+                                                          "inclusion": inclusion, "evidence_url": _evidence_url(found.tenant, found.target_type, found.target_id)})
 
 
-def _evidence_url(event) -> str:
-    if event.target_type != "promotion" or not event.tenant:
+def _evidence_url(tenant: str, target_type: str, target_id: str) -> str:
+    """The evidence pack's link when the target is one of a tenant's promotions, else ""."""
+    if target_type != "promotion" or not tenant:
         return ""
     try:
-        return reverse("api-promotion-evidence", args=[event.tenant, event.target_id])
+        return reverse("api-promotion-evidence", args=[tenant, target_id])
     except NoReverseMatch:  # not a promotion id this platform issued
         return ""
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.sequencer import PLATFORM_ALIAS, sequence_pending
+from audit.sequencer import PLATFORM_ALIAS, sequence_all
 from audit.verify import verify_log
 
 
@@ -60,8 +60,7 @@ class Command(BaseCommand):
         if subcommand == "checkpoint":
             from audit.checkpointing import checkpoint_write
 
-            while sequence_pending(batch=settings.AUDIT_SEQUENCER_BATCH):
-                pass
+            sequence_all()
             checkpoint = checkpoint_write(using=PLATFORM_ALIAS)
             if checkpoint is None:
                 self.stdout.write("Nothing new since the last checkpoint.")
@@ -69,10 +68,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"Checkpoint {checkpoint.tree_size}: root {checkpoint.root_hash}.")
             return
         if subcommand == "sequence":
-            total = 0
-            while done := sequence_pending(batch=settings.AUDIT_SEQUENCER_BATCH):
-                total += done
-            self.stdout.write(f"Sequenced {total} event(s).")
+            self.stdout.write(f"Sequenced {sequence_all()} event(s).")
             return
         bound = options["max_unsequenced"]
         if bound is None:
