@@ -15,8 +15,10 @@ from django.utils import timezone
 from . import tree
 from .hashing import leaf_hash
 from .models import AuditEvent, AuditLeaf, AuditPending, SequencerState
+from .rows import insert_rows
 
 PLATFORM_ALIAS = "platform"
+LEAF_COLUMNS = ("position", "event_id", "tenant", "tenant_position", "leaf", "leaf_hash", "sequenced_at")
 
 
 def sequence_pending(*, batch: int = 1000, using: str = PLATFORM_ALIAS) -> int:
@@ -30,34 +32,25 @@ def sequence_pending(*, batch: int = 1000, using: str = PLATFORM_ALIAS) -> int:
         # An entry whose event already has its leaf (a queue left behind by a restore, say) is
         # dropped with the rest, never sequenced twice.
         pending = list(AuditEvent.objects.using(using).filter(id__in=queued, leaf__isnull=True).order_by("id")
-                       .only("id", "tenant", "event_hash"))
-        heads = {tenant: _tenant_head(tenant, using) for tenant in {event.tenant for event in pending}}
+                       .values_list("id", "tenant", "event_hash"))
+        heads = {tenant: _tenant_head(tenant, using) for tenant in {tenant for _, tenant, _ in pending}}
         now = timezone.now()
-        leaves = []
+        rows, hashes = [], []
         position = state.tree_size
-        for event in pending:
-            tenant_position = heads.get(event.tenant, -1) + 1
-            heads[event.tenant] = tenant_position
-            body = AuditLeaf.leaf_body(event_hash=event.event_hash, tenant=event.tenant, tenant_position=tenant_position)
-            leaves.append(
-                AuditLeaf(
-                    position=position,
-                    event_id=event.id,
-                    tenant=event.tenant,
-                    tenant_position=tenant_position,
-                    leaf=body.decode(),
-                    leaf_hash=leaf_hash(body).hex(),
-                    sequenced_at=now,
-                )
-            )
+        for event_id, tenant, event_hash in pending:
+            tenant_position = heads.get(tenant, -1) + 1
+            heads[tenant] = tenant_position
+            body = AuditLeaf.leaf_body(event_hash=event_hash, tenant=tenant, tenant_position=tenant_position)
+            hashes.append(leaf_hash(body))
+            rows.append((position, event_id, tenant, tenant_position, body.decode(), hashes[-1].hex(), now))
             position += 1
-        AuditLeaf.objects.using(using).bulk_create(leaves)
-        tree.append(start=state.tree_size, leaf_hashes=[bytes.fromhex(leaf.leaf_hash) for leaf in leaves], using=using)
+        insert_rows(AuditLeaf, LEAF_COLUMNS, rows, using=using)
+        tree.append(start=state.tree_size, leaf_hashes=hashes, using=using)
         AuditPending.objects.using(using).filter(event_id__in=queued).delete()
         state.tree_size = position
         state.updated_at = now
         state.save(using=using, update_fields=["tree_size", "updated_at"])
-        return len(leaves)
+        return len(rows)
 
 
 def sequence_all(*, using: str = PLATFORM_ALIAS) -> int:

@@ -8,6 +8,7 @@ from django.db import connections
 
 from . import merkle
 from .models import AuditLeaf, AuditTreeNode
+from .rows import insert_rows
 
 
 def frontier(size: int) -> list[tuple[int, int]]:
@@ -36,8 +37,8 @@ def append(*, start: int, leaf_hashes: list[bytes], using: str) -> int:
     for offset, leaf in enumerate(leaf_hashes):
         for level, index, value in merkle.completed_nodes(start + offset, leaf, lambda lv, ix: known[(lv, ix)]):
             known[(level, index)] = value
-            rows.append(AuditTreeNode(level=level, index=index, hash=value.hex()))
-    AuditTreeNode.objects.using(using).bulk_create(rows)
+            rows.append((level, index, value.hex()))
+    insert_rows(AuditTreeNode, ("level", "index", "hash"), rows, using=using)
     return len(rows)
 
 

@@ -190,9 +190,52 @@ def insert_row(event) -> tuple:
 # 1. Appends -------------------------------------------------------------------------------------
 
 
-def timed_threads(count: int, prepare, work) -> tuple[float, list]:
-    """Run ``work(i, prepared)`` in ``count`` threads released together; the wall time from the
-    release to the last thread's end, and the errors raised."""
+def timed_writers(count: int, prepare, work, processes: bool) -> tuple[float, list]:
+    """Run ``work(i, prepare(i))`` in ``count`` writers released together; the wall time from
+    the release to the last writer's end, and the errors raised (as sentences).
+
+    Writers are processes by default, as the product's writers are (gunicorn's sync workers,
+    Celery's prefork pool); ``processes=False`` runs them as threads of this one interpreter,
+    where they also share its GIL."""
+    if not processes:
+        return _timed_threads(count, prepare, work)
+    import multiprocessing
+
+    from django.db import connections
+
+    connections.close_all()  # a forked child must open its own connections, never share these
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(count + 1), context.Queue()
+
+    def body(index):
+        prepared, error = None, ""
+        try:
+            prepared = prepare(index)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        barrier.wait()
+        try:
+            if prepared is not None:
+                work(index, prepared)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            ended = time.perf_counter()  # CLOCK_MONOTONIC: one clock for every process
+            connections.close_all()
+            results.put((ended, error))
+
+    children = [context.Process(target=body, args=(i,)) for i in range(count)]
+    for child in children:
+        child.start()
+    barrier.wait()
+    started = time.perf_counter()
+    reports = [results.get(timeout=600) for _ in children]
+    for child in children:
+        child.join()
+    return max(ended for ended, _ in reports) - started, [error for _, error in reports if error]
+
+
+def _timed_threads(count: int, prepare, work) -> tuple[float, list]:
     barrier = threading.Barrier(count + 1)
     ends, errors = [0.0] * count, []
 
@@ -201,13 +244,13 @@ def timed_threads(count: int, prepare, work) -> tuple[float, list]:
         try:
             prepared = prepare(index)
         except Exception as exc:
-            errors.append(exc)
+            errors.append(f"{type(exc).__name__}: {exc}")
         barrier.wait()
         try:
             if prepared is not None:
                 work(index, prepared)
         except Exception as exc:
-            errors.append(exc)
+            errors.append(f"{type(exc).__name__}: {exc}")
         finally:
             ends[index] = time.perf_counter()
             from django.db import connections
@@ -224,7 +267,7 @@ def timed_threads(count: int, prepare, work) -> tuple[float, list]:
     return max(ends) - started, errors
 
 
-def bare_inserts(writers: int, per_writer: int, tag: str) -> float:
+def bare_inserts(writers: int, per_writer: int, tag: str, processes: bool) -> float:
     """Bare INSERTs of precomputed rows, one transaction each; the wall time."""
     import psycopg
 
@@ -242,9 +285,9 @@ def bare_inserts(writers: int, per_writer: int, tag: str) -> float:
                 connection.execute(INSERT_SQL, row).fetchone()
                 connection.commit()
 
-    wall, errors = timed_threads(writers, prepare, work)
+    wall, errors = timed_writers(writers, prepare, work, processes)
     if errors:
-        raise BenchFailure(f"a bare INSERT writer failed: {type(errors[0]).__name__}: {errors[0]}")
+        raise BenchFailure(f"a bare INSERT writer failed: {errors[0]}")
     return wall
 
 
@@ -266,6 +309,7 @@ class Sequencer:
         self.process = subprocess.Popen([sys.executable, __file__, "--sequencer-process", str(self.pause)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True, env=os.environ.copy())
+        self.process.stdout.readline()  # "ready": Django is up and sequencing before the writers start
 
     def finish(self, pending: int):
         """The writers have stopped with ``pending`` events unsequenced: let the process drain
@@ -290,6 +334,8 @@ def sequencer_process(pause: float) -> int:
     from audit.models import AuditPending
     from audit.sequencer import sequence_pending
 
+    sequence_pending(batch=settings.AUDIT_SEQUENCER_BATCH, using=PLATFORM)
+    print("ready", flush=True)
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
     calls = batches = 0
@@ -307,14 +353,14 @@ def sequencer_process(pause: float) -> int:
     return 0
 
 
-def recorded_appends(writers: int, per_writer: int, tag: str, pause: float | None) -> tuple[float, Sequencer | None]:
-    """record() from ``writers`` threads, with a sequencer thread beside them unless ``pause``
+def recorded_appends(writers: int, per_writer: int, tag: str, pause: float | None,
+                     processes: bool) -> tuple[float, Sequencer | None]:
+    """record() from ``writers`` writers, with a sequencer process beside them unless ``pause``
     is None; the writers' wall time and the sequencer's account."""
     from django.db import connections, transaction
 
     from audit.log import record
 
-    counts = [0] * writers
     start_size = tree_size()
     sequencer = None if pause is None else Sequencer(pause)
 
@@ -326,21 +372,20 @@ def recorded_appends(writers: int, per_writer: int, tag: str, pause: float | Non
         for kwargs in arguments:
             with transaction.atomic():
                 record(**kwargs)
-            counts[index] += 1
 
     if sequencer:
         sequencer.start()
-    wall, errors = timed_threads(writers, prepare, work)
+    wall, errors = timed_writers(writers, prepare, work, processes)
     if sequencer:
-        sequencer.finish(sum(counts) - (tree_size() - start_size))  # pending as the writers stop
+        sequencer.finish(writers * per_writer - (tree_size() - start_size))  # pending as the writers stop
     if errors:
-        raise BenchFailure(f"a record() writer failed: {type(errors[0]).__name__}: {errors[0]}")
+        raise BenchFailure(f"a record() writer failed: {errors[0]}")
     if sequencer and sequencer.error:
         raise BenchFailure(f"the sequencer failed: {type(sequencer.error).__name__}: {sequencer.error}")
     return wall, sequencer
 
 
-def measure_appends(writers: int, appends: int, rounds: int, pause: float) -> dict:
+def measure_appends(writers: int, appends: int, rounds: int, pause: float, processes: bool) -> dict:
     """Best events/s of each contender over ``rounds`` rounds, the contenders in turns."""
     per_writer = max(1, appends // writers)
     total = per_writer * writers
@@ -349,11 +394,11 @@ def measure_appends(writers: int, appends: int, rounds: int, pause: float) -> di
     for round_ in range(rounds):
         # Whatever a contender leaves pending is sequenced before the next one starts, so the
         # sequencer beside record() has only record()'s own events to keep up with.
-        best["bare"] = min(best["bare"], bare_inserts(writers, per_writer, f"bare{round_}"))
+        best["bare"] = min(best["bare"], bare_inserts(writers, per_writer, f"bare{round_}", processes))
         drain()
-        best["alone"] = min(best["alone"], recorded_appends(writers, per_writer, f"alone{round_}", None)[0])
+        best["alone"] = min(best["alone"], recorded_appends(writers, per_writer, f"alone{round_}", None, processes)[0])
         drain()
-        wall, sequencer = recorded_appends(writers, per_writer, f"record{round_}", pause)
+        wall, sequencer = recorded_appends(writers, per_writer, f"record{round_}", pause, processes)
         best["record"] = min(best["record"], wall)
         sequencers.append(sequencer)
     return {"events": total, "sequencers": sequencers, **{name: total / wall for name, wall in best.items()}}
@@ -659,7 +704,9 @@ def main() -> int:
     if sys.argv[1:2] == ["--sequencer-process"]:
         return sequencer_process(float(sys.argv[2]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--writers", type=int, default=8, help="writer threads in each append contender")
+    parser.add_argument("--writers", type=int, default=8, help="writer processes in each append contender")
+    parser.add_argument("--threads", action="store_true",
+                        help="run the writers as threads of one interpreter (sharing its GIL) instead of processes")
     parser.add_argument("--appends", type=int, default=4000, help="events each append contender writes per round")
     parser.add_argument("--rounds", type=int, default=2, help="append rounds, contenders in turns; the best counts")
     parser.add_argument("--sequencer-pause", type=float, default=0.01,
@@ -689,9 +736,10 @@ def main() -> int:
         print(f"{os.cpu_count()} CPU cores; Python {sys.version.split()[0]}; PostgreSQL {version.split()[0]} at {PG} "
               f"(synchronous_commit {synchronous}); events: {ACTION} in {len(TENANTS)} tenants", flush=True)
 
-        appends = measure_appends(options.writers, options.appends, options.rounds, options.sequencer_pause)
+        appends = measure_appends(options.writers, options.appends, options.rounds, options.sequencer_pause,
+                                  not options.threads)
         ratio = appends["record"] / appends["bare"]
-        print(f"\n1. Appends: {options.writers} writer threads, {appends['events']} events per contender and round, "
+        print(f"\n1. Appends: {options.writers} writer {'threads' if options.threads else 'processes'}, {appends['events']} events per contender and round, "
               f"one transaction per event; best of {options.rounds} round(s), contenders in turns")
         print(f"{'contender':<58}{'events/s':>10}{'vs bare':>10}")
         print(f"{'audit.log.record() (+ sequence_pending loop beside it)':<58}{appends['record']:>10.0f}{ratio:>10.1%}")
