@@ -33,18 +33,30 @@ def canonical_json(value) -> bytes:
 
 
 def _plain(value) -> bool:
-    """Whether ``value`` holds only what json writes as JCS writes it."""
-    kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return True
-    if kind is int:
-        return -_SAFE_INTEGER <= value <= _SAFE_INTEGER
-    if kind is dict:
-        return all(type(key) is str and (key.isascii() or max(key) < "\ud800") and _plain(item)
-                   for key, item in value.items())
-    if kind is list:
-        return all(_plain(item) for item in value)
-    return False
+    """Whether ``value`` holds only what json writes as JCS writes it (a loop, not recursion:
+    verify runs this once per event)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
+            if not -_SAFE_INTEGER <= item <= _SAFE_INTEGER:
+                return False
+        elif kind is dict:
+            try:
+                keys = "".join(item)
+            except TypeError:  # a key that is not a string
+                return False
+            if not keys.isascii() and max(keys) >= "\ud800":
+                return False
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        else:
+            return False
+    return True
 
 
 def leaf_hash(data: bytes) -> bytes:

@@ -11,6 +11,26 @@ from django.db import models
 from .hashing import canonical_json, leaf_hash, timestamp
 
 
+# The columns an event's canonical JSON is built from, in canonical_body's order.
+BODY_FIELDS = ("uuid", "occurred_at", "actor_type", "actor_id", "actor_name", "token_id", "tenant", "action", "outcome",
+               "target_type", "target_id", "data")
+
+
+def canonical_body(uuid, occurred_at, actor_type, actor_id, actor_name, token_id, tenant, action, outcome, target_type,
+                   target_id, data) -> dict:
+    """What an event's canonical JSON says, from its columns (BODY_FIELDS)."""
+    return {
+        "uuid": str(uuid),
+        "time": timestamp(occurred_at),
+        "actor": {"type": actor_type, "id": actor_id, "name": actor_name, "token": token_id},
+        "tenant": tenant,
+        "action": action,
+        "outcome": outcome,
+        "target": {"type": target_type, "id": target_id},
+        "data": data,
+    }
+
+
 class AuditEvent(models.Model):
     """One recorded action. Its id comes from a database sequence and may have gaps;
     the gapless order is given by its AuditLeaf once the sequencer has reached it."""
@@ -49,21 +69,7 @@ class AuditEvent(models.Model):
         return f"{self.action} by {self.actor_name or self.actor_type} ({self.outcome})"
 
     def canonical_body(self) -> dict:
-        return {
-            "uuid": str(self.uuid),
-            "time": timestamp(self.occurred_at),
-            "actor": {
-                "type": self.actor_type,
-                "id": self.actor_id,
-                "name": self.actor_name,
-                "token": self.token_id,
-            },
-            "tenant": self.tenant,
-            "action": self.action,
-            "outcome": self.outcome,
-            "target": {"type": self.target_type, "id": self.target_id},
-            "data": self.data,
-        }
+        return canonical_body(*(getattr(self, name) for name in BODY_FIELDS))
 
     def compute_canonical(self) -> bytes:
         return canonical_json(self.canonical_body())

@@ -140,6 +140,20 @@ def test_verify_names_the_first_tampered_sequence_number(live_db):
         call_command("audit", "verify")
 
 
+@pytest.mark.parametrize("data", ['{"role": "developer", "index": "2"}', '{"role": "developer", "index": 2.5}',
+                                  '{"role": "developer", "index": true, "x": 1}', '{"role": "developer", "index": 1e400}',
+                                  '{"role": "developer", "index": 12345678901234567890}'])
+def test_verify_refuses_a_column_that_only_looks_like_the_hashed_value(live_db, data):
+    # The event's data was {"role": "developer", "index": 2}: a string, a float, a boolean, a
+    # number no JSON double holds, an integer past 2**53 are all tampering, never "the same".
+    record_events(4)
+    sequence_pending()
+    victim = AuditLeaf.objects.using("owner").get(position=2).event_id
+    _tamper("UPDATE audit_auditevent SET data = %s WHERE id = %s", [data, victim])
+    with pytest.raises(CommandError, match="sequence number 2: event .* no longer matches"):
+        call_command("audit", "verify")
+
+
 def test_verify_catches_an_edit_that_also_rewrote_the_stored_hash(live_db):
     record_events(3)
     sequence_pending()
