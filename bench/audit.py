@@ -1,17 +1,18 @@
 """Audit log throughput and proof latency on PostgreSQL, each next to its plain baseline.
 
-    python bench/audit.py [--writers 8] [--appends 4000] [--rounds 2] [--sequencer-pause 0.01]
+    python bench/audit.py [--writers 8] [--threads] [--appends 4000] [--rounds 2] [--sequencer-pause 0.01]
                           [--verify-events 20000] [--proof-events 1000000] [--proofs 200] [--repeat 3]
 
 Measures in one run:
 
 1. appends: events per second through the product's ``audit.log.record`` (each event in its
    own ``transaction.atomic()`` on the app role, as a request records it) from --writers
-   threads, each with its own connection, while a sequencer process (as in production, where
+   processes (as gunicorn's and Celery's are; --threads for threads of one interpreter), each
+   with its own connection, while a sequencer process (as in production, where
    the beat-driven task runs in a worker process) calls
    ``audit.sequencer.sequence_pending`` in a loop on the platform role; the same without the
    sequencer; and next to them the same number of equivalent rows (built by the same code
-   beforehand: canonical JSON and hash precomputed) written by as many threads as bare
+   beforehand: canonical JSON and hash precomputed) written by as many writers as bare
    INSERTs through psycopg, one transaction per row. It reports how far the sequencer lagged
    and how long after the writers stopped everything was sequenced;
 2. verify: events and MB per second of ``audit.verify.verify_log`` (what
