@@ -47,8 +47,8 @@ class AuditEvent(models.Model):
     actor_id = models.CharField(max_length=64, blank=True)
     actor_name = models.CharField(max_length=150, blank=True)
     token_id = models.CharField(max_length=32, blank=True)
-    tenant = models.CharField(max_length=64, blank=True, db_index=True)  # slug; blank = platform scope
-    action = models.CharField(max_length=64, db_index=True)
+    tenant = models.CharField(max_length=64, blank=True)  # slug; blank = platform scope
+    action = models.CharField(max_length=64)
     outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.SUCCESS)
     target_type = models.CharField(max_length=64, blank=True)
     target_id = models.CharField(max_length=150, blank=True)
