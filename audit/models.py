@@ -4,6 +4,7 @@ Events name tenants, actors and targets by value, so the log outlives what it de
 Both tables are append-only in the database itself (see audit.appendonly).
 """
 
+import operator
 import uuid
 
 from django.db import models
@@ -14,6 +15,8 @@ from .hashing import canonical_json, leaf_hash, timestamp
 # The columns an event's canonical JSON is built from, in canonical_body's order.
 BODY_FIELDS = ("uuid", "occurred_at", "actor_type", "actor_id", "actor_name", "token_id", "tenant", "action", "outcome",
                "target_type", "target_id", "data")
+
+_body_values = operator.attrgetter(*BODY_FIELDS)
 
 
 def canonical_body(uuid, occurred_at, actor_type, actor_id, actor_name, token_id, tenant, action, outcome, target_type,
@@ -69,7 +72,7 @@ class AuditEvent(models.Model):
         return f"{self.action} by {self.actor_name or self.actor_type} ({self.outcome})"
 
     def canonical_body(self) -> dict:
-        return canonical_body(*(getattr(self, name) for name in BODY_FIELDS))
+        return canonical_body(*_body_values(self))
 
     def compute_canonical(self) -> bytes:
         return canonical_json(self.canonical_body())
