@@ -140,6 +140,19 @@ def test_verify_names_the_first_tampered_sequence_number(live_db):
         call_command("audit", "verify")
 
 
+def test_verify_accepts_numbers_the_database_writes_back_in_another_form(live_db, capsys):
+    # jsonb hands back the float 1e+21 as the integer 1000000000000000000000, -0.0 as 0.0 and
+    # 1e-07 as 0.0000001: the same JSON numbers, so an intact log must still verify.
+    numbers = {"big": 1e21, "float_past_2_53": 1.2345678901234568e20, "tiny": 1e-7, "third": 0.1, "negative_zero": -0.0,
+               "largest_safe": 2**53 - 1, "whole_float": 3.0, "nested": [{"x": 1e300}, -1.5e-300]}
+    with transaction.atomic():
+        record(action="membership.grant", actor=ALICE, tenant="acme-bank", target=Target("membership", "u1"),
+               data=numbers)
+    sequence_pending()
+    call_command("audit", "verify")
+    assert "Audit log intact: 1 sequenced event(s)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("data", ['{"role": "developer", "index": "2"}', '{"role": "developer", "index": 2.5}',
                                   '{"role": "developer", "index": true, "x": 1}', '{"role": "developer", "index": 1e400}',
                                   '{"role": "developer", "index": 12345678901234567890}'])
