@@ -11,6 +11,7 @@ NODE_PREFIX = b"\x01"
 
 # RFC 8785 numbers are IEEE doubles: integers beyond this are refused (rfc8785.IntegerDomainError).
 _SAFE_INTEGER = 2**53 - 1
+_PLAIN_ITEMS = 100_000
 _json_encode = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False).encode
 
 
@@ -34,9 +35,12 @@ def canonical_json(value) -> bytes:
 
 def _plain(value) -> bool:
     """Whether ``value`` holds only what json writes as JCS writes it (a loop, not recursion:
-    verify runs this once per event)."""
+    verify runs this once per event). Past _PLAIN_ITEMS items the answer is no, so a value
+    that contains itself goes to rfc8785 (which refuses it) instead of looping for ever."""
     stack = [value]
-    while stack:
+    for _ in range(_PLAIN_ITEMS):
+        if not stack:
+            return True
         item = stack.pop()
         kind = type(item)
         if kind is str or kind is bool or item is None:
@@ -56,7 +60,7 @@ def _plain(value) -> bool:
             stack.extend(item)
         else:
             return False
-    return True
+    return False
 
 
 def leaf_hash(data: bytes) -> bytes:

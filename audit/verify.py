@@ -49,7 +49,7 @@ def content_problem(event_id: int, canonical: str, event_hash: str, body: dict) 
     1000000000000000000000), which is the same JSON number, not tampering."""
     try:
         same = canonical_json(body) == canonical.encode()
-    except rfc8785.CanonicalizationError:  # not JCS-able as read back: compare the values
+    except (rfc8785.CanonicalizationError, UnicodeError):  # not JCS-able as read back: compare the values
         same = False
     if not same:
         try:

@@ -4,6 +4,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connections, transaction
+from django.utils import timezone
 
 from audit.appendonly import triggers_suspended
 from audit.hashing import canonical_json, leaf_hash
@@ -165,6 +166,21 @@ def test_verify_refuses_a_column_that_only_looks_like_the_hashed_value(live_db, 
     _tamper("UPDATE audit_auditevent SET data = %s WHERE id = %s", [data, victim])
     with pytest.raises(CommandError, match="sequence number 2: event .* no longer matches"):
         call_command("audit", "verify")
+
+
+def test_a_column_no_event_could_hold_is_reported_not_raised():
+    # SQLite keeps whatever text it is given: a data column rewritten with a lone surrogate as
+    # a key cannot be serialised at all, and verify must name the event rather than crash.
+    from audit.models import canonical_body
+    from audit.verify import content_problem
+
+    body = canonical_body("7f3c8f0e-3b1a-4c55-9d4e-2f5d1c2b3a4d", timezone.now(), "user", "1", "alice", "", "acme-bank",
+                          "membership.grant", "success", "membership", "u1", {"role": "developer"})
+    canonical = canonical_json(body).decode()
+    assert content_problem(9, canonical, leaf_hash(canonical.encode()).hex(), body) is None
+    tampered = {**body, "data": {"\ud800": 1}}
+    assert content_problem(9, canonical, leaf_hash(canonical.encode()).hex(), tampered) == \
+        "event 9 no longer matches its stored canonical JSON"
 
 
 def test_verify_catches_an_edit_that_also_rewrote_the_stored_hash(live_db):

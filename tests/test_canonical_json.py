@@ -76,3 +76,10 @@ def test_non_string_keys_are_refused():
 def test_floats_tuples_and_subclasses_take_rfc8785s_path():
     assert canonical_json({"f": 1e21, "g": 0.1, "t": (1, "a"), "z": -0.0}) == b'{"f":1e+21,"g":0.1,"t":[1,"a"],"z":0}'
     assert canonical_json({"b": True, "i": 1}) == b'{"b":true,"i":1}'
+
+
+def test_a_value_that_contains_itself_is_refused_not_looped_over():
+    loop = []
+    loop.append(loop)
+    with pytest.raises(RecursionError):
+        canonical_json({"loop": loop})
