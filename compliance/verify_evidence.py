@@ -67,9 +67,19 @@ def read_pack(path: Path) -> dict[str, bytes]:
         raise PackInvalid(f"{path} is neither a folder nor a zip") from None
 
 
+_SAFE_INTEGER = 2**53 - 1
+
+
+def _jcs_number(text: str):
+    """An integer as RFC 8785 reads it: a double. The platform's database writes some floats
+    back as integers (1e16 as 10000000000000000), which only a double serialises again."""
+    value = int(text)
+    return value if -_SAFE_INTEGER <= value <= _SAFE_INTEGER else float(text)
+
+
 def _json(files: dict[str, bytes], name: str):
     try:
-        return json.loads(files[name])
+        return json.loads(files[name], parse_int=_jcs_number)
     except (KeyError, ValueError):
         raise PackInvalid(f"{name} is missing or is not JSON") from None
 

@@ -147,6 +147,18 @@ def test_a_rejected_promotion_has_a_pack_without_an_attestation(gate, world, api
     assert (summary["state"], summary["attested"], summary["decisions"]) == ("rejected", False, 1)
 
 
+def test_a_pack_verifies_whatever_form_the_database_gives_its_numbers_back_in(gate, world, api, key, tmp_path):
+    # PostgreSQL's jsonb hands back the float 1e16 as the integer 10000000000000000, past what
+    # an RFC 8785 number may hold as an integer; the verifier reads numbers as JCS does
+    # (doubles), so the spec still hashes to its digest and the decision input to its own.
+    number = gate.version(spec_changes={"parameters": {"max_rows": 1e16, "budget": 2.5e20, "epsilon": 1e-7,
+                                                        "share": 0.1, "whole": 3.0}})
+    body = gate.promote(number, "development")
+    folder = unpack(download(api, world.a.auditor, body["id"]), tmp_path / "pack")
+    summary = verify_evidence(folder, [key.read_text()])
+    assert (summary["state"], summary["attested"]) == ("promoted", True)
+
+
 def _rewrite(folder, name, change):
     """Edit one JSON file of the pack and fix up the manifest, as a forger would."""
     import hashlib
