@@ -120,7 +120,7 @@ def metrics_upload(client, payload: bytes):
 
 
 def test_a_metrics_artifact_of_named_numbers_is_accepted(developer):
-    response = metrics_upload(developer, b'{"auc": 0.931, "recall_at_1pct_fpr": 0.42, "n": 120000}')
+    response = metrics_upload(developer, b'{"auc": 0.931, "recall_at_1pct_fpr": 0.42, "n": 120000, "tokens": 1e17}')
     assert response.status_code == 201, response.content
     assert response.json()["kind"] == "metrics"
 
@@ -131,6 +131,9 @@ def test_a_metrics_artifact_of_named_numbers_is_accepted(developer):
     (b'{"auc": true}', "'auc' is true, not a finite number"),
     (b'{"auc": NaN}', "NaN is not a number"),
     (b'{"auc": 0.9', "it is not valid JSON"),
+    (b'{"tokens": 100000000000000000}', "'tokens' is an integer past 2**53, which a JSON number cannot hold exactly; "
+                                        "write it with an exponent (such as 1.000e+17)"),
+    (b'{"\\ud800": 0.9}', 'the metric name "\\ud800" is not valid Unicode text'),
 ])
 def test_a_metrics_artifact_that_is_not_named_numbers_is_refused(developer, payload, reason):
     body = assert_error(metrics_upload(developer, payload), 400, "invalid_metrics")

@@ -8,6 +8,8 @@ from .store import UploadRefused
 
 METRICS_MAX_BYTES = 1024 * 1024
 METRIC_NAME_MAX = 200
+# RFC 8785 numbers are doubles: policy inputs (and their digests) cannot hold a larger integer exactly.
+SAFE_INTEGER = 2**53 - 1
 
 
 def _refuse(reason: str):
@@ -27,8 +29,21 @@ def check_metrics_file(path: Path) -> None:
     for name, value in document.items():
         if not name or len(name) > METRIC_NAME_MAX:
             _refuse(f"metric names are 1 to {METRIC_NAME_MAX} characters")
+        if not _text(name):
+            _refuse(f"the metric name {json.dumps(name)[:40]} is not valid Unicode text")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
             _refuse(f"'{name}' is {json.dumps(value)[:40]}, not a finite number")
+        if isinstance(value, int) and not -SAFE_INTEGER <= value <= SAFE_INTEGER:
+            _refuse(f"'{name}' is an integer past 2**53, which a JSON number cannot hold exactly; "
+                    f"write it with an exponent (such as {value:.3e})")
+
+
+def _text(name: str) -> bool:
+    try:
+        name.encode("utf-8")  # a lone surrogate (\ud800 in the JSON) is not text
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _finite(value) -> bool:
