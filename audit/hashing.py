@@ -10,7 +10,7 @@ LEAF_PREFIX = b"\x00"
 NODE_PREFIX = b"\x01"
 
 # RFC 8785 numbers are IEEE doubles: integers beyond this are refused (rfc8785.IntegerDomainError).
-_SAFE_INTEGER = 2**53 - 1
+SAFE_INTEGER = 2**53 - 1
 _PLAIN_ITEMS = 100_000
 _json_encode = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False).encode
 
@@ -46,7 +46,7 @@ def _plain(value) -> bool:
         if kind is str or kind is bool or item is None:
             continue
         if kind is int:
-            if not -_SAFE_INTEGER <= item <= _SAFE_INTEGER:
+            if not -SAFE_INTEGER <= item <= SAFE_INTEGER:
                 return False
         elif kind is dict:
             try:

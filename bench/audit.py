@@ -150,14 +150,9 @@ def tree_size() -> int:
 
 def drain() -> int:
     """Sequence everything committed so far (untimed housekeeping between measurements)."""
-    from django.conf import settings
+    from audit.sequencer import sequence_all
 
-    from audit.sequencer import sequence_pending
-
-    total = 0
-    while done := sequence_pending(batch=settings.AUDIT_SEQUENCER_BATCH, using=PLATFORM):
-        total += done
-    return total
+    return sequence_all(using=PLATFORM)
 
 
 # Events -----------------------------------------------------------------------------------------

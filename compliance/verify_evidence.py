@@ -39,6 +39,7 @@ from pathlib import Path
 import rfc8785
 
 from audit.checkpoints import NoteInvalid, parse_checkpoint, parse_tenant_head, verify_note
+from audit.hashing import SAFE_INTEGER
 from audit.keys import kid_of_pem
 from audit.verify_export import PackInvalid, check_consistency, proven_event
 from workflows.attestations import PROVENANCE_PREDICATE, AttestationInvalid, verify_attestation
@@ -67,14 +68,11 @@ def read_pack(path: Path) -> dict[str, bytes]:
         raise PackInvalid(f"{path} is neither a folder nor a zip") from None
 
 
-_SAFE_INTEGER = 2**53 - 1
-
-
 def _jcs_number(text: str):
     """An integer as RFC 8785 reads it: a double. The platform's database writes some floats
     back as integers (1e16 as 10000000000000000), which only a double serialises again."""
     value = int(text)
-    return value if -_SAFE_INTEGER <= value <= _SAFE_INTEGER else float(text)
+    return value if -SAFE_INTEGER <= value <= SAFE_INTEGER else float(text)
 
 
 def _json(files: dict[str, bytes], name: str):

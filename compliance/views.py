@@ -66,8 +66,9 @@ class AuditEventView(LoginRequiredMixin, View):
         inclusion = None
         if leaf is not None and status.checkpoint is not None and leaf.position < status.checkpoint.tree_size:
             inclusion = inclusion_status(leaf, status.checkpoint, using=AUDIT_READS)
-        return render(request, "compliance/event.html", {"event": found, "leaf": leaf, "status": status,
-                                                          "inclusion": inclusion, "evidence_url": _evidence_url(found.tenant, found.target_type, found.target_id)})
+        return render(request, "compliance/event.html", {
+            "event": found, "leaf": leaf, "status": status, "inclusion": inclusion,
+            "evidence_url": _evidence_url(found.tenant, found.target_type, found.target_id)})
 
 
 def _evidence_url(tenant: str, target_type: str, target_id: str) -> str:

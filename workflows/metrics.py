@@ -4,12 +4,12 @@ import json
 import math
 from pathlib import Path
 
+from audit.hashing import SAFE_INTEGER  # policy inputs are hashed as RFC 8785 JSON
+
 from .store import UploadRefused
 
 METRICS_MAX_BYTES = 1024 * 1024
 METRIC_NAME_MAX = 200
-# RFC 8785 numbers are doubles: policy inputs (and their digests) cannot hold a larger integer exactly.
-SAFE_INTEGER = 2**53 - 1
 
 
 def _refuse(reason: str):
