@@ -598,9 +598,9 @@ def measure_proofs(events: int, proofs: int) -> dict:
     rng = random.Random(size)
     positions = [rng.randrange(size) for _ in range(proofs)]
     olds = [rng.randrange(1, size) for _ in range(proofs)]
-    for n in range(10):  # warm the connection and the index pages a first proof would pay for
-        tree.inclusion_proof(positions[n], size, using=PLATFORM)
-        tree.consistency_proof(olds[n], size, using=PLATFORM)
+    for position, old in list(zip(positions, olds))[:10]:  # warm the connection and the index pages
+        tree.inclusion_proof(position, size, using=PLATFORM)
+        tree.consistency_proof(old, size, using=PLATFORM)
 
     def timed(call, arguments):
         results, latencies = [], []
@@ -713,6 +713,8 @@ def main() -> int:
     parser.add_argument("--proofs", type=int, default=200, help="proofs of each kind timed")
     parser.add_argument("--repeat", type=int, default=3, help="verify runs (with hashlib in turns); the best counts")
     options = parser.parse_args()
+    if options.proofs < 1:
+        parser.error("--proofs must be at least 1")
     if options.proof_events < options.verify_events:
         parser.error("--proof-events must be at least --verify-events (the proofs' log grows from verify's)")
     keys = tempfile.TemporaryDirectory(prefix="neocloud-bench-audit-")
