@@ -287,6 +287,31 @@ def bare_inserts(writers: int, per_writer: int, tag: str, processes: bool) -> fl
     return wall
 
 
+def django_inserts(writers: int, per_writer: int, tag: str, processes: bool) -> float:
+    """The bare INSERTs' precomputed rows, each through Django's cursor inside its own
+    ``transaction.atomic()`` on the app role: what any write inside a Django transaction costs
+    here before record() does anything of its own. The wall time."""
+    from django.db import connections, transaction
+
+    from audit.log import _build
+
+    def prepare(index):
+        connections["default"].ensure_connection()
+        return [insert_row(_build(outcome="success", **event_arguments(index, n, tag))) for n in range(per_writer)]
+
+    def work(index, rows):
+        connection = connections["default"]
+        for row in rows:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(INSERT_SQL, row)
+                cursor.fetchone()
+
+    wall, errors = timed_writers(writers, prepare, work, processes)
+    if errors:
+        raise BenchFailure(f"a Django INSERT writer failed: {errors[0]}")
+    return wall
+
+
 class Sequencer:
     """``sequence_pending`` in a loop in a process of its own, as the beat-driven sequencer runs
     in production (a Celery worker process), not a thread competing with the writers for one
@@ -385,12 +410,14 @@ def measure_appends(writers: int, appends: int, rounds: int, pause: float, proce
     """Best events/s of each contender over ``rounds`` rounds, the contenders in turns."""
     per_writer = max(1, appends // writers)
     total = per_writer * writers
-    best = {"record": float("inf"), "alone": float("inf"), "bare": float("inf")}
+    best = {"record": float("inf"), "alone": float("inf"), "django": float("inf"), "bare": float("inf")}
     sequencers = []
     for round_ in range(rounds):
         # Whatever a contender leaves pending is sequenced before the next one starts, so the
         # sequencer beside record() has only record()'s own events to keep up with.
         best["bare"] = min(best["bare"], bare_inserts(writers, per_writer, f"bare{round_}", processes))
+        drain()
+        best["django"] = min(best["django"], django_inserts(writers, per_writer, f"django{round_}", processes))
         drain()
         best["alone"] = min(best["alone"], recorded_appends(writers, per_writer, f"alone{round_}", None, processes)[0])
         drain()
@@ -541,12 +568,17 @@ def measure_verify(events: int, repeat: int) -> dict:
     # leaves (0x00 prefix). Built beforehand: the baseline is hashing alone.
     blobs = [b"\x00" + text.encode() for row in rows for text in row]
     size = sum(len(blob) - 1 for blob in blobs)
-    best_verify = best_hashlib = float("inf")
+    best_verify = best_hashlib = best_reads = float("inf")
     leaves = 0
     for _ in range(repeat):
         started = time.perf_counter()
         report = verify_log(using=PLATFORM, max_unsequenced=bound)
         best_verify = min(best_verify, time.perf_counter() - started)
+        started = time.perf_counter()
+        read = verify_reads()
+        best_reads = min(best_reads, time.perf_counter() - started)
+        if read != len(rows):
+            raise BenchFailure(f"the reads alone saw {read} leaves where the log has {len(rows)}")
         if not report.ok:
             raise BenchFailure(f"the log does not verify: {report.problems[0].sentence()}")
         if report.unsequenced:
@@ -558,7 +590,24 @@ def measure_verify(events: int, repeat: int) -> dict:
             sha256(blob).digest()
         best_hashlib = min(best_hashlib, time.perf_counter() - started)
     return {"events": leaves, "checkpoints": AuditCheckpoint.objects.using(PLATFORM).count(), "bytes": size,
-            "verify_s": best_verify, "hashlib_s": best_hashlib, "fill_s": filled, "hashed_rows": len(rows)}
+            "verify_s": best_verify, "hashlib_s": best_hashlib, "reads_s": best_reads, "fill_s": filled,
+            "hashed_rows": len(rows)}
+
+
+def verify_reads() -> int:
+    """Only the reading of verify_log: its two row streams (leaves with their events' columns,
+    and the tree's stored leaves) consumed in step, nothing checked. The leaves read."""
+    from audit.models import AuditLeaf, AuditTreeNode
+    from audit.verify import _LEAF_ROW
+
+    stored = (AuditTreeNode.objects.using(PLATFORM).filter(level=0).order_by("index")
+              .values_list("index", "hash").iterator(chunk_size=2000))
+    leaves = AuditLeaf.objects.using(PLATFORM).order_by("position").values_list(*_LEAF_ROW)
+    count = 0
+    for _row in leaves.iterator(chunk_size=2000):
+        next(stored, None)
+        count += 1
+    return count
 
 
 # 3. Proofs --------------------------------------------------------------------------------------
@@ -743,6 +792,8 @@ def main() -> int:
         print(f"{'audit.log.record() (+ sequence_pending loop beside it)':<58}{appends['record']:>10.0f}{ratio:>10.1%}")
         print(f"{'audit.log.record() alone (no sequencer running)':<58}{appends['alone']:>10.0f}"
               f"{appends['alone'] / appends['bare']:>10.1%}")
+        print(f"{'reference: the bare rows through Django in atomic()':<58}{appends['django']:>10.0f}"
+              f"{appends['django'] / appends['bare']:>10.1%}")
         print(f"{'bare INSERT (psycopg, precomputed rows)':<58}{appends['bare']:>10.0f}{1:>10.1%}")
         appended = check_log()
         for n, sequencer in enumerate(appends["sequencers"], 1):
@@ -763,6 +814,9 @@ def main() -> int:
         print(f"{'contender':<58}{'events/s':>10}{'MB/s':>10}{'vs hashlib':>12}")
         print(f"{'verify_log (reads, rebuilds, hashes, checks)':<58}{verify['events'] / verify['verify_s']:>10.0f}"
               f"{mb / verify['verify_s']:>10.1f}{verify_ratio:>12.1%}")
+        print(f"{'reference: the reads of verify_log alone (nothing checked)':<58}"
+              f"{verify['events'] / verify['reads_s']:>10.0f}{mb / verify['reads_s']:>10.1f}"
+              f"{verify['hashlib_s'] / verify['reads_s']:>12.1%}")
         print(f"{'hashlib.sha256 over the same bytes (in memory)':<58}{verify['events'] / verify['hashlib_s']:>10.0f}"
               f"{mb / verify['hashlib_s']:>10.1f}{1:>12.1%}")
 
@@ -794,9 +848,11 @@ def main() -> int:
         drained_ms = max((s.caught_up_at - s.stopped_at) * 1000 for s in appends["sequencers"])
         print(f"  append  record() >= {GOAL_APPEND:.0%} of bare INSERT: {verdict(ratio >= GOAL_APPEND)} ({ratio:.1%}: "
               f"{appends['record']:.0f} vs {appends['bare']:.0f} events/s); the sequencer kept up: "
-              f"{'yes' if kept_up else 'no'} (all sequenced {drained_ms:.0f} ms after the writers stopped, at most)")
+              f"{'yes' if kept_up else 'no'} (all sequenced {drained_ms:.0f} ms after the writers stopped, at most); "
+              f"the bare rows through Django in atomic() alone reach {appends['django'] / appends['bare']:.1%}")
         print(f"  verify  >= {GOAL_VERIFY:.0%} of hashlib.sha256: {verdict(verify_ratio >= GOAL_VERIFY)} "
-              f"({verify_ratio:.1%}: {mb / verify['verify_s']:.1f} vs {mb / verify['hashlib_s']:.1f} MB/s)")
+              f"({verify_ratio:.1%}: {mb / verify['verify_s']:.1f} vs {mb / verify['hashlib_s']:.1f} MB/s); "
+              f"verify's reads alone reach {verify['hashlib_s'] / verify['reads_s']:.1%}")
         proofs_met = max(inclusion_p99, consistency_p99) < GOAL_PROOF_MS
         print(f"  proofs  p99 < {GOAL_PROOF_MS:.0f} ms at {proofs['size']} events: {verdict(proofs_met)} "
               f"(inclusion {inclusion_p99:.2f} ms, consistency {consistency_p99:.2f} ms)")
