@@ -68,7 +68,7 @@ test-embedded: install-test browser sandbox
 	DATABASE_URL=sqlite:///$(CURDIR)/var/$(TEST_DB)-embedded/$(TEST_DB).sqlite3 \
 	CELERY_BROKER_URL=filesystem:// \
 	NEOCLOUD_DATA_DIR=$(CURDIR)/var/$(TEST_DB)-embedded NEOCLOUD_TEST_STACK=embedded NEOCLOUD_FAST_PASSWORD_HASHER=1 \
-	$(BIN)/pytest -m embedded $(PYTEST_ARGS)
+	$(BIN)/pytest -m "embedded and not postgres" $(PYTEST_ARGS)
 
 test: test-postgres test-embedded
 

@@ -5,14 +5,18 @@ submitters and cycles at once."""
 import threading
 
 import pytest
-from django.db import connections
+from django.db import connections, transaction
 
 from audit.models import AuditEvent
-from runners.admission import admission_cycle
+from runners.admission import admission_cycle, run_request
 from runners.discovery import Discovery, parse_declared
 from runners.models import HOLDING_STATES, Run
 from runners.services import runner_register
+from tenants.models import GpuFlavor
+from tenants.services import tenant_quota_set
+from workflows.models import WorkflowVersion
 
+from .conftest import wait_for
 from .test_api import assert_error
 from .test_promotions import SPEC, T, Gate
 
@@ -139,45 +143,114 @@ def test_an_idempotency_key_returns_the_stored_run_and_refuses_another_payload(g
     assert Run.objects.using("owner").count() == 1
 
 
+@pytest.mark.postgres
+def test_a_duplicate_still_in_flight_gets_409_and_its_retry_the_first_run(gate, world):
+    """The first request with a key has written its run but not committed; a duplicate sent
+    meanwhile waits on the key's unique index, gets 409 once the first commits, and its retry
+    answers with the first request's run."""
+    number = gate.version()
+    version = WorkflowVersion.objects.using("owner").get(workflow__tenant=world.a.tenant, workflow__name="fraud-detector",
+                                                        number=number)
+    first, written, release = {}, threading.Event(), threading.Event()
+
+    def hold_the_first_open():
+        try:
+            with transaction.atomic():
+                first["run"], _ = run_request(actor=world.a.developer, tenant=world.a.tenant, version=version,
+                                              stage="development", idempotency_key="nightly-2026-11-30")
+                written.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    def send_the_duplicate():
+        try:
+            first["duplicate"] = ask(gate, number, HTTP_IDEMPOTENCY_KEY="nightly-2026-11-30")
+        finally:
+            connections.close_all()
+
+    holder, sender = threading.Thread(target=hold_the_first_open), threading.Thread(target=send_the_duplicate)
+    holder.start()
+    assert written.wait(30)
+    sender.start()
+    with connections["owner"].cursor() as cursor:
+        def duplicate_waits():
+            cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            return cursor.fetchone()[0] > 0
+
+        wait_for(duplicate_waits, message="the duplicate to wait on the first request's key")
+    release.set()
+    holder.join()
+    sender.join()
+    assert_error(first["duplicate"], 409, "idempotency_key_in_flight")
+    retry = ask(gate, number, HTTP_IDEMPOTENCY_KEY="nightly-2026-11-30")
+    assert retry.status_code == 200 and retry.json()["id"] == str(first["run"].public_id)
+    assert Run.objects.using("owner").count() == 1
+
+
 def test_another_tenants_run_is_not_found(gate, world, api):
     run_id = ask(gate, gate.version()).json()["id"]
     assert_error(api(world.b.admin).get(f"{RUNS}{run_id}/"), 404, "not_found")
     assert gate.developer.get(f"{RUNS}{run_id}/").json()["state"] in ("pending", "queued")
 
 
-@pytest.mark.postgres
-def test_no_over_admission_with_16_concurrent_submitters_and_cycles(gate, world, api):
-    """Sixteen developers' pipelines ask for 2-GPU runs at once, each then running an admission
-    cycle: the tenant's limit (4) and each node's devices are never exceeded."""
-    node("gpu-eu-1", "0,1,2")
-    node("gpu-eu-2", "0,1,2")
-    number = gate.version()
-    barrier = threading.Barrier(16)
-    errors = []
+def held_runs():
+    return list(Run.objects.using("owner").filter(state__in=HOLDING_STATES).select_related("node"))
 
-    def submit(index):
-        client = api(world.a.developer)
+
+def assert_no_device_handed_out_twice(held, devices_per_node):
+    for hostname in {run.node.hostname for run in held}:
+        devices = [d for run in held if run.node.hostname == hostname for d in run.device_ids]
+        assert len(devices) == len(set(devices)) <= devices_per_node
+
+
+def all_at_once(count, work):
+    """Run ``work(index)`` in ``count`` threads released together; the errors they raised."""
+    barrier, errors = threading.Barrier(count), []
+
+    def body(index):
         try:
             barrier.wait()
-            response = client.post(RUNS, {"workflow": "fraud-detector", "version": number, "stage": "development",
-                                          "parameters": {"shard": index}})
-            assert response.status_code == 201, response.content
-            admission_cycle()
-        except Exception as exc:  # reported below, with the thread's own message
+            work(index)
+        except Exception as exc:  # reported by the caller, with the thread's own message
             errors.append(exc)
         finally:
             connections.close_all()
 
-    threads = [threading.Thread(target=submit, args=(i,)) for i in range(16)]
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert not errors, errors
+    return errors
+
+
+@pytest.mark.postgres
+def test_no_over_admission_with_16_concurrent_submitters_and_cycles(gate, world, api):
+    """Sixteen developers' pipelines ask for 2-GPU runs at once, each then running an admission
+    cycle. First the tenant's limit binds (4 GPUs, where the nodes could take 8); then, with
+    the limit raised past the nodes, 16 cycles at once fill the nodes' devices and no more."""
+    node("gpu-eu-1", "0,1,2,3")
+    node("gpu-eu-2", "0,1,2,3")
+    number = gate.version()
+
+    def submit(index):
+        response = api(world.a.developer).post(RUNS, {"workflow": "fraud-detector", "version": number,
+                                                      "stage": "development", "parameters": {"shard": index}})
+        assert response.status_code == 201, response.content
+        admission_cycle()
+
+    assert not all_at_once(16, submit)
     admission_cycle()
-    held = list(Run.objects.using("owner").filter(state__in=HOLDING_STATES).select_related("node"))
+    held = held_runs()
     assert sum(r.gpus for r in held) == 4 and len(held) == 2  # the tenant's 2 + 2, and no more
-    for hostname in ("gpu-eu-1", "gpu-eu-2"):
-        devices = [d for r in held if r.node.hostname == hostname for d in r.device_ids]
-        assert len(devices) == len(set(devices)) <= 3
+    assert_no_device_handed_out_twice(held, 4)
     assert Run.objects.using("owner").filter(state="queued").count() == 14
+
+    tenant_quota_set(actor=world.platform_admin, tenant=world.a.tenant, flavor=GpuFlavor.objects.get(name="h100-80gb"),
+                     nominal=16, borrowing_limit=16)
+    assert not all_at_once(16, lambda index: admission_cycle())
+    held = held_runs()
+    assert len(held) == 4 and sum(r.gpus for r in held) == 8  # every device of both nodes, and no more
+    assert_no_device_handed_out_twice(held, 4)
+    assert Run.objects.using("owner").filter(state="queued").count() == 12

@@ -65,27 +65,74 @@ def _eu_neighbour(world):
     return people, version
 
 
+def _used(*, tenant, requester, version, gpu_seconds, at):
+    """A finished run of ``tenant`` that used ``gpu_seconds`` (2 GPUs), billed at ``at``."""
+    history = Run.objects.using("owner").create(
+        tenant=tenant, version=version, stage="development", requested_by=requester,
+        flavor=GpuFlavor.objects.get(name="h100-80gb"), gpus=2, max_runtime_seconds=3600, state="succeeded",
+        fencing_token=1)
+    UsageEntry.objects.using("owner").create(
+        tenant=tenant, flavor=history.flavor, run=history, fencing_token=1, month=at.date().replace(day=1), gpus=2,
+        seconds=gpu_seconds // 2, gpu_seconds=gpu_seconds, weight=1, weighted_gpu_seconds=gpu_seconds, recorded_at=at)
+
+
+def _fraud_detector(number):
+    return WorkflowVersion.objects.using("owner").get(workflow__name="fraud-detector", number=number)
+
+
 def test_the_tenant_that_used_less_of_its_share_goes_first(gate, world, api):
     from runners.admission import run_request
 
     neighbour, version = _eu_neighbour(world)
     number = gate.version()
     # acme-bank used 4 GPU-hours in the last hour; euro-insure nothing.
-    history = Run.objects.using("owner").create(
-        tenant=world.a.tenant, version=WorkflowVersion.objects.using("owner").get(
-            workflow__name="fraud-detector", number=number), stage="development", requested_by=world.a.developer,
-        flavor=GpuFlavor.objects.get(name="h100-80gb"), gpus=2, max_runtime_seconds=3600, state="succeeded",
-        fencing_token=1)
-    UsageEntry.objects.using("owner").create(
-        tenant=world.a.tenant, flavor=history.flavor, run=history, fencing_token=1,
-        month=timezone.now().date().replace(day=1), gpus=2, seconds=7200, gpu_seconds=14400, weight=1,
-        weighted_gpu_seconds=14400, recorded_at=timezone.now() - timedelta(hours=1))
+    _used(tenant=world.a.tenant, requester=world.a.developer, version=_fraud_detector(number), gpu_seconds=14400,
+          at=timezone.now() - timedelta(hours=1))
     first = ask(gate, number).json()["id"]  # older, same priority
     second, _ = run_request(actor=neighbour.developer, tenant=neighbour.tenant, version=version, stage="development")
     node("gpu-eu-1", "0,1")  # room for one of the two
     admission_cycle()
     assert state_of(second.public_id).state in ("admitted", "dispatched")
     assert state_of(first).state == "queued"
+
+
+def test_at_equal_priority_and_usage_the_older_run_goes_first(gate, world):
+    from runners.admission import run_request
+
+    neighbour, version = _eu_neighbour(world)  # created after acme-bank: age, not tenant order, decides
+    number = gate.version()
+    older, _ = run_request(actor=neighbour.developer, tenant=neighbour.tenant, version=version, stage="development")
+    newer = ask(gate, number).json()["id"]
+    node("gpu-eu-1", "0,1")  # room for one of the two
+    admission_cycle()
+    assert state_of(older.public_id).state in ("admitted", "dispatched") and state_of(newer).state == "queued"
+
+
+def test_usage_decays_by_its_half_life_and_counts_against_the_tenants_share(gate, world, settings):
+    """acme-bank (share 8) used 8x the GPU-seconds of euro-insure (share 2), but two half-lives
+    ago: decayed and divided by its share, its usage is half of euro-insure's, so its newer
+    run goes first. Without the decay, or without the share, it would go second."""
+    from runners.admission import fair_share_usage, run_request
+
+    settings.FAIR_SHARE_HALF_LIFE_HOURS = 1
+    neighbour, version = _eu_neighbour(world)  # share 2
+    flavor = GpuFlavor.objects.get(name="h100-80gb")
+    tenant_quota_set(actor=world.platform_admin, tenant=world.a.tenant, flavor=flavor, nominal=8, borrowing_limit=0)
+    number = gate.version()
+    now = timezone.now()
+    _used(tenant=world.a.tenant, requester=world.a.developer, version=_fraud_detector(number), gpu_seconds=14400,
+          at=now - timedelta(hours=2))
+    _used(tenant=neighbour.tenant, requester=neighbour.developer, version=version, gpu_seconds=1800, at=now)
+    usage = fair_share_usage(moment=now)
+    assert usage[(world.a.tenant.pk, flavor.pk)] == pytest.approx(14400 * 0.25 / 8)  # 450
+    assert usage[(neighbour.tenant.pk, flavor.pk)] == pytest.approx(1800 / 2)  # 900
+
+    older, _ = run_request(actor=neighbour.developer, tenant=neighbour.tenant, version=version, stage="development")
+    newer = ask(gate, number).json()["id"]
+    node("gpu-eu-1", "0,1")  # room for one of the two
+    admission_cycle()
+    assert state_of(newer).state in ("admitted", "dispatched")
+    assert state_of(older.public_id).state == "queued"
 
 
 def test_a_large_run_is_passed_by_runs_that_fit_until_it_has_waited_too_long(gate, world, settings):
