@@ -111,17 +111,18 @@ def test_at_equal_priority_and_usage_the_older_run_goes_first(gate, world):
 def test_usage_decays_by_its_half_life_and_counts_against_the_tenants_share(gate, world, settings):
     """acme-bank (share 8) used 8x the GPU-seconds of euro-insure (share 2), but two half-lives
     ago: decayed and divided by its share, its usage is half of euro-insure's, so its newer
-    run goes first. Without the decay, or without the share, it would go second."""
+    run goes first. Without the decay, or without the share, it would go second. (The
+    configured half-life, not an override: the session worker's cycles must order alike.)"""
     from runners.admission import fair_share_usage, run_request
 
-    settings.FAIR_SHARE_HALF_LIFE_HOURS = 1
+    half_life = timedelta(hours=settings.FAIR_SHARE_HALF_LIFE_HOURS)
     neighbour, version = _eu_neighbour(world)  # share 2
     flavor = GpuFlavor.objects.get(name="h100-80gb")
     tenant_quota_set(actor=world.platform_admin, tenant=world.a.tenant, flavor=flavor, nominal=8, borrowing_limit=0)
     number = gate.version()
     now = timezone.now()
     _used(tenant=world.a.tenant, requester=world.a.developer, version=_fraud_detector(number), gpu_seconds=14400,
-          at=now - timedelta(hours=2))
+          at=now - 2 * half_life)
     _used(tenant=neighbour.tenant, requester=neighbour.developer, version=version, gpu_seconds=1800, at=now)
     usage = fair_share_usage(moment=now)
     assert usage[(world.a.tenant.pk, flavor.pk)] == pytest.approx(14400 * 0.25 / 8)  # 450

@@ -128,7 +128,7 @@ def test_journey_a_developer_runs_a_workflow_and_watches_it_finish(gate, world, 
     assert "epoch 2" in page.locator("#log").inner_text()
     assert page.locator('#steps tr[data-step="train"]').inner_text().split("\t")[1].strip() == "succeeded"
     assert page.locator("#run-devices").inner_text() == "0, 1"
+    wait_for(lambda: UsageEntry.objects.using("owner").exists(), message="the run to be billed")
     page.goto(f"{live_server.url}/t/acme-bank/quota/")
     used = Decimal(page.locator('#quota tr[data-flavor="h100-80gb"] td.used').inner_text())
-    wait_for(lambda: UsageEntry.objects.using("owner").exists(), message="the run to be billed")
     assert used > 0

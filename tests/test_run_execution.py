@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from django.utils import timezone
 from audit.models import AuditEvent
 from runners.dispatch import SWEEP_GRACE_SECONDS
 from runners.discovery import Discovery, parse_declared
+from runners.execution import run_cancel
 from runners.executor import execute
 from runners.models import DispatchOutbox, Run, UsageEntry
 from runners.services import runner_register, runner_set_state
@@ -118,7 +120,7 @@ def test_a_run_executes_on_its_node_with_only_its_devices_and_is_billed(gate, st
     refused = AuditEvent.objects.using("owner").get(target_id=run_id, action="run.claim_refused")
     assert refused.data["node"] == "gpu-eu-9" and refused.data["reserved_on"] == "gpu-eu-1"
     assert UsageEntry.objects.using("owner").filter(run=run).count() == 1
-    assert list(AuditEvent.objects.using("owner").filter(target_id=run_id, action="run.start")).__len__() == 1
+    assert AuditEvent.objects.using("owner").filter(target_id=run_id, action="run.start").count() == 1
 
 
 def test_an_approved_production_run_executes_pinned_and_billed_and_a_forged_attestation_is_refused(gate,
@@ -146,14 +148,37 @@ def test_an_approved_production_run_executes_pinned_and_billed_and_a_forged_atte
     assert entry.gpus == 2 and entry.gpu_seconds > 0 and entry.tenant_id == gate.world.a.tenant.pk
 
 
+def test_a_second_broker_delivery_while_the_run_runs_changes_nothing(gate, start_runner):
+    """The run's message published again to the node's queue while its steps run: the runner
+    takes it from the broker, its claim finds the run already running, and nothing happens
+    twice (one start, one set of steps, one bill)."""
+    from runners.models import RunStep
+    from runners.tasks import execute_run_task
+
+    runner = start_runner("gpu-eu-1", "0,1,2,3")
+    run_id = start_run(gate, spec_with([sh("train", "echo started; sleep 2; echo done")]))
+    wait_for(lambda: "started" in log_of(gate, run_id), timeout=60, message="the step to start")
+    execute_run_task.apply_async(kwargs={"run": run_id, "fencing_token": 1, "hostname": "gpu-eu-1"},
+                                 queue="runner.gpu-eu-1")
+    wait_for(lambda: "is stale or a duplicate" in runner.log(), timeout=30, message="the runner to take the duplicate")
+    run = wait_state(run_id, FINISHED)
+    assert run.state == "succeeded" and log_of(gate, run_id).count("started") == 1
+    assert AuditEvent.objects.using("owner").filter(target_id=run_id, action="run.start").count() == 1
+    assert RunStep.objects.using("owner").filter(run=run).count() == 1
+    assert UsageEntry.objects.using("owner").filter(run=run).count() == 1
+
+
 SANDBOX_PROBE = r"""
 import json, os, socket, sys
 from pathlib import Path
 seen = {"uid": os.getuid(), "env": sorted(os.environ), "cwd": os.getcwd()}
-for path in sys.argv[1:]:
+port, paths = int(sys.argv[1]), sys.argv[2:]
+for path in paths:
     try:
-        Path(path).read_bytes()
-        seen[path] = "readable"
+        content = Path(path).read_bytes()
+        # An environ file: the names in it (what a step could learn of another process).
+        seen[path] = sorted(v.split(b"=")[0].decode() for v in content.split(b"\0") if v) if path.endswith(
+            "environ") else "readable"
     except OSError as exc:
         seen[path] = type(exc).__name__
 for target in ("/workspace/written.txt", "/usr/written.txt", "/etc/written.txt", "/written.txt", "/tmp/written.txt"):
@@ -163,7 +188,7 @@ for target in ("/workspace/written.txt", "/usr/written.txt", "/etc/written.txt",
     except OSError as exc:
         seen[target] = type(exc).__name__
 try:
-    socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
+    socket.create_connection(("127.0.0.1", port), timeout=2).close()
     seen["network"] = "reached"
 except OSError as exc:
     seen["network"] = type(exc).__name__
@@ -185,7 +210,9 @@ def test_a_step_cannot_read_other_runs_or_platform_secrets_nor_write_outside_its
     platform_secret.write_text("the platform's")
     os.chmod(platform_secret, 0o644)
     keyring = str(platform_secret)
-    argv = ["python3", "-c", SANDBOX_PROBE, str(neighbour / "weights.bin"), keyring, "/proc/1/environ"]
+    listener = socket.create_server(("127.0.0.1", 0))  # on the host: reachable only with the network on
+    argv = ["python3", "-c", SANDBOX_PROBE, str(listener.getsockname()[1]), str(neighbour / "weights.bin"), keyring,
+            "/proc/1/environ", "/proc/self/environ"]
     run_id = start_run(gate, spec_with([{"name": "probe", "command": argv}]))
     run = wait_state(run_id, FINISHED)
     log = log_of(gate, run_id)
@@ -197,14 +224,19 @@ def test_a_step_cannot_read_other_runs_or_platform_secrets_nor_write_outside_its
     assert seen["/tmp/written.txt"] == "written"  # /tmp is inside the run's directory
     assert {seen[path] for path in ("/usr/written.txt", "/etc/written.txt", "/written.txt")} <= {
         "OSError", "PermissionError", "FileNotFoundError"}
-    assert seen["network"] != "reached"  # no network: the database's port is not there
-    assert set(seen["env"]) <= {"PATH", "HOME", "TMPDIR", "LANG", "CUDA_VISIBLE_DEVICES", "NEOCLOUD_RUN_ID",
-                                "NEOCLOUD_STEP", "NEOCLOUD_PARAMETERS", "PWD"}
-    if os.geteuid() == 0:
-        assert seen["uid"] == settings.RUNNER_SANDBOX_UID != 0
+    assert seen["network"] != "reached"  # no network: the host's listening port is not there
+    step_names = {"PATH", "HOME", "TMPDIR", "LANG", "CUDA_VISIBLE_DEVICES", "NEOCLOUD_RUN_ID", "NEOCLOUD_STEP",
+                  "NEOCLOUD_PARAMETERS", "PWD"}
+    assert set(seen["env"]) <= step_names and "DATABASE_URL" in os.environ  # the worker has it; the step not
+    assert set(seen["/proc/self/environ"]) <= step_names
+    # PID 1 of the step's namespace is the sandbox's own init, started with an empty environment.
+    assert seen["/proc/1/environ"] in ([], "PermissionError")
+    # As root the worker runs steps as the sandbox user; otherwise as itself, never root.
+    assert seen["uid"] == (settings.RUNNER_SANDBOX_UID if os.geteuid() == 0 else os.geteuid()) != 0
 
-    with_network = start_run(gate, spec_with([{"name": "probe", "command": argv[:3], "network": True}]))
+    with_network = start_run(gate, spec_with([{"name": "probe", "command": argv[:4], "network": True}]))
     run = wait_state(with_network, FINISHED)
+    listener.close()
     assert run.state == "succeeded" and probe_of(log_of(gate, with_network))["network"] == "reached"
 
 
@@ -228,10 +260,11 @@ def test_a_failing_step_is_retried_then_fails_the_run_and_later_steps_are_skippe
 
 def test_a_step_past_its_timeout_is_killed(gate, start_runner):
     start_runner("gpu-eu-1", "0,1,2,3")
-    run_id = start_run(gate, spec_with([sh("train", "echo started; sleep 30", timeout_seconds=2)]))
+    run_id = start_run(gate, spec_with([sh("train", "echo started; sleep 30.375", timeout_seconds=2)]))
     run = wait_state(run_id, FINISHED, timeout=40)
     assert run.state == "failed" and "timed out after 2 s" in run.reason
     assert (run.finished_at - run.started_at).total_seconds() < 20
+    wait_for(lambda: not _processes("sleep 30.375"), timeout=10, message="the timed-out step to be killed")
 
 
 def test_cancel_while_running_kills_the_whole_process_group(gate, start_runner):
@@ -394,6 +427,24 @@ def set_budget(world, api, hours, mode):
     assert response.status_code == 200, response.content
 
 
+def billed_earlier(gate, number, *, gpu_seconds, history=None) -> Run:
+    """acme-bank's ledger gets ``gpu_seconds`` this month, billed to a finished run of version
+    ``number`` (made here unless ``history`` is given): usage from before the test."""
+    if history is None:
+        version = gate.world.a.tenant.workflows.get(name="fraud-detector").versions.get(number=number)
+        history = Run.objects.using("owner").create(
+            tenant=gate.world.a.tenant, version=version, stage="development", requested_by=gate.world.a.developer,
+            flavor=GpuFlavor.objects.get(name="h100-80gb"), gpus=2, max_runtime_seconds=3600, state="succeeded",
+            fencing_token=0)
+    history.fencing_token += 1
+    history.save(update_fields=["fencing_token"], using="owner")
+    UsageEntry.objects.using("owner").create(
+        tenant=history.tenant, flavor=history.flavor, run=history, fencing_token=history.fencing_token,
+        month=timezone.now().date().replace(day=1), gpus=2, seconds=gpu_seconds // 2, gpu_seconds=gpu_seconds,
+        weight=1, weighted_gpu_seconds=gpu_seconds)
+    return history
+
+
 def test_hard_budget_admits_only_what_it_covers_and_stops_runs_when_it_runs_out(gate, start_runner, world, api):
     set_budget(world, api, 1, "hard")
     start_runner("gpu-eu-1", "0,1,2,3")
@@ -403,11 +454,14 @@ def test_hard_budget_admits_only_what_it_covers_and_stops_runs_when_it_runs_out(
     assert re.search(r"GPU-hour budget has (1\.00|0\.9\d) GPU-hour\(s\) left; this run may take 2\.00", run.reason)
     wait_for(lambda: "started" in log_of(gate, fits), timeout=60, message="the run the budget covers to start")
 
-    set_budget(world, api, 0, "hard")  # the operator lowers the budget below what is used
+    # Usage billed meanwhile (say, a run that ended elsewhere) leaves 10 GPU-seconds: the running
+    # run's own 2 GPUs use them up within seconds, and it is stopped.
+    billed_earlier(gate, run_of(fits).version.number, gpu_seconds=3590)
     run = wait_state(fits, FINISHED, timeout=30)
     assert run.state == "cancelled" and "GPU-hour h100-80gb budget" in run.reason and "is used up" in run.reason
     stop = AuditEvent.objects.using("owner").get(target_id=fits, action="run.budget_stop")
-    assert stop.actor_type == "system" and stop.data["gpu_hours_budget"] == 0
+    assert stop.actor_type == "system" and stop.data["gpu_hours_budget"] == 1
+    assert Decimal(stop.data["gpu_hours_used"]) >= 1  # 3590 billed + the running run's own time
     assert UsageEntry.objects.using("owner").filter(run=run).count() == 1  # billed for what it held
     assert run_of(too_long).state == "queued"
 
@@ -415,23 +469,14 @@ def test_hard_budget_admits_only_what_it_covers_and_stops_runs_when_it_runs_out(
 def test_soft_budget_admits_past_the_budget_and_alerts_at_80_and_100_percent_once(gate, start_runner, world, api):
     set_budget(world, api, 1, "soft")
     number = gate.version(spec_changes=spec_with([sh("train", "true", timeout_seconds=3600)]))
-    version = gate.world.a.tenant.workflows.get(name="fraud-detector").versions.get(number=number)
-    history = Run.objects.using("owner").create(
-        tenant=gate.world.a.tenant, version=version, stage="development", requested_by=gate.world.a.developer,
-        flavor=GpuFlavor.objects.get(name="h100-80gb"), gpus=2,
-        max_runtime_seconds=3600, state="succeeded", fencing_token=1)
-    UsageEntry.objects.using("owner").create(
-        tenant=history.tenant, flavor=history.flavor, run=history, fencing_token=1, month=timezone.now().date()
-        .replace(day=1), gpus=2, seconds=1500, gpu_seconds=3000, weight=1, weighted_gpu_seconds=3000)
+    history = billed_earlier(gate, number, gpu_seconds=3000)
     wait_for(lambda: AuditEvent.objects.using("owner").filter(action="quota.budget_alert").count() == 1,
              timeout=20, message="the 80% alert")
     start_runner("gpu-eu-1", "0,1,2,3")
     response = gate.developer.post(RUNS, {"workflow": "fraud-detector", "version": number, "stage": "development"})
     run = wait_state(response.json()["id"], FINISHED)  # admitted although 2 GPU-hours exceed what is left
     assert run.state == "succeeded"
-    UsageEntry.objects.using("owner").create(
-        tenant=history.tenant, flavor=history.flavor, run=history, fencing_token=2, month=timezone.now().date()
-        .replace(day=1), gpus=2, seconds=350, gpu_seconds=700, weight=1, weighted_gpu_seconds=700)
+    billed_earlier(gate, number, gpu_seconds=700, history=history)
     wait_for(lambda: AuditEvent.objects.using("owner").filter(action="quota.budget_alert").count() == 2,
              timeout=20, message="the 100% alert")
     alerts = AuditEvent.objects.using("owner").filter(action="quota.budget_alert").order_by("id")
@@ -470,7 +515,15 @@ def test_a_tenant_reclaims_its_lent_quota_by_preempting_the_borrower_with_a_grac
     assert "preempted: SIGTERM" in log and "got TERM" in log  # the step had its grace period
     first = UsageEntry.objects.using("owner").get(run=back, fencing_token=1)
     assert first.gpus == 4 and first.gpu_seconds > 0  # the preempted admission billed once
-    Run.objects.using("owner").filter(pk=borrowed.pk).update(cancel_requested_at=timezone.now())  # stop it
+    # Requeued, it gets the devices again once acme-bank's run is done, under a new token.
+    def started_again():
+        again = Run.objects.using("owner").get(pk=borrowed.pk)
+        return again.fencing_token == 2 and "".join(
+            again.log_chunks.using("owner").values_list("text", flat=True)).count("started") == 2
+
+    wait_for(started_again, timeout=30, message="the requeued borrower to start again")
+    run_cancel(actor=neighbour.developer, run=Run.objects.using("owner").get(pk=borrowed.pk))
+    assert wait_state(borrowed.public_id, FINISHED, timeout=20).state == "cancelled"
 
 
 def test_a_staging_runs_outputs_get_platform_signed_provenance_and_its_metrics_judge_production(gate, start_runner):
