@@ -5,11 +5,13 @@ large run that backfill keeps passing gets its pool after ADMISSION_BACKFILL_LIM
 from datetime import timedelta
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from runners.admission import admission_cycle
+from runners.admission import admission_cycle, run_request
 from runners.models import Run, UsageEntry
+from runners.services import workflow_run_priority_set
 from tenants.models import GpuFlavor
 from tenants.services import tenant_quota_set
 from workflows.models import WorkflowVersion
@@ -44,14 +46,32 @@ def test_priority_comes_from_the_workflow_within_the_tenants_range(gate, world, 
     assert {"workflow.run_priority_set", "tenant.run_priority_range_set"} <= actions
 
 
-def test_a_higher_priority_run_is_admitted_before_an_older_one(gate, world, api):
-    number = gate.version()
-    older = ask(gate, number).json()["id"]
-    api(world.a.admin).put(f"{T}/workflows/fraud-detector/priority/", {"priority": 5})
-    urgent = ask(gate, number, parameters={"urgent": True}).json()["id"]
-    node("gpu-eu-1", "0,1")  # room for one of the two
+def one_place_for(*requests) -> list[Run]:
+    """Make the runs in one transaction, so that no admission cycle (the session worker's
+    included) sees some of them without the others; then add a node with room for one, and
+    run a cycle. The runs as they stand after it, in the order asked."""
+    with transaction.atomic():
+        runs = [request() for request in requests]
+    node("gpu-eu-1", "0,1")
     admission_cycle()
-    assert state_of(urgent).state in ("admitted", "dispatched") and state_of(older).state == "queued"
+    return [Run.objects.using("owner").get(pk=run.pk) for run in runs]
+
+
+def asked(person, tenant, version, **parameters):
+    return lambda: run_request(actor=person, tenant=tenant, version=version, stage="development",
+                               parameters=parameters)[0]
+
+
+def test_a_higher_priority_run_is_admitted_before_an_older_one(gate, world):
+    version = _fraud_detector(gate.version())
+
+    def raise_the_priority():
+        version.workflow = workflow_run_priority_set(actor=world.a.admin, workflow=version.workflow, priority=5)
+        return asked(world.a.developer, world.a.tenant, version, urgent=True)()
+
+    older, urgent = one_place_for(asked(world.a.developer, world.a.tenant, version), raise_the_priority)
+    assert (older.priority, urgent.priority) == (0, 5)
+    assert urgent.state in ("admitted", "dispatched") and older.state == "queued"
 
 
 def _eu_neighbour(world):
@@ -81,31 +101,21 @@ def _fraud_detector(number):
 
 
 def test_the_tenant_that_used_less_of_its_share_goes_first(gate, world, api):
-    from runners.admission import run_request
-
     neighbour, version = _eu_neighbour(world)
-    number = gate.version()
+    mine = _fraud_detector(gate.version())
     # acme-bank used 4 GPU-hours in the last hour; euro-insure nothing.
-    _used(tenant=world.a.tenant, requester=world.a.developer, version=_fraud_detector(number), gpu_seconds=14400,
+    _used(tenant=world.a.tenant, requester=world.a.developer, version=mine, gpu_seconds=14400,
           at=timezone.now() - timedelta(hours=1))
-    first = ask(gate, number).json()["id"]  # older, same priority
-    second, _ = run_request(actor=neighbour.developer, tenant=neighbour.tenant, version=version, stage="development")
-    node("gpu-eu-1", "0,1")  # room for one of the two
-    admission_cycle()
-    assert state_of(second.public_id).state in ("admitted", "dispatched")
-    assert state_of(first).state == "queued"
+    first, second = one_place_for(asked(world.a.developer, world.a.tenant, mine),  # older, same priority
+                                  asked(neighbour.developer, neighbour.tenant, version))
+    assert second.state in ("admitted", "dispatched") and first.state == "queued"
 
 
 def test_at_equal_priority_and_usage_the_older_run_goes_first(gate, world):
-    from runners.admission import run_request
-
     neighbour, version = _eu_neighbour(world)  # created after acme-bank: age, not tenant order, decides
-    number = gate.version()
-    older, _ = run_request(actor=neighbour.developer, tenant=neighbour.tenant, version=version, stage="development")
-    newer = ask(gate, number).json()["id"]
-    node("gpu-eu-1", "0,1")  # room for one of the two
-    admission_cycle()
-    assert state_of(older.public_id).state in ("admitted", "dispatched") and state_of(newer).state == "queued"
+    older, newer = one_place_for(asked(neighbour.developer, neighbour.tenant, version),
+                                 asked(world.a.developer, world.a.tenant, _fraud_detector(gate.version())))
+    assert older.state in ("admitted", "dispatched") and newer.state == "queued"
 
 
 def test_usage_decays_by_its_half_life_and_counts_against_the_tenants_share(gate, world, settings):
@@ -113,27 +123,23 @@ def test_usage_decays_by_its_half_life_and_counts_against_the_tenants_share(gate
     ago: decayed and divided by its share, its usage is half of euro-insure's, so its newer
     run goes first. Without the decay, or without the share, it would go second. (The
     configured half-life, not an override: the session worker's cycles must order alike.)"""
-    from runners.admission import fair_share_usage, run_request
+    from runners.admission import fair_share_usage
 
     half_life = timedelta(hours=settings.FAIR_SHARE_HALF_LIFE_HOURS)
     neighbour, version = _eu_neighbour(world)  # share 2
     flavor = GpuFlavor.objects.get(name="h100-80gb")
     tenant_quota_set(actor=world.platform_admin, tenant=world.a.tenant, flavor=flavor, nominal=8, borrowing_limit=0)
-    number = gate.version()
+    mine = _fraud_detector(gate.version())
     now = timezone.now()
-    _used(tenant=world.a.tenant, requester=world.a.developer, version=_fraud_detector(number), gpu_seconds=14400,
-          at=now - 2 * half_life)
+    _used(tenant=world.a.tenant, requester=world.a.developer, version=mine, gpu_seconds=14400, at=now - 2 * half_life)
     _used(tenant=neighbour.tenant, requester=neighbour.developer, version=version, gpu_seconds=1800, at=now)
     usage = fair_share_usage(moment=now)
     assert usage[(world.a.tenant.pk, flavor.pk)] == pytest.approx(14400 * 0.25 / 8)  # 450
     assert usage[(neighbour.tenant.pk, flavor.pk)] == pytest.approx(1800 / 2)  # 900
 
-    older, _ = run_request(actor=neighbour.developer, tenant=neighbour.tenant, version=version, stage="development")
-    newer = ask(gate, number).json()["id"]
-    node("gpu-eu-1", "0,1")  # room for one of the two
-    admission_cycle()
-    assert state_of(newer).state in ("admitted", "dispatched")
-    assert state_of(older.public_id).state == "queued"
+    older, newer = one_place_for(asked(neighbour.developer, neighbour.tenant, version),
+                                 asked(world.a.developer, world.a.tenant, mine))
+    assert newer.state in ("admitted", "dispatched") and older.state == "queued"
 
 
 def test_a_large_run_is_passed_by_runs_that_fit_until_it_has_waited_too_long(gate, world, settings):

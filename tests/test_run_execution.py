@@ -211,8 +211,11 @@ def test_a_step_cannot_read_other_runs_or_platform_secrets_nor_write_outside_its
     os.chmod(platform_secret, 0o644)
     keyring = str(platform_secret)
     listener = socket.create_server(("127.0.0.1", 0))  # on the host: reachable only with the network on
+    # The platform's own key files (the KEK and the encrypted keyring) exist on the host.
+    key_files = [str(path) for path in (settings.PLATFORM_KEK_FILE, settings.PLATFORM_KEYRING_FILE) if path.exists()]
+    assert len(key_files) == 2
     argv = ["python3", "-c", SANDBOX_PROBE, str(listener.getsockname()[1]), str(neighbour / "weights.bin"), keyring,
-            "/proc/1/environ", "/proc/self/environ"]
+            *key_files, "/proc/1/environ", "/proc/self/environ"]
     run_id = start_run(gate, spec_with([{"name": "probe", "command": argv}]))
     run = wait_state(run_id, FINISHED)
     log = log_of(gate, run_id)
@@ -220,6 +223,7 @@ def test_a_step_cannot_read_other_runs_or_platform_secrets_nor_write_outside_its
     seen = probe_of(log)
     assert seen[str(neighbour / "weights.bin")] == "FileNotFoundError"  # not even in its mount namespace
     assert seen[keyring] == "FileNotFoundError"
+    assert [seen[path] for path in key_files] == ["FileNotFoundError"] * 2
     assert seen["/workspace/written.txt"] == "written" and seen["cwd"] == "/workspace"
     assert seen["/tmp/written.txt"] == "written"  # /tmp is inside the run's directory
     assert {seen[path] for path in ("/usr/written.txt", "/etc/written.txt", "/written.txt")} <= {
