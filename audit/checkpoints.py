@@ -7,8 +7,9 @@ A checkpoint is a C2SP signed note, as Rekor writes them:
 signed with the platform's active key (ECDSA P-256 over the note body; the key hint is the
 first four bytes of SHA-256 over the key's DER public key). A tenant head is a note of the same
 form whose body is ``<origin>/tenant``, the tenant, its event count, the checkpoint size and
-root. ``parse_note`` and ``verify_note`` need only the standard library and ``cryptography``:
-the standalone export verifier uses them.
+root. An export's manifest is signed by a note whose body is ``<origin>/export`` and the
+SHA-256 of its ``manifest.json``. ``parse_note`` and ``verify_note`` need only the standard
+library and ``cryptography``: the standalone export verifier uses them.
 """
 
 import base64
@@ -49,6 +50,11 @@ PLATFORM_TENANT = "-"  # the platform's own events (no tenant): a note has no em
 def tenant_head_body(origin: str, tenant: str, tenant_size: int, size: int, root: bytes) -> str:
     return (f"{origin}/tenant\n{tenant or PLATFORM_TENANT}\n{tenant_size}\n{size}\n"
             f"{base64.b64encode(root).decode()}\n")
+
+
+def export_manifest_body(origin: str, manifest: bytes) -> str:
+    """What an export's manifest signature signs (it can parse as neither a checkpoint nor a head)."""
+    return f"{origin}/export\nsha256:{hashlib.sha256(manifest).hexdigest()}\n"
 
 
 def sign_note(body: str, *, name: str, private_key: ec.EllipticCurvePrivateKey) -> str:

@@ -10,21 +10,28 @@ An export is a folder (or the same files in a zip):
   its per-tenant position, and the inclusion proof against the checkpoint;
 - ``consistency.jsonl``: a consistency proof from every earlier checkpoint to this one, so a
   regulator holding any earlier checkpoint can check this one extends it;
-- ``manifest.json``: what was asked for.
+- ``manifest.json``: what was asked for, what the pack holds (tenant, tree size, tenant size,
+  event count) and the SHA-256 of every other file;
+- ``manifest-signature.txt``: a note signed with the checkpoint key over the manifest's SHA-256,
+  so that nothing in the pack can be edited unseen.
 
 Other tenants' events are not in it: their leaves appear only as hashes inside proofs.
 ``python -m audit.verify_export`` checks a pack with the standard library and cryptography.
 """
 
+import hashlib
 import io
 import json
 import zipfile
 from pathlib import Path
 
+from django.conf import settings
 from django.utils import timezone
 
 from . import tree
 from .checkpointing import checkpoint_write
+from .checkpoints import export_manifest_body, sign_note
+from .keys import platform_keyring
 from .sequencer import sequence_all
 from .models import AuditCheckpoint, AuditLeaf
 
@@ -85,12 +92,17 @@ def export_files(*, tenant: str, since=None, until=None, using: str) -> dict[str
         leaves = leaves.filter(event__occurred_at__gte=since)
     events = [proved_event(leaf, size, using=using) for leaf in leaves.iterator(chunk_size=1000)]
     consistency = consistency_proofs(size, using=using)
+    files = {"checkpoint.txt": checkpoint.note.encode(), "tenant-head.txt": head.note.encode(),
+             "events.jsonl": jsonl(events), "consistency.jsonl": jsonl(consistency)}
     manifest = {"format": FORMAT, "tenant": tenant, "tree_size": size, "tenant_size": head.tenant_size,
                 "events": len(events), "since": since.isoformat() if since else None,
-                "until": until.isoformat() if until else None, "exported_at": timezone.now().isoformat()}
-    return {"manifest.json": json.dumps(manifest, indent=2, sort_keys=True).encode(),
-            "checkpoint.txt": checkpoint.note.encode(), "tenant-head.txt": head.note.encode(),
-            "events.jsonl": jsonl(events), "consistency.jsonl": jsonl(consistency)}
+                "until": until.isoformat() if until else None, "exported_at": timezone.now().isoformat(),
+                "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
+    manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    origin = settings.AUDIT_LOG_ORIGIN
+    signature = sign_note(export_manifest_body(origin, manifest_bytes), name=origin,
+                          private_key=platform_keyring().active().private_key)
+    return {"manifest.json": manifest_bytes, "manifest-signature.txt": signature.encode(), **files}
 
 
 def write_folder(files: dict[str, bytes], folder: Path) -> None:

@@ -1,7 +1,7 @@
 """Verify a tenant audit export offline, trusting only a public key you obtained yourself.
 
-    python -m audit.verify_export DIR --public-key FILE [--previous-checkpoint FILE]
-                                      [--previous-tenant-head FILE]
+    python -m audit.verify_export DIR --public-key FILE [--public-key FILE ...]
+                                      [--previous-checkpoint FILE] [--previous-tenant-head FILE]
 
 Uses only the standard library and ``cryptography`` (no Django, no database). It checks:
 
@@ -12,17 +12,26 @@ Uses only the standard library and ``cryptography`` (no Django, no database). It
   root;
 - the tenant's positions run without a gap from 0 (or from the earlier tenant head you kept)
   up to the count the signed head states, so an omitted event is detected;
-- with an earlier checkpoint you kept: that this one is consistent with it.
+- with an earlier checkpoint or tenant head you kept: that this checkpoint is consistent with
+  the one it was signed with;
+- every consistency proof in the pack leads from the root it names to the signed root;
+- the manifest is signed by the given key, lists exactly the pack's other files with their
+  SHA-256, and says (tenant, tree size, tenant size, event count) what was verified; so any
+  edit to any file of the pack fails.
+
+Give ``--public-key`` once per platform key you hold (``manage.py audit public-key --all``):
+after a key rotation, an earlier checkpoint you kept is signed by an earlier key.
 
 Exit status 0 when everything verifies; 1 with one sentence naming the first problem.
 """
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
 
-from audit.checkpoints import NoteInvalid, parse_checkpoint, parse_tenant_head, verify_note
+from audit.checkpoints import NoteInvalid, export_manifest_body, parse_checkpoint, parse_tenant_head, verify_note
 from audit.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
 
 
@@ -37,32 +46,47 @@ def sequencing_entry(event_hash: str, tenant: str, tenant_position: int) -> byte
                       sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def verify_pack(folder: Path, public_pem: str, *, previous_checkpoint: str | None = None,
+EVENT_KEYS = {"position", "tenant_position", "canonical", "leaf", "proof"}
+CONSISTENCY_KEYS = {"from", "from_root", "proof"}
+MANIFEST_FILES = {"checkpoint.txt", "tenant-head.txt", "events.jsonl", "consistency.jsonl"}
+
+
+def verified_note(note: str, public_pems: list[str]) -> str:
+    """The note's body if one of the keys signed it; the last key's reason otherwise."""
+    reason = "no public key was given"
+    for pem in public_pems:
+        try:
+            return verify_note(note, pem)
+        except NoteInvalid as exc:
+            reason = str(exc)
+    raise NoteInvalid(reason)
+
+
+def verify_pack(folder: Path, public_pems: str | list[str], *, previous_checkpoint: str | None = None,
                 previous_tenant_head: str | None = None) -> dict:
     """Return a summary if the pack verifies; raise PackInvalid naming the first problem."""
+    pems = [public_pems] if isinstance(public_pems, str) else list(public_pems)
     try:
-        checkpoint = parse_checkpoint(verify_note((folder / "checkpoint.txt").read_text(), public_pem))
+        checkpoint = parse_checkpoint(verified_note((folder / "checkpoint.txt").read_text(), pems))
         _, tenant, tenant_size, head_size, head_root = parse_tenant_head(
-            verify_note((folder / "tenant-head.txt").read_text(), public_pem))
+            verified_note((folder / "tenant-head.txt").read_text(), pems))
     except (OSError, NoteInvalid) as exc:
         raise PackInvalid(f"the checkpoint or tenant head does not verify: {exc}") from None
     if (head_size, head_root) != (checkpoint.size, checkpoint.root):
         raise PackInvalid("the tenant head belongs to another checkpoint")
+    consistency = consistency_records(_read(folder, "consistency.jsonl"), checkpoint)
     start = 0
     if previous_tenant_head is not None:
         try:
-            _, kept_tenant, start, _, _ = parse_tenant_head(verify_note(previous_tenant_head, public_pem))
+            _, kept_tenant, start, kept_size, kept_root = parse_tenant_head(verified_note(previous_tenant_head, pems))
         except NoteInvalid as exc:
             raise PackInvalid(f"the earlier tenant head does not verify: {exc}") from None
         if kept_tenant != tenant:
             raise PackInvalid("the earlier tenant head is another tenant's")
+        check_consistency(consistency, kept_size, kept_root, checkpoint, what="the earlier tenant head's checkpoint")
     expected = start  # the next tenant position the pack must hold
     count = 0
-    try:
-        lines = (folder / "events.jsonl").read_text().splitlines()
-    except OSError as exc:
-        raise PackInvalid(f"events.jsonl cannot be read: {exc}") from None
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(_read(folder, "events.jsonl").splitlines(), start=1):
         _, tenant_position = proven_event(line, number, checkpoint, tenant)
         if tenant_position != expected:
             raise PackInvalid(f"tenant position {expected} is missing (line {number} has {tenant_position})")
@@ -72,8 +96,51 @@ def verify_pack(folder: Path, public_pem: str, *, previous_checkpoint: str | Non
         raise PackInvalid(f"the signed tenant head counts {tenant_size} events; the pack ends at {expected}: "
                           "events are missing")
     if previous_checkpoint is not None:
-        check_consistency((folder / "consistency.jsonl").read_text(), previous_checkpoint, public_pem, checkpoint)
-    return {"tenant": tenant, "events": count, "tree_size": checkpoint.size, "tenant_size": tenant_size}
+        try:
+            previous = parse_checkpoint(verified_note(previous_checkpoint, pems))
+        except NoteInvalid as exc:
+            raise PackInvalid(f"the earlier checkpoint does not verify: {exc}") from None
+        check_consistency(consistency, previous.size, previous.root, checkpoint, what="the earlier checkpoint")
+    summary = {"tenant": tenant, "events": count, "tree_size": checkpoint.size, "tenant_size": tenant_size}
+    check_manifest(folder, summary, pems, checkpoint.origin)
+    return summary
+
+
+def _read(folder: Path, name: str) -> str:
+    try:
+        return (folder / name).read_text()
+    except (OSError, UnicodeError) as exc:
+        raise PackInvalid(f"{name} cannot be read: {exc}") from None
+
+
+def check_manifest(folder: Path, summary: dict, pems: list[str], origin: str) -> None:
+    """The manifest is signed, lists exactly the other files with their digests, and states what
+    was verified."""
+    try:
+        manifest_bytes = (folder / "manifest.json").read_bytes()
+        signed = verified_note(_read(folder, "manifest-signature.txt"), pems)
+    except (OSError, NoteInvalid) as exc:
+        raise PackInvalid(f"the manifest's signature does not verify: {exc}") from None
+    if signed != export_manifest_body(origin, manifest_bytes):
+        raise PackInvalid("manifest-signature.txt signs another manifest than manifest.json")
+    try:
+        manifest = json.loads(manifest_bytes)
+        listed = manifest["files"]
+        stated = {key: manifest[key] for key in summary}
+    except (ValueError, KeyError, TypeError):
+        raise PackInvalid("manifest.json is not a valid export manifest") from None
+    if not isinstance(listed, dict) or set(listed) != MANIFEST_FILES:
+        raise PackInvalid("manifest.json does not list exactly the export's files")
+    present = {path.name for path in folder.iterdir()} - {"manifest.json", "manifest-signature.txt"}
+    if present != MANIFEST_FILES:
+        extra = ", ".join(sorted(present - MANIFEST_FILES))
+        raise PackInvalid(f"the pack holds files its manifest does not list: {extra}" if extra
+                          else "a file of the pack is missing")
+    for name in sorted(MANIFEST_FILES):
+        if hashlib.sha256((folder / name).read_bytes()).hexdigest() != listed[name]:
+            raise PackInvalid(f"{name} does not match its digest in manifest.json")
+    if stated != summary:
+        raise PackInvalid("manifest.json states another tenant, size or count than the signed files show")
 
 
 def proven_event(line: str, number: int, checkpoint, tenant: str) -> tuple[dict, int]:
@@ -81,6 +148,8 @@ def proven_event(line: str, number: int, checkpoint, tenant: str) -> tuple[dict,
     ``checkpoint``; return the event's body and its tenant position."""
     try:
         event = json.loads(line)
+        if set(event) != EVENT_KEYS:
+            raise KeyError
         canonical, position = event["canonical"].encode(), int(event["position"])
         tenant_position, proof = int(event["tenant_position"]), [bytes.fromhex(h) for h in event["proof"]]
         body = json.loads(canonical)
@@ -90,7 +159,7 @@ def proven_event(line: str, number: int, checkpoint, tenant: str) -> tuple[dict,
     if stated_tenant != tenant:
         raise PackInvalid(f"event line {number} belongs to tenant {stated_tenant!r}, not {tenant!r}")
     entry = sequencing_entry(leaf_hash(canonical).hex(), tenant, tenant_position)
-    if event.get("leaf") is not None and event["leaf"].encode() != entry:
+    if event["leaf"] != entry.decode():
         raise PackInvalid(f"event line {number}: its sequencing entry does not match its canonical bytes")
     try:
         verify_inclusion(position, checkpoint.size, leaf_hash(entry), proof, checkpoint.root)
@@ -99,40 +168,53 @@ def proven_event(line: str, number: int, checkpoint, tenant: str) -> tuple[dict,
     return body, tenant_position
 
 
-def check_consistency(consistency_lines: str, previous_note: str, public_pem: str, checkpoint) -> None:
-    """That ``checkpoint`` extends the earlier checkpoint a regulator kept, by the proof from its
-    size among ``consistency_lines`` (JSON lines: from, proof)."""
-    try:
-        previous = parse_checkpoint(verify_note(previous_note, public_pem))
-    except NoteInvalid as exc:
-        raise PackInvalid(f"the earlier checkpoint does not verify: {exc}") from None
-    if previous.size == checkpoint.size:
-        if previous.root != checkpoint.root:
-            raise PackInvalid("the earlier checkpoint has the same size but another root")
+def consistency_records(text: str, checkpoint) -> dict[int, tuple[bytes, list[bytes]]]:
+    """The pack's consistency proofs by earlier size, each checked to lead from the root it names
+    to the signed root: {size: (root, proof)}."""
+    records = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            record = json.loads(line)
+            if set(record) != CONSISTENCY_KEYS:
+                raise KeyError
+            size, root = int(record["from"]), bytes.fromhex(record["from_root"])
+            proof = [bytes.fromhex(h) for h in record["proof"]]
+            verify_consistency(size, checkpoint.size, root, checkpoint.root, proof)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise PackInvalid(f"consistency line {number} is not a valid consistency record") from None
+        except ProofError as exc:
+            raise PackInvalid(f"consistency line {number} does not lead to the signed root: {exc}") from None
+        records[size] = (root, proof)
+    return records
+
+
+def check_consistency(records: dict, previous_size: int, previous_root: bytes, checkpoint, *, what: str) -> None:
+    """That ``checkpoint`` extends the tree of ``previous_size`` with ``previous_root``, which
+    the regulator kept (from a checkpoint or a tenant head)."""
+    if previous_size == checkpoint.size:
+        if previous_root != checkpoint.root:
+            raise PackInvalid(f"{what} has this checkpoint's size but another root")
         return
-    for line in consistency_lines.splitlines():
-        record = json.loads(line)
-        if int(record["from"]) == previous.size:
-            try:
-                verify_consistency(previous.size, checkpoint.size, previous.root, checkpoint.root,
-                                   [bytes.fromhex(h) for h in record["proof"]])
-            except ProofError as exc:
-                raise PackInvalid(f"this checkpoint is not consistent with the earlier one: {exc}") from None
-            return
-    raise PackInvalid(f"the pack has no consistency proof from the earlier checkpoint's size {previous.size}")
+    if previous_size not in records:
+        raise PackInvalid(f"the pack has no consistency proof from {what}'s size {previous_size}")
+    try:
+        verify_consistency(previous_size, checkpoint.size, previous_root, checkpoint.root, records[previous_size][1])
+    except ProofError as exc:
+        raise PackInvalid(f"this checkpoint is not consistent with {what}: {exc}") from None
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m audit.verify_export", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--public-key", required=True, type=Path, help="the checkpoint key (PEM), kept out of band")
+    parser.add_argument("--public-key", required=True, type=Path, action="append",
+                        help="a platform checkpoint key (PEM), kept out of band; repeat for earlier keys")
     parser.add_argument("--previous-checkpoint", type=Path, help="a checkpoint you kept from before")
     parser.add_argument("--previous-tenant-head", type=Path, help="the tenant head you kept from before")
     options = parser.parse_args(argv)
     try:
-        pem = options.public_key.read_text()
+        pems = [path.read_text() for path in options.public_key]
         summary = verify_pack(
-            options.folder, pem,
+            options.folder, pems,
             previous_checkpoint=options.previous_checkpoint.read_text() if options.previous_checkpoint else None,
             previous_tenant_head=options.previous_tenant_head.read_text() if options.previous_tenant_head else None)
     except PackInvalid as exc:

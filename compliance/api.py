@@ -144,8 +144,9 @@ class ConsistencyProof(APIView):
 
 
 class CheckpointPublicKey(APIView):
-    """The public key checkpoints are signed with (PEM), its key id and 4-byte key hint. A
-    regulator should keep it from a source other than the platform they are checking."""
+    """The public key checkpoints are signed with (PEM), its key id and 4-byte key hint, and in
+    ``keys`` every platform key, retired ones included (older checkpoints stay signed by them).
+    A regulator should keep them from a source other than the platform they are checking."""
 
     permission_classes = [AllowAny]
 
@@ -157,9 +158,12 @@ class CheckpointPublicKey(APIView):
 def checkpoint_public_key() -> dict:
     from django.conf import settings
 
-    key = platform_keyring().active()
+    keyring = platform_keyring()
+    key = keyring.active()
     return {"key_id": key.kid, "key_hint": key_hint(key.public_pem).hex(), "origin": settings.AUDIT_LOG_ORIGIN,
-            "public_key_pem": key.public_pem}
+            "public_key_pem": key.public_pem,
+            "keys": [{"key_id": each.kid, "key_hint": key_hint(each.public_pem).hex(), "created_at": each.created_at,
+                      "retired_at": each.retired_at, "public_key_pem": each.public_pem} for each in keyring.keys()]}
 
 
 class TenantAuditExport(TenantScopedMixin, APIView):

@@ -38,10 +38,11 @@ from pathlib import Path
 
 import rfc8785
 
-from audit.checkpoints import NoteInvalid, parse_checkpoint, parse_tenant_head, verify_note
+from audit.checkpoints import NoteInvalid, parse_checkpoint, parse_tenant_head
 from audit.hashing import SAFE_INTEGER
 from audit.keys import kid_of_pem
-from audit.verify_export import PackInvalid, check_consistency, proven_event
+from audit.verify_export import (PackInvalid, check_consistency, consistency_records, proven_event,
+                                 verified_note)
 from workflows.attestations import PROVENANCE_PREDICATE, AttestationInvalid, verify_attestation
 
 KIND = "neocloud/promotion-evidence"
@@ -99,21 +100,10 @@ def _check_manifest(files: dict[str, bytes]) -> dict:
 
 
 def _signed(note: str, public_pems: list[str]) -> str:
-    reason = "no key was given"
-    for pem in public_pems:
-        try:
-            return verify_note(note, pem)
-        except NoteInvalid as problem:
-            reason = str(problem)
-    raise PackInvalid(f"a signed note in the pack does not verify: {reason}")
-
-
-def _verifies(note: str, pem: str) -> bool:
     try:
-        verify_note(note, pem)
-    except NoteInvalid:
-        return False
-    return True
+        return verified_note(note, public_pems)
+    except NoteInvalid as problem:
+        raise PackInvalid(f"a signed note in the pack does not verify: {problem}") from None
 
 
 class _Log:
@@ -356,9 +346,9 @@ def verify_evidence(path: Path, public_pems: list[str], *, previous_checkpoint: 
     verifications = _check_artifacts(files, version, public_pems, log)
     attested = _check_attestation(files, promotion, version, decisions, approvals, public_pems, log)
     if previous_checkpoint is not None:
-        _signed(previous_checkpoint, public_pems)
-        pem = next(pem for pem in public_pems if _verifies(previous_checkpoint, pem))
-        check_consistency(files.get("consistency.jsonl", b"").decode(), previous_checkpoint, pem, log.checkpoint)
+        previous = parse_checkpoint(_signed(previous_checkpoint, public_pems))
+        records = consistency_records(files.get("consistency.jsonl", b"").decode(), log.checkpoint)
+        check_consistency(records, previous.size, previous.root, log.checkpoint, what="the earlier checkpoint")
     return {"promotion": promotion["id"], "tenant": promotion["tenant"], "state": promotion["state"],
             "events": len(log.events), "tree_size": log.checkpoint.size, "decisions": len(decisions),
             "approvals": len(approvals), "verifications": verifications, "attested": attested}

@@ -93,7 +93,11 @@ def test_checkpoints_are_signed_notes_with_a_head_per_tenant_and_verify_passes(l
 def test_verify_detects_tampering_and_names_where(live_db, tamper):
     from datetime import timedelta
 
+    from django.utils import timezone
+
+    from audit import hashing
     from audit.appendonly import triggers_suspended
+    from audit.log import Actor, _build
     from audit.models import AuditCheckpoint
     from audit.verify import verify_log
 
@@ -112,9 +116,16 @@ def test_verify_detects_tampering_and_names_where(live_db, tamper):
             cursor.execute("UPDATE audit_auditleaf SET position = 10 WHERE position = -1")
         elif tamper == "deleted_leaf":
             cursor.execute("DELETE FROM audit_auditleaf WHERE position = 3")
-        elif tamper == "inserted":
-            cursor.execute('DELETE FROM audit_audittreenode WHERE level = 0 AND "index" = 11')
-            cursor.execute('INSERT INTO audit_audittreenode (level, "index", hash) VALUES (0, 11, %s)', ["ab" * 32])
+        elif tamper == "inserted":  # a made-up event slipped in at 11, well formed, the later ones moved up
+            cursor.execute("UPDATE audit_auditleaf SET position = -position - 1 WHERE position >= 11")
+            cursor.execute("UPDATE audit_auditleaf SET position = -position WHERE position < 0")
+            event = _build(action="membership.grant", actor=Actor(type="user", id="1", name="alice"),
+                           tenant="acme-bank-shadow", target=None, data={"role": "tenant_admin"}, outcome="success")
+            event.save(using="owner")
+            body = AuditLeaf.leaf_body(event_hash=event.event_hash, tenant="acme-bank-shadow", tenant_position=0)
+            AuditLeaf.objects.using("owner").create(
+                position=11, event=event, tenant="acme-bank-shadow", tenant_position=0, leaf=body.decode(),
+                leaf_hash=hashing.leaf_hash(body).hex(), sequenced_at=timezone.now())
     report = verify_log(using="owner", max_unsequenced=timedelta(minutes=5))
     assert not report.ok
     problem = report.problems[0]
@@ -150,3 +161,36 @@ def test_proofs_and_the_public_key_through_the_api_and_the_command(world, api, c
     call_command("audit", "public-key")
     printed = capsys.readouterr().out
     assert key["key_id"] in printed and key["public_key_pem"].strip() in printed
+
+
+def test_a_checkpoint_is_due_every_n_events_or_t_seconds_and_beats_task_writes_it(live_db, settings):
+    from datetime import timedelta
+
+    from audit.checkpointing import checkpoint_due, checkpoint_write
+    from audit.models import AuditCheckpoint, AuditEvent
+    from audit.sequencer import sequence_all
+    from audit.tasks import sequence_pending as beat_task
+
+    settings.AUDIT_CHECKPOINT_EVERY = 5
+    record_events(2, tenant="acme-bank")
+    sequence_all(using="owner")
+    # A fresh checkpoint first: the session's worker (its own settings: 1,000 events or 60 s)
+    # then has none due while this test runs.
+    first = checkpoint_write(using="owner")
+    assert first is not None and not checkpoint_due(using="owner")  # its own event does not make one due
+    record_events(4, tenant="acme-bank")
+    sequence_all(using="owner")
+    assert not checkpoint_due(using="owner")  # 4 of 5 events
+    seconds = timedelta(seconds=settings.AUDIT_CHECKPOINT_SECONDS)
+    assert checkpoint_due(using="owner", moment=first.created_at + seconds)  # or T seconds, whichever first
+    assert not checkpoint_due(using="owner", moment=first.created_at + seconds - timedelta(seconds=1))
+    record_events(1, tenant="acme-bank")
+    sequence_all(using="owner")
+    assert checkpoint_due(using="owner")  # the 5th event
+
+    beat_task()  # what beat runs: sequence, then sign the checkpoint that is due
+    latest = AuditCheckpoint.objects.using("owner").order_by("-tree_size").first()
+    assert latest.tree_size == first.tree_size + 1 + 5  # the first one's own event, then five
+    assert AuditEvent.objects.using("owner").filter(action="audit.checkpoint", target_id=str(latest.tree_size),
+                                                    data__root_hash=latest.root_hash).count() == 1
+    assert not checkpoint_due(using="owner")

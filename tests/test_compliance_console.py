@@ -145,6 +145,27 @@ def test_the_checkpoint_status_says_verified_and_flags_a_forged_checkpoint(world
     assert f"checkpoint {size} is not signed by a platform key" in page
 
 
+def test_the_export_link_downloads_a_pack_that_verifies(world, client, tmp_path):
+    import io
+    import zipfile
+
+    from audit.keys import platform_keyring
+    from audit.verify_export import verify_pack
+
+    record_many(3)
+    sign_in(client, world.a.auditor)
+    page = client.get("/t/acme-bank/audit/").content.decode()
+    link = re.search(r'id="audit-export" href="([^"]+)"', page).group(1)
+    response = client.get(link)  # the console's session is enough: no API token
+    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
+    zipfile.ZipFile(io.BytesIO(response.content)).extractall(tmp_path / "export")
+    summary = verify_pack(tmp_path / "export", platform_keyring().active().public_pem)
+    assert summary["tenant"] == "acme-bank" and summary["events"] >= 3
+    sign_in(client, world.a.developer)
+    assert client.get(link).status_code == 403
+
+
+@pytest.mark.browser
 def test_an_auditor_filters_a_promotions_events_and_downloads_a_pack_that_verifies(
         world, api, tmp_path, live_server, open_page):
     gate = Gate(world, api, tmp_path)

@@ -29,7 +29,9 @@ class Command(BaseCommand):
                             help="Seconds an event may stay unsequenced (default AUDIT_MAX_UNSEQUENCED_SECONDS).")
         sub.add_parser("sequence", help="Sequence every committed event that is still pending.")
         sub.add_parser("checkpoint", help="Sequence what is pending and sign a checkpoint now.")
-        sub.add_parser("public-key", help="Print the checkpoint public key (PEM) with its key id.")
+        public_key = sub.add_parser("public-key", help="Print the checkpoint public key (PEM) with its key id.")
+        public_key.add_argument("--all", action="store_true",
+                                help="Print every platform key, retired ones included (older checkpoints' keys).")
         export = sub.add_parser("export", help="Write a tenant's verifiable audit export to a folder.")
         export.add_argument("--tenant", required=True)
         export.add_argument("--since", type=_moment, help="ISO date or time: leave out earlier events")
@@ -41,8 +43,11 @@ class Command(BaseCommand):
             from compliance.api import checkpoint_public_key
 
             key = checkpoint_public_key()
-            self.stdout.write(f"# key id {key['key_id']}, key hint {key['key_hint']}, origin {key['origin']}")
-            self.stdout.write(key["public_key_pem"].rstrip("\n"))
+            for each in key["keys"] if options["all"] else [key]:
+                state = f", retired {each['retired_at']}" if each.get("retired_at") else ""
+                self.stdout.write(f"# key id {each['key_id']}, key hint {each['key_hint']}, "
+                                  f"origin {key['origin']}{state}")
+                self.stdout.write(each["public_key_pem"].rstrip("\n"))
             return
         if subcommand == "export":
             from audit.export import NothingToExport, export_files, write_folder
