@@ -194,3 +194,37 @@ def test_a_checkpoint_is_due_every_n_events_or_t_seconds_and_beats_task_writes_i
     assert AuditEvent.objects.using("owner").filter(action="audit.checkpoint", target_id=str(latest.tree_size),
                                                     data__root_hash=latest.root_hash).count() == 1
     assert not checkpoint_due(using="owner")
+
+
+def test_sigstores_inclusion_verifier_accepts_proofs_from_the_stored_tree(live_db):
+    """The real sequencing entries and the proofs the platform serves (from the stored
+    subtrees), in a Rekor entry that sigstore-python checks with its own code."""
+    import base64
+    import json
+    from pathlib import Path
+
+    from sigstore._internal.merkle import verify_merkle_inclusion
+    from sigstore.errors import VerificationError
+    from sigstore.models import TransparencyLogEntry
+    from sigstore_models.rekor.v1 import TransparencyLogEntry as RekorEntry
+
+    record_events(9, tenant="acme-bank")
+    record_events(4, tenant="st-mary-hospital")
+    sequence_pending(using="owner")
+    size = AuditLeaf.objects.using("owner").count()
+    bundle = json.loads((Path(__file__).parent / "data" / "sigstore" / "rfc8785-0.1.2-py3-none-any.whl.sigstore")
+                        .read_text())
+    template = bundle["verificationMaterial"]["tlogEntries"][0]
+    root = base64.b64encode(tree.root(size, using="owner")).decode()
+    for leaf in AuditLeaf.objects.using("owner").filter(position__in=(0, 6, size - 1)):
+        proof = tree.inclusion_proof(leaf.position, size, using="owner")
+        entry = {**template, "logIndex": str(leaf.position),
+                 "canonicalizedBody": base64.b64encode(leaf.leaf.encode()).decode(),
+                 "inclusionProof": {**template["inclusionProof"], "logIndex": str(leaf.position),
+                                    "treeSize": str(size), "rootHash": root,
+                                    "hashes": [base64.b64encode(h).decode() for h in proof]}}
+        verify_merkle_inclusion(TransparencyLogEntry(RekorEntry.from_dict(entry)))
+        edited = leaf.leaf.replace('"event_hash":"', '"event_hash":"0', 1)
+        entry["canonicalizedBody"] = base64.b64encode(edited.encode()).decode()
+        with pytest.raises(VerificationError):  # an edited entry does not lead to the root
+            verify_merkle_inclusion(TransparencyLogEntry(RekorEntry.from_dict(entry)))
