@@ -10,7 +10,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from . import tree
-from .checkpoints import checkpoint_body, sign_note, tenant_head_body
+from .checkpoints import checkpoint_body, key_hint, sign_note, tenant_head_body
 from .keys import platform_keyring
 from .log import Actor, Target, record
 from .models import AuditCheckpoint, AuditLeaf, AuditTenantHead, SequencerState
@@ -60,3 +60,17 @@ def checkpoint_write(*, using: str, moment=None) -> AuditCheckpoint | None:
                                   "tenants": len(heads)})
         sequence_pending(using=using)  # the checkpoint's own event is the next leaf at once
     return checkpoint
+
+
+def checkpoint_public_keys() -> dict:
+    """The active checkpoint key (PEM, key id, 4-byte key hint, the log's origin), and in
+    ``keys`` every platform key, retired ones included: older checkpoints stay signed by them."""
+    keyring = platform_keyring()
+
+    def described(key) -> dict:
+        return {"key_id": key.kid, "key_hint": key_hint(key.public_pem).hex(), "created_at": key.created_at,
+                "retired_at": key.retired_at, "public_key_pem": key.public_pem}
+
+    active = described(keyring.active())
+    return {"key_id": active["key_id"], "key_hint": active["key_hint"], "origin": settings.AUDIT_LOG_ORIGIN,
+            "public_key_pem": active["public_key_pem"], "keys": [described(key) for key in keyring.keys()]}

@@ -118,8 +118,11 @@ def check_manifest(folder: Path, summary: dict, pems: list[str], origin: str) ->
     was verified."""
     try:
         manifest_bytes = (folder / "manifest.json").read_bytes()
+    except OSError as exc:
+        raise PackInvalid(f"manifest.json cannot be read: {exc}") from None
+    try:
         signed = verified_note(_read(folder, "manifest-signature.txt"), pems)
-    except (OSError, NoteInvalid) as exc:
+    except NoteInvalid as exc:
         raise PackInvalid(f"the manifest's signature does not verify: {exc}") from None
     if signed != export_manifest_body(origin, manifest_bytes):
         raise PackInvalid("manifest-signature.txt signs another manifest than manifest.json")
@@ -168,9 +171,9 @@ def proven_event(line: str, number: int, checkpoint, tenant: str) -> tuple[dict,
     return body, tenant_position
 
 
-def consistency_records(text: str, checkpoint) -> dict[int, tuple[bytes, list[bytes]]]:
+def consistency_records(text: str, checkpoint) -> dict[int, list[bytes]]:
     """The pack's consistency proofs by earlier size, each checked to lead from the root it names
-    to the signed root: {size: (root, proof)}."""
+    to the signed root: {size: proof}."""
     records = {}
     for number, line in enumerate(text.splitlines(), start=1):
         try:
@@ -184,7 +187,7 @@ def consistency_records(text: str, checkpoint) -> dict[int, tuple[bytes, list[by
             raise PackInvalid(f"consistency line {number} is not a valid consistency record") from None
         except ProofError as exc:
             raise PackInvalid(f"consistency line {number} does not lead to the signed root: {exc}") from None
-        records[size] = (root, proof)
+        records[size] = proof
     return records
 
 
@@ -198,7 +201,7 @@ def check_consistency(records: dict, previous_size: int, previous_root: bytes, c
     if previous_size not in records:
         raise PackInvalid(f"the pack has no consistency proof from {what}'s size {previous_size}")
     try:
-        verify_consistency(previous_size, checkpoint.size, previous_root, checkpoint.root, records[previous_size][1])
+        verify_consistency(previous_size, checkpoint.size, previous_root, checkpoint.root, records[previous_size])
     except ProofError as exc:
         raise PackInvalid(f"this checkpoint is not consistent with {what}: {exc}") from None
 

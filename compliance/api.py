@@ -9,9 +9,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit import tree
-from audit.checkpoints import key_hint
+from audit.checkpointing import checkpoint_public_keys
 from audit.export import NothingToExport, as_zip, export_files
-from audit.keys import platform_keyring
 from audit.models import AuditCheckpoint, AuditEvent, AuditLeaf
 from audit.log import Target, record
 from tenants.access import actor_for, require
@@ -152,18 +151,7 @@ class CheckpointPublicKey(APIView):
 
     @extend_schema(responses={200: dict})
     def get(self, request):
-        return Response(checkpoint_public_key())
-
-
-def checkpoint_public_key() -> dict:
-    from django.conf import settings
-
-    keyring = platform_keyring()
-    key = keyring.active()
-    return {"key_id": key.kid, "key_hint": key_hint(key.public_pem).hex(), "origin": settings.AUDIT_LOG_ORIGIN,
-            "public_key_pem": key.public_pem,
-            "keys": [{"key_id": each.kid, "key_hint": key_hint(each.public_pem).hex(), "created_at": each.created_at,
-                      "retired_at": each.retired_at, "public_key_pem": each.public_pem} for each in keyring.keys()]}
+        return Response(checkpoint_public_keys())
 
 
 class TenantAuditExport(TenantScopedMixin, APIView):

@@ -40,9 +40,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, subcommand, **options):
         if subcommand == "public-key":
-            from compliance.api import checkpoint_public_key
+            from audit.checkpointing import checkpoint_public_keys
 
-            key = checkpoint_public_key()
+            key = checkpoint_public_keys()
             for each in key["keys"] if options["all"] else [key]:
                 state = f", retired {each['retired_at']}" if each.get("retired_at") else ""
                 self.stdout.write(f"# key id {each['key_id']}, key hint {each['key_hint']}, "
