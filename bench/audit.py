@@ -177,6 +177,14 @@ def event_arguments(writer: int, n: int, tag: str) -> dict:
     }
 
 
+def precomputed_rows(writer: int, count: int, tag: str) -> list[tuple]:
+    """``count`` events of ``writer`` built by the product's code (canonical JSON and hash), as
+    INSERT_SQL's parameters: the reference contenders write these without building anything."""
+    from audit.log import _build
+
+    return [insert_row(_build(outcome="success", **event_arguments(writer, n, tag))) for n in range(count)]
+
+
 def insert_row(event) -> tuple:
     return (event.uuid, event.occurred_at, event.actor_type, event.actor_id, event.actor_name, event.token_id,
             event.tenant, event.action, event.outcome, event.target_type, event.target_id, json.dumps(event.data),
@@ -267,10 +275,8 @@ def bare_inserts(writers: int, per_writer: int, tag: str, processes: bool) -> fl
     """Bare INSERTs of precomputed rows, one transaction each; the wall time."""
     import psycopg
 
-    from audit.log import _build
-
     def prepare(index):
-        rows = [insert_row(_build(outcome="success", **event_arguments(index, n, tag))) for n in range(per_writer)]
+        rows = precomputed_rows(index, per_writer, tag)
         connection = psycopg.connect(APP_URL)
         return connection, rows
 
@@ -293,11 +299,9 @@ def django_inserts(writers: int, per_writer: int, tag: str, processes: bool) -> 
     here before record() does anything of its own. The wall time."""
     from django.db import connections, transaction
 
-    from audit.log import _build
-
     def prepare(index):
         connections["default"].ensure_connection()
-        return [insert_row(_build(outcome="success", **event_arguments(index, n, tag))) for n in range(per_writer)]
+        return precomputed_rows(index, per_writer, tag)
 
     def work(index, rows):
         connection = connections["default"]
