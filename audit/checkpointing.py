@@ -24,8 +24,11 @@ def checkpoint_due(*, using: str, moment=None) -> bool:
     grown = size - (last.tree_size + 1 if last else 0)  # a checkpoint's own event follows it
     if grown <= 0:
         return False
-    return (grown >= settings.AUDIT_CHECKPOINT_EVERY or last is None
-            or moment - last.created_at >= timedelta(seconds=settings.AUDIT_CHECKPOINT_SECONDS))
+    # The first checkpoint counts its T seconds from the first leaf, as later ones count from
+    # the checkpoint before them.
+    since = last.created_at if last else AuditLeaf.objects.using(using).get(position=0).sequenced_at
+    return (grown >= settings.AUDIT_CHECKPOINT_EVERY
+            or moment - since >= timedelta(seconds=settings.AUDIT_CHECKPOINT_SECONDS))
 
 
 def checkpoint_write(*, using: str, moment=None) -> AuditCheckpoint | None:

@@ -171,17 +171,20 @@ def test_a_checkpoint_is_due_every_n_events_or_t_seconds_and_beats_task_writes_i
     from audit.sequencer import sequence_all
     from audit.tasks import sequence_pending as beat_task
 
+    from audit.models import AuditLeaf
+
     settings.AUDIT_CHECKPOINT_EVERY = 5
     record_events(2, tenant="acme-bank")
     sequence_all(using="owner")
-    # A fresh checkpoint first: the session's worker (its own settings: 1,000 events or 60 s)
-    # then has none due while this test runs.
+    seconds = timedelta(seconds=settings.AUDIT_CHECKPOINT_SECONDS)
+    assert not checkpoint_due(using="owner")  # the first: 2 of 5 events, and T counts from the first leaf
+    started = AuditLeaf.objects.using("owner").get(position=0).sequenced_at
+    assert checkpoint_due(using="owner", moment=started + seconds)
     first = checkpoint_write(using="owner")
     assert first is not None and not checkpoint_due(using="owner")  # its own event does not make one due
     record_events(4, tenant="acme-bank")
     sequence_all(using="owner")
     assert not checkpoint_due(using="owner")  # 4 of 5 events
-    seconds = timedelta(seconds=settings.AUDIT_CHECKPOINT_SECONDS)
     assert checkpoint_due(using="owner", moment=first.created_at + seconds)  # or T seconds, whichever first
     assert not checkpoint_due(using="owner", moment=first.created_at + seconds - timedelta(seconds=1))
     record_events(1, tenant="acme-bank")

@@ -44,4 +44,6 @@ def test_worker_keeps_sequencing_later_events(celery_worker, world, api):
     api(world.a.admin).delete(f"/api/v1/tenants/{world.a.tenant.slug}/members/outsider/")
     wait_for(lambda: all_sequenced() and AuditLeaf.objects.using("owner").count() > first, timeout=45,
              message="the later event to be sequenced")
-    assert AuditLeaf.objects.using("owner").order_by("-position").first().event.action == "membership.revoke"
+    # A checkpoint the worker signs after it would be the last leaf, so leave those out.
+    leaves = AuditLeaf.objects.using("owner").exclude(event__action="audit.checkpoint")
+    assert leaves.order_by("-position").first().event.action == "membership.revoke"
