@@ -2,7 +2,9 @@
 with depth or with the size of the log, an event page with its checked inclusion proof, the
 latest checkpoint's status, and the auditor's journey to a promotion's evidence pack."""
 
+import html
 import io
+import json
 import os
 import re
 import zipfile
@@ -14,11 +16,16 @@ from django.db import connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from audit import merkle
+from audit.appendonly import triggers_suspended
 from audit.checkpointing import checkpoint_write
+from audit.checkpoints import parse_checkpoint
+from audit.hashing import leaf_hash
 from audit.keys import platform_keyring
 from audit.log import Actor, Target, record
 from audit.models import AuditCheckpoint, AuditEvent
 from audit.sequencer import sequence_pending
+from audit.verify_export import verified_note
 from compliance.verify_evidence import verify_evidence
 
 from .conftest import ROOT, sign_in
@@ -119,10 +126,34 @@ def test_the_event_page_shows_its_checked_proof_and_hides_other_tenants_events(w
     own = AuditEvent.objects.using("owner").filter(tenant="acme-bank").order_by("id").first()
     page = client.get(f"/audit/events/{own.id}/").content.decode()
     assert "proven" in page and own.canonical.replace('"', "&quot;") in page
-    assert page.count("<li><code>") >= 1  # the proof's hashes
+    shown_proof_leads_to_the_signed_root(page, own)
     other = AuditEvent.objects.using("owner").filter(tenant="st-mary-hospital").first()
     assert client.get(f"/audit/events/{other.id}/").status_code == 404
     assert client.get("/audit/events/99999999/").status_code == 404
+
+    # Someone with the database edits the event: the page says so instead of "proven".
+    owner = connections["owner"]
+    with transaction.atomic(using="owner"), triggers_suspended(owner), owner.cursor() as cursor:
+        cursor.execute("UPDATE audit_auditevent SET data = %s WHERE id = %s", ['{"index": 99}', own.id])
+    page = client.get(f"/audit/events/{own.id}/").content.decode()
+    assert 'id="inclusion" class="bad"' in page and "proven" not in page
+    assert f"event {own.id} no longer matches its stored canonical JSON" in page
+
+
+def shown_proof_leads_to_the_signed_root(page: str, event: AuditEvent) -> None:
+    """Re-check what the page shows, from the page alone: its hashes, in order, must lead from
+    the shown sequencing entry to the root of the shown checkpoint, signed by the platform key."""
+    position = int(re.search(r"Sequence number <strong>(\d+)</strong>", page).group(1))
+    entry = html.unescape(re.search(r"Sequencing entry:</p>\s*<pre>(.*?)</pre>", page, re.S).group(1))
+    assert json.loads(entry)["event_hash"] == event.event_hash
+    note = html.unescape(re.search(r"<p>Checkpoint:</p><pre>(.*?)</pre>", page, re.S).group(1))
+    checkpoint = parse_checkpoint(verified_note(note, [key.public_pem for key in platform_keyring().keys()]))
+    proof = [bytes.fromhex(node) for node in re.findall(r"<li><code>([0-9a-f]{64})</code></li>", page)]
+    assert proof, "the page shows no proof"
+    merkle.verify_inclusion(position, checkpoint.size, leaf_hash(entry.encode()), proof, checkpoint.root)
+    with pytest.raises(merkle.ProofError):  # and the check is not vacuous: one changed hash fails
+        merkle.verify_inclusion(position, checkpoint.size, leaf_hash(entry.encode()), [bytes(32), *proof[1:]],
+                                checkpoint.root)
 
 
 def test_the_checkpoint_status_says_verified_and_flags_a_forged_checkpoint(world, client):
