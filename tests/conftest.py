@@ -36,6 +36,13 @@ def pytest_configure(config):
         )
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test that starts the session's Celery worker runs after all that do not: once up,
+    the worker keeps sequencing, checkpointing and admitting for the rest of the session, and
+    tests that drive those steps themselves must not meet it, whatever files are named."""
+    items.sort(key=lambda item: "celery_worker" in getattr(item, "fixturenames", ()))
+
+
 def _recreate_postgres_database():
     import psycopg
 
@@ -359,8 +366,8 @@ def _broker_reachable():
 def celery_worker(django_db_setup, tmp_path_factory):
     """A real `celery worker` subprocess with embedded beat, on the test database and broker.
 
-    Beat sequences the audit log every half second from then on, so modules that inspect
-    unsequenced events run before the first module that asks for the worker."""
+    Beat sequences the audit log every half second from then on (and admits runs every
+    second), so pytest_collection_modifyitems runs every test that asks for it last."""
     _broker_reachable()
     workdir = tmp_path_factory.mktemp("worker")
     log_path = workdir / "worker.log"

@@ -48,7 +48,8 @@ def test_registering_a_spec_creates_version_one_with_its_rfc8785_digest(develope
     assert (body["workflow"], body["number"], body["uses_images"]) == ("fraud-detector", 1, False)
     expected = hashlib.sha256(rfc8785.dumps({"spec": body["spec"], "artifacts": []})).hexdigest()
     assert body["digest"] == f"sha256:{expected}"
-    actions = list(AuditEvent.objects.using("owner").order_by("id").values_list("action", "target_id"))
+    actions = list(AuditEvent.objects.using("owner").exclude(action="audit.checkpoint").order_by("id")
+                   .values_list("action", "target_id"))
     assert actions[-2:] == [("workflow.create", "fraud-detector"), ("workflow_version.register", "fraud-detector@1")]
 
 
