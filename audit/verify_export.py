@@ -206,6 +206,21 @@ def check_consistency(records: dict, previous_size: int, previous_root: bytes, c
         raise PackInvalid(f"this checkpoint is not consistent with {what}: {exc}") from None
 
 
+class InputUnreadable(Exception):
+    """A file given on the command line cannot be read; the message is one sentence."""
+
+
+def _read_input(path: Path | None, what: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise InputUnreadable(f"The {what} {path} cannot be read: {exc.strerror or exc}.") from None
+    except UnicodeError:
+        raise InputUnreadable(f"The {what} {path} is not text (a PEM key or a signed note is).") from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m audit.verify_export", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
@@ -215,16 +230,18 @@ def main(argv=None) -> int:
     parser.add_argument("--previous-tenant-head", type=Path, help="the tenant head you kept from before")
     options = parser.parse_args(argv)
     try:
-        pems = [path.read_text() for path in options.public_key]
+        if not options.folder.is_dir():
+            raise InputUnreadable(f"The export folder {options.folder} does not exist or is not a folder.")
+        pems = [_read_input(path, "public key") for path in options.public_key]
         summary = verify_pack(
             options.folder, pems,
-            previous_checkpoint=options.previous_checkpoint.read_text() if options.previous_checkpoint else None,
-            previous_tenant_head=options.previous_tenant_head.read_text() if options.previous_tenant_head else None)
+            previous_checkpoint=_read_input(options.previous_checkpoint, "earlier checkpoint"),
+            previous_tenant_head=_read_input(options.previous_tenant_head, "earlier tenant head"))
     except PackInvalid as exc:
         print(f"The export does not verify: {exc}.", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as exc:
-        print(f"The export cannot be read: {exc}.", file=sys.stderr)
+    except InputUnreadable as exc:
+        print(exc, file=sys.stderr)
         return 1
     print(f"Verified: {summary['events']} event(s) of tenant {summary['tenant']}, complete up to its "
           f"{summary['tenant_size']} event(s) in the signed tree of size {summary['tree_size']}.")

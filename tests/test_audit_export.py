@@ -187,6 +187,24 @@ def test_a_key_from_elsewhere_is_refused(pack, tmp_path):
         verify_pack(folder, other.read_text())
 
 
+def test_the_verifier_names_an_input_it_cannot_read_in_one_sentence(pack, tmp_path):
+    folder, key, _ = pack
+    binary = tmp_path / "binary.bin"
+    binary.write_bytes(b"\xff\xfe\x00")
+    for args, sentence in [
+        ((tmp_path / "nowhere", "--public-key", key), f"The export folder {tmp_path / 'nowhere'} does not exist"),
+        ((folder, "--public-key", tmp_path / "missing.pem"),
+         f"The public key {tmp_path / 'missing.pem'} cannot be read: No such file or directory."),
+        ((folder, "--public-key", key, "--previous-checkpoint", binary),
+         f"The earlier checkpoint {binary} is not text"),
+        ((folder, "--public-key", key, "--previous-tenant-head", tmp_path),
+         f"The earlier tenant head {tmp_path} cannot be read: Is a directory."),
+    ]:
+        result = run_verifier(*args)
+        assert result.returncode == 1 and result.stderr.startswith(sentence), result.stderr
+        assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
 def test_the_api_serves_the_export_to_auditors_only(pack, world, api, tmp_path):
     folder, key, _ = pack
     response = api(world.a.auditor).client.get("/api/v1/tenants/acme-bank/audit/export/",
