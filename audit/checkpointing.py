@@ -26,7 +26,8 @@ def checkpoint_due(*, using: str, moment=None) -> bool:
         return False
     # The first checkpoint counts its T seconds from the first leaf, as later ones count from
     # the checkpoint before them.
-    since = last.created_at if last else AuditLeaf.objects.using(using).get(position=0).sequenced_at
+    since = last.created_at if last else (
+        AuditLeaf.objects.using(using).filter(position=0).values_list("sequenced_at", flat=True).first() or moment)
     return (grown >= settings.AUDIT_CHECKPOINT_EVERY
             or moment - since >= timedelta(seconds=settings.AUDIT_CHECKPOINT_SECONDS))
 
