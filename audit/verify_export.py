@@ -66,11 +66,11 @@ def verify_pack(folder: Path, public_pems: str | list[str], *, previous_checkpoi
                 previous_tenant_head: str | None = None) -> dict:
     """Return a summary if the pack verifies; raise PackInvalid naming the first problem."""
     pems = [public_pems] if isinstance(public_pems, str) else list(public_pems)
+    checkpoint_note, head_note = _read(folder, "checkpoint.txt"), _read(folder, "tenant-head.txt")
     try:
-        checkpoint = parse_checkpoint(verified_note((folder / "checkpoint.txt").read_text(), pems))
-        _, tenant, tenant_size, head_size, head_root = parse_tenant_head(
-            verified_note((folder / "tenant-head.txt").read_text(), pems))
-    except (OSError, NoteInvalid) as exc:
+        checkpoint = parse_checkpoint(verified_note(checkpoint_note, pems))
+        _, tenant, tenant_size, head_size, head_root = parse_tenant_head(verified_note(head_note, pems))
+    except NoteInvalid as exc:
         raise PackInvalid(f"the checkpoint or tenant head does not verify: {exc}") from None
     if (head_size, head_root) != (checkpoint.size, checkpoint.root):
         raise PackInvalid("the tenant head belongs to another checkpoint")
@@ -96,21 +96,28 @@ def verify_pack(folder: Path, public_pems: str | list[str], *, previous_checkpoi
         raise PackInvalid(f"the signed tenant head counts {tenant_size} events; the pack ends at {expected}: "
                           "events are missing")
     if previous_checkpoint is not None:
-        try:
-            previous = parse_checkpoint(verified_note(previous_checkpoint, pems))
-        except NoteInvalid as exc:
-            raise PackInvalid(f"the earlier checkpoint does not verify: {exc}") from None
+        previous = signed_checkpoint(previous_checkpoint, pems, what="the earlier checkpoint")
         check_consistency(consistency, previous.size, previous.root, checkpoint, what="the earlier checkpoint")
     summary = {"tenant": tenant, "events": count, "tree_size": checkpoint.size, "tenant_size": tenant_size}
     check_manifest(folder, summary, pems, checkpoint.origin)
     return summary
 
 
+def signed_checkpoint(note: str, pems: list[str], *, what: str):
+    """A checkpoint signed by one of the keys, parsed; PackInvalid naming ``what`` otherwise."""
+    try:
+        return parse_checkpoint(verified_note(note, pems))
+    except NoteInvalid as exc:
+        raise PackInvalid(f"{what} does not verify: {exc}") from None
+
+
 def _read(folder: Path, name: str) -> str:
     try:
         return (folder / name).read_text()
-    except (OSError, UnicodeError) as exc:
-        raise PackInvalid(f"{name} cannot be read: {exc}") from None
+    except OSError as exc:
+        raise PackInvalid(f"{name} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeError:
+        raise PackInvalid(f"{name} is not UTF-8 text") from None
 
 
 def check_manifest(folder: Path, summary: dict, pems: list[str], origin: str) -> None:
@@ -119,7 +126,7 @@ def check_manifest(folder: Path, summary: dict, pems: list[str], origin: str) ->
     try:
         manifest_bytes = (folder / "manifest.json").read_bytes()
     except OSError as exc:
-        raise PackInvalid(f"manifest.json cannot be read: {exc}") from None
+        raise PackInvalid(f"manifest.json cannot be read: {exc.strerror or exc}") from None
     try:
         signed = verified_note(_read(folder, "manifest-signature.txt"), pems)
     except NoteInvalid as exc:
@@ -210,7 +217,7 @@ class InputUnreadable(Exception):
     """A file given on the command line cannot be read; the message is one sentence."""
 
 
-def _read_input(path: Path | None, what: str) -> str | None:
+def read_input(path: Path | None, what: str) -> str | None:
     if path is None:
         return None
     try:
@@ -232,11 +239,11 @@ def main(argv=None) -> int:
     try:
         if not options.folder.is_dir():
             raise InputUnreadable(f"The export folder {options.folder} does not exist or is not a folder.")
-        pems = [_read_input(path, "public key") for path in options.public_key]
+        pems = [read_input(path, "public key") for path in options.public_key]
         summary = verify_pack(
             options.folder, pems,
-            previous_checkpoint=_read_input(options.previous_checkpoint, "earlier checkpoint"),
-            previous_tenant_head=_read_input(options.previous_tenant_head, "earlier tenant head"))
+            previous_checkpoint=read_input(options.previous_checkpoint, "earlier checkpoint"),
+            previous_tenant_head=read_input(options.previous_tenant_head, "earlier tenant head"))
     except PackInvalid as exc:
         print(f"The export does not verify: {exc}.", file=sys.stderr)
         return 1

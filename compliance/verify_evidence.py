@@ -41,8 +41,8 @@ import rfc8785
 from audit.checkpoints import NoteInvalid, parse_checkpoint, parse_tenant_head
 from audit.hashing import SAFE_INTEGER
 from audit.keys import kid_of_pem
-from audit.verify_export import (PackInvalid, check_consistency, consistency_records, proven_event,
-                                 verified_note)
+from audit.verify_export import (InputUnreadable, PackInvalid, check_consistency, consistency_records,
+                                 proven_event, read_input, signed_checkpoint, verified_note)
 from workflows.attestations import PROVENANCE_PREDICATE, AttestationInvalid, verify_attestation
 
 KIND = "neocloud/promotion-evidence"
@@ -99,9 +99,10 @@ def _check_manifest(files: dict[str, bytes]) -> dict:
     return manifest
 
 
-def _signed(note: str, public_pems: list[str]) -> str:
+def _signed(note: str, public_pems: list[str], parse):
+    """The note's body, signed by one of the keys, read by ``parse`` (a checkpoint or a head)."""
     try:
-        return verified_note(note, public_pems)
+        return parse(verified_note(note, public_pems))
     except NoteInvalid as problem:
         raise PackInvalid(f"a signed note in the pack does not verify: {problem}") from None
 
@@ -110,7 +111,7 @@ class _Log:
     """The pack's audit events, each proven in the signed checkpoint."""
 
     def __init__(self, files: dict[str, bytes], public_pems: list[str], tenant: str):
-        self.checkpoint = parse_checkpoint(_signed(files.get("checkpoint.txt", b"").decode(), public_pems))
+        self.checkpoint = _signed(files.get("checkpoint.txt", b"").decode(), public_pems, parse_checkpoint)
         self.events = []
         for number, line in enumerate(files.get("events.jsonl", b"").decode().splitlines(), start=1):
             body, tenant_position = proven_event(line, number, self.checkpoint, tenant)
@@ -143,8 +144,8 @@ def _check_span(files, promotion, log: _Log, public_pems) -> list[dict]:
         raise PackInvalid("the pack does not hold the promotion's request event")
     first = requests[0]["tenant_position"]
     if promotion["state"] in OPEN_STATES:
-        _, tenant, tenant_size, size, root = parse_tenant_head(
-            _signed(files.get("tenant-head.txt", b"").decode(), public_pems))
+        _, tenant, tenant_size, size, root = _signed(files.get("tenant-head.txt", b"").decode(), public_pems,
+                                                     parse_tenant_head)
         if (tenant, size, root) != (promotion["tenant"], log.checkpoint.size, log.checkpoint.root):
             raise PackInvalid("the tenant head is not this tenant's head at the pack's checkpoint")
         last = tenant_size - 1
@@ -346,7 +347,7 @@ def verify_evidence(path: Path, public_pems: list[str], *, previous_checkpoint: 
     verifications = _check_artifacts(files, version, public_pems, log)
     attested = _check_attestation(files, promotion, version, decisions, approvals, public_pems, log)
     if previous_checkpoint is not None:
-        previous = parse_checkpoint(_signed(previous_checkpoint, public_pems))
+        previous = signed_checkpoint(previous_checkpoint, public_pems, what="the earlier checkpoint")
         records = consistency_records(files.get("consistency.jsonl", b"").decode(), log.checkpoint)
         check_consistency(records, previous.size, previous.root, log.checkpoint, what="the earlier checkpoint")
     return {"promotion": promotion["id"], "tenant": promotion["tenant"], "state": promotion["state"],
@@ -362,11 +363,16 @@ def main(argv=None) -> int:
     parser.add_argument("--previous-checkpoint", type=Path, help="a checkpoint you kept from before")
     options = parser.parse_args(argv)
     try:
+        if not options.pack.exists():
+            raise InputUnreadable(f"The evidence pack {options.pack} does not exist.")
         summary = verify_evidence(
-            options.pack, [key.read_text() for key in options.public_key],
-            previous_checkpoint=options.previous_checkpoint.read_text() if options.previous_checkpoint else None)
+            options.pack, [read_input(key, "public key") for key in options.public_key],
+            previous_checkpoint=read_input(options.previous_checkpoint, "earlier checkpoint"))
     except PackInvalid as exc:
         print(f"The evidence pack does not verify: {exc}.", file=sys.stderr)
+        return 1
+    except InputUnreadable as exc:
+        print(exc, file=sys.stderr)
         return 1
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         print(f"The evidence pack cannot be read: {exc!r}.", file=sys.stderr)

@@ -60,7 +60,8 @@ def test_the_standalone_verifier_accepts_an_intact_export_without_django(pack):
 
 @pytest.mark.parametrize("tamper", ["edited_event", "omitted_event", "edited_checkpoint", "edited_proof",
                                     "other_tenants_head", "extra_event_field", "edited_consistency",
-                                    "malformed_consistency", "edited_manifest", "unsigned_manifest", "extra_file"])
+                                    "malformed_consistency", "edited_manifest", "unsigned_manifest", "extra_file",
+                                    "binary_checkpoint"])
 def test_any_edit_to_the_pack_is_detected(pack, tamper):
     folder, key, _ = pack
     lines = (folder / "events.jsonl").read_text().splitlines()
@@ -99,6 +100,8 @@ def test_any_edit_to_the_pack_is_detected(pack, tamper):
         (folder / "manifest-signature.txt").unlink()
     elif tamper == "extra_file":
         (folder / "note-from-the-operator.txt").write_text("all fine")
+    elif tamper == "binary_checkpoint":
+        (folder / "checkpoint.txt").write_bytes(b"\xff\xfe" + (folder / "checkpoint.txt").read_bytes())
     (folder / "events.jsonl").write_text("".join(f"{line}\n" for line in lines))
     result = run_verifier(folder, "--public-key", key)
     assert result.returncode == 1 and result.stderr.startswith("The export does not verify:"), result.stderr
@@ -107,7 +110,8 @@ def test_any_edit_to_the_pack_is_detected(pack, tamper):
                 "edited_consistency": "consistency line 1 does not lead to the signed root",
                 "malformed_consistency": "consistency line 1 is not a valid consistency record",
                 "edited_manifest": "signs another manifest", "unsigned_manifest": "manifest-signature.txt",
-                "extra_file": "files its manifest does not list: note-from-the-operator.txt"}
+                "extra_file": "files its manifest does not list: note-from-the-operator.txt",
+                "binary_checkpoint": "checkpoint.txt is not UTF-8 text"}
     assert expected.get(tamper, "") in result.stderr
 
 
@@ -203,6 +207,11 @@ def test_the_verifier_names_an_input_it_cannot_read_in_one_sentence(pack, tmp_pa
         result = run_verifier(*args)
         assert result.returncode == 1 and result.stderr.startswith(sentence), result.stderr
         assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    # A signed note that is not a checkpoint (the pack's own tenant head) given as the earlier checkpoint.
+    result = run_verifier(folder, "--public-key", key, "--previous-checkpoint", folder / "tenant-head.txt")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("The export does not verify: the earlier checkpoint does not verify: "
+                                    "a checkpoint body is"), result.stderr
 
 
 def test_the_api_serves_the_export_to_auditors_only(pack, world, api, tmp_path):

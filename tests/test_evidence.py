@@ -234,7 +234,17 @@ TAMPERING = {
     "the checkpoint": (
         lambda f: (f / "checkpoint.txt").write_text((f / "checkpoint.txt").read_text().replace("\n", "\n1", 1)),
         "a signed note in the pack does not verify"),
+    "the checkpoint, for another note the platform signed": (
+        lambda f: (f / "checkpoint.txt").write_text(_platform_signed("neocloud/audit-log/export\nsha256:00\n")),
+        "a signed note in the pack does not verify: a checkpoint body is"),
 }
+
+
+def _platform_signed(body: str) -> str:
+    from audit.checkpoints import sign_note
+    from audit.keys import platform_keyring
+
+    return sign_note(body, name="neocloud/audit-log", private_key=platform_keyring().active().private_key)
 
 
 def _remove(folder, name):
@@ -267,12 +277,24 @@ def _verify_after_manifest_fix(folder, key, tamper):
     that catches them is the log's, not the manifest's."""
     import hashlib
 
-    if tamper in ("an audit event", "the checkpoint", "an approval and its event dropped"):
+    if tamper in ("an audit event", "the checkpoint", "the checkpoint, for another note the platform signed",
+                  "an approval and its event dropped"):
         manifest = json.loads((folder / "manifest.json").read_text())
         for name in ("events.jsonl", "checkpoint.txt"):
             manifest["files"][name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
         (folder / "manifest.json").write_text(json.dumps(manifest))
     return verify_evidence(folder, [key.read_text()])
+
+
+def test_the_verifier_names_an_input_it_cannot_read_in_one_sentence(tmp_path):
+    for args, sentence in [
+        ((tmp_path / "nowhere.zip", "--public-key", tmp_path / "key.pem"),
+         f"The evidence pack {tmp_path / 'nowhere.zip'} does not exist."),
+        ((tmp_path, "--public-key", tmp_path / "key.pem"),
+         f"The public key {tmp_path / 'key.pem'} cannot be read: No such file or directory."),
+    ]:
+        result = run_verifier(*args)
+        assert result.returncode == 1 and result.stderr == sentence + "\n", result.stderr
 
 
 def test_a_key_from_elsewhere_is_refused(production, world, api, tmp_path):
