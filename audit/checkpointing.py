@@ -25,7 +25,8 @@ def checkpoint_due(*, using: str, moment=None) -> bool:
     if grown <= 0:
         return False
     # The first checkpoint counts its T seconds from the first leaf, as later ones count from
-    # the checkpoint before them.
+    # the checkpoint before them (a log missing its first leaf is broken: verify reports it,
+    # and it waits for N events).
     since = last.created_at if last else (
         AuditLeaf.objects.using(using).filter(position=0).values_list("sequenced_at", flat=True).first() or moment)
     return (grown >= settings.AUDIT_CHECKPOINT_EVERY
