@@ -171,8 +171,6 @@ def test_a_checkpoint_is_due_every_n_events_or_t_seconds_and_beats_task_writes_i
     from audit.sequencer import sequence_all
     from audit.tasks import sequence_pending as beat_task
 
-    from audit.models import AuditLeaf
-
     settings.AUDIT_CHECKPOINT_EVERY = 5
     record_events(2, tenant="acme-bank")
     sequence_all(using="owner")
