@@ -16,7 +16,7 @@ from tenants.models import GpuFlavor
 from tenants.services import tenant_quota_set
 from workflows.models import WorkflowVersion
 
-from .conftest import wait_for
+from tests.support.processes import wait_for
 from .test_api import assert_error
 from .test_promotions import SPEC, T, Gate
 

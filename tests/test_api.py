@@ -10,7 +10,7 @@ from rest_framework.throttling import UserRateThrottle
 from audit.models import AuditEvent
 from tenants.models import ApiToken, Membership, ServiceAccount, Tenant
 
-from .conftest import issue_token
+from tests.support.clients import issue_token
 
 pytestmark = pytest.mark.embedded
 

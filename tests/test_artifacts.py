@@ -12,7 +12,7 @@ from django.conf import settings
 from audit.models import AuditEvent
 from workflows.models import Artifact
 
-from .conftest import issue_token
+from tests.support.clients import issue_token
 from .test_api import assert_error
 
 pytestmark = pytest.mark.embedded

@@ -19,7 +19,7 @@ from audit.models import AuditTenantHead
 from audit.sequencer import sequence_pending
 from audit.verify_export import PackInvalid, verify_pack
 
-from .conftest import ROOT
+from tests.support import ROOT
 from .test_audit import record_events
 
 pytestmark = pytest.mark.embedded

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, current_totp, issue_token, make_user, sign_in_with_password
+from tests.support import ROOT
+
+from tests.support.browser import sign_in_with_password
+
+from tests.support.clients import issue_token
+
+from tests.support.otp import current_totp
+
+from tests.support.people import make_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 

@@ -18,7 +18,7 @@ import pytest
 
 from workflows.signing import file_digest, generate_key_pair
 
-from .conftest import issue_token
+from tests.support.clients import issue_token
 from .test_signing import SIGNER_EMAIL, make_ca, make_leaf
 
 pytestmark = pytest.mark.embedded
@@ -462,7 +462,7 @@ def test_missing_configuration_is_a_usage_error(spec_file):
 
 def test_a_pipeline_pushes_a_signed_model_and_a_version_and_the_console_shows_it_verified(
         world, server, model_dir, keys, spec_file, client):
-    from .conftest import sign_in
+    from tests.support.clients import sign_in
 
     trust_public_key(world, "ci-2026", keys["ci"][1])
     pushed = neocloud("artifact", "push", model_dir, "--name", "credit-scorer", "--kind", "model",

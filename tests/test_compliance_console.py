@@ -28,7 +28,9 @@ from audit.sequencer import sequence_pending
 from audit.verify_export import verified_note
 from compliance.verify_evidence import verify_evidence
 
-from .conftest import ROOT, sign_in
+from tests.support import ROOT
+
+from tests.support.clients import sign_in
 from .test_promotion_console import _sign_in
 from .test_promotions import Gate
 

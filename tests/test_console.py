@@ -10,7 +10,11 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from tests.conftest import PASSWORD, current_totp, make_user, sign_in
+from tests.support.clients import sign_in
+
+from tests.support.otp import current_totp
+
+from tests.support.people import PASSWORD, make_user
 
 pytestmark = pytest.mark.embedded
 

@@ -19,7 +19,7 @@ import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from tests.conftest import issue_token, sign_in
+from tests.support.clients import issue_token, sign_in
 
 pytestmark = pytest.mark.embedded
 

@@ -16,7 +16,9 @@ from audit.models import AuditEvent
 from audit.verify_export import PackInvalid
 from compliance.verify_evidence import verify_evidence
 
-from .conftest import ROOT, fresh_totp
+from tests.support import ROOT
+
+from tests.support.otp import fresh_totp
 from .test_promotions import T, Gate, in_production  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.embedded

@@ -17,7 +17,7 @@ from tenants.services import tenant_quota_set
 from workflows.models import WorkflowVersion
 from workflows.services import workflow_version_register
 
-from .conftest import make_tenant_people
+from tests.support.people import make_tenant_people
 from .test_admission import RUNS, ask, gate, gpus_step, node, state_of  # noqa: F401 (gate is a fixture)
 from .test_api import assert_error
 from .test_promotions import T

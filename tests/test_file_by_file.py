@@ -10,7 +10,7 @@ from workflows import signing
 from workflows.archive import pack_directory
 from workflows.models import Artifact, Blob
 
-from .conftest import issue_token
+from tests.support.clients import issue_token
 from .test_api import assert_error
 
 pytestmark = pytest.mark.embedded

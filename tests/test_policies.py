@@ -30,7 +30,7 @@ from policies.bundle import PolicySource, build_bundle, read_bundle
 from policies.engines import DEFAULT_ENTRYPOINT, EmbeddedEngine, OpaServerEngine, interpret
 from policies.opa_tests import opa_engine, run_rego_tests
 
-from .conftest import ROOT
+from tests.support import ROOT
 
 GOOD = {
     "stage": "production",

@@ -18,7 +18,9 @@ from audit.models import AuditEvent
 from policies.bundle import PolicySource, build_bundle
 from policies.models import PolicyDecision
 
-from .conftest import ROOT, issue_token
+from tests.support import ROOT
+
+from tests.support.clients import issue_token
 from .test_api import assert_error
 from .test_policies import GOOD, case
 

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, VIEWPORT, fresh_totp, sign_in, sign_in_with_password
+from tests.support import ROOT
+
+from tests.support.browser import VIEWPORT, sign_in_with_password
+
+from tests.support.clients import sign_in
+
+from tests.support.otp import fresh_totp
 from tests.test_promotions import Gate
 
 pytestmark = pytest.mark.embedded

@@ -17,7 +17,9 @@ from workflows import signing
 from workflows.attestations import AttestationInvalid, verify_attestation
 from workflows.models import Approval, Promotion, StagePointer
 
-from .conftest import current_totp, fresh_totp, issue_token
+from tests.support.clients import issue_token
+
+from tests.support.otp import current_totp, fresh_totp
 from .test_api import assert_error
 
 pytestmark = pytest.mark.embedded
@@ -579,7 +581,7 @@ def test_policy_data_numbers_out_of_range_are_refused(gate, value):
 
 
 def test_a_console_override_confirmation_with_a_bad_id_is_a_form_error(gate, world, client):
-    from .conftest import sign_in
+    from tests.support.clients import sign_in
 
     number = gate.version(accuracy=0.5)
     gate.promote(number, "development")

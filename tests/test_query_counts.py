@@ -20,7 +20,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from tests.conftest import issue_token, sign_in
+from tests.support.clients import issue_token, sign_in
 
 ON_POSTGRES = connections["default"].vendor == "postgresql"
 

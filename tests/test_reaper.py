@@ -9,7 +9,7 @@ from audit.models import AuditEvent
 from runners.dispatch import reap_expired
 from runners.models import Run, UsageEntry
 
-from .conftest import wait_for
+from tests.support.processes import wait_for
 from .test_admission import ask, gate, node  # noqa: F401 (gate is a fixture)
 
 pytestmark = pytest.mark.embedded

@@ -6,7 +6,7 @@ from django.db import connections, transaction
 from tenants.db import bind_rls
 from tenants.models import ApiToken, Membership, ServiceAccount
 
-from .conftest import issue_token
+from tests.support.clients import issue_token
 
 pytestmark = pytest.mark.postgres
 

@@ -15,7 +15,9 @@ from runners.models import Run, UsageEntry
 from tenants.models import GpuFlavor
 from workflows.models import WorkflowVersion
 
-from .conftest import sign_in, wait_for
+from tests.support.clients import sign_in
+
+from tests.support.processes import wait_for
 from .test_promotion_console import _sign_in
 from .test_promotions import Gate
 from .test_run_execution import sh, spec_with

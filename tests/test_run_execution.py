@@ -26,7 +26,7 @@ from runners.models import DispatchOutbox, Run, UsageEntry
 from runners.services import runner_register, runner_set_state
 from tenants.models import GpuFlavor
 
-from .conftest import wait_for
+from tests.support.processes import wait_for
 from .test_promotions import T, Gate
 
 pytestmark = [pytest.mark.embedded, pytest.mark.worker]

@@ -11,7 +11,7 @@ from audit.models import AuditEvent
 from workflows import signing
 from workflows.models import Signature, TrustConfiguration, Verification
 
-from .conftest import issue_token
+from tests.support.clients import issue_token
 from .test_api import assert_error
 
 pytestmark = pytest.mark.embedded

@@ -11,7 +11,7 @@ from workflows import signing
 from workflows.archive import pack_directory
 from workflows.models import Artifact, Verification
 
-from .conftest import issue_token
+from tests.support.clients import issue_token
 from .test_api import assert_error
 from .test_signing import SIGNER_EMAIL, make_ca, make_leaf
 

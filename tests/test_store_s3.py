@@ -25,7 +25,7 @@ from workflows import signing
 from workflows.models import Artifact, Verification
 from workflows.store import S3Store, StoredBytesChanged, get_store
 
-from .conftest import issue_token
+from tests.support.clients import issue_token
 from .test_api import assert_error
 
 pytestmark = pytest.mark.embedded

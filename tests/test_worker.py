@@ -8,7 +8,7 @@ from django.core.management import call_command
 from audit.models import AuditEvent, AuditLeaf
 from audit.verify import verify_log
 
-from .conftest import wait_for
+from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.embedded, pytest.mark.worker]
 

@@ -10,7 +10,11 @@ from audit.models import AuditEvent
 from workflows import signing
 from workflows.models import TrustConfiguration
 
-from .conftest import current_totp, issue_token, sign_in, sign_in_with_password
+from tests.support.browser import sign_in_with_password
+
+from tests.support.clients import issue_token, sign_in
+
+from tests.support.otp import current_totp
 
 pytestmark = pytest.mark.embedded
 

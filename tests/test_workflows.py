@@ -141,7 +141,7 @@ def test_a_version_is_read_by_number_and_unknown_numbers_are_404(developer):
 
 
 def test_console_shows_workflows_versions_digest_and_diff(developer, world, client):
-    from .conftest import sign_in
+    from tests.support.clients import sign_in
 
     model = make_artifact(world)
     developer.post(VERSIONS, {"spec": SPEC})
