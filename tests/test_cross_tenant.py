@@ -7,6 +7,9 @@ OTP-verified session) and by an outsider (session), with path parameters filled 
 first tenant's real objects. Every answer must be a 404 that is indistinguishable from the
 404 for a tenant that does not exist, and no tenant row may change.
 
+The scene is built once for the module and is read-only: every case checks the tenant
+rows against the snapshot taken when it was built, so a case that changes it fails there.
+
 A new route is covered automatically; a new path parameter fails the matrix until
 ``PATH_VALUES`` says how to fill it.
 """
@@ -20,6 +23,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from tests.support.clients import issue_token, sign_in
+from tests.support.people import make_world
 
 pytestmark = pytest.mark.embedded
 
@@ -181,6 +185,8 @@ class Scene:
     override: object  # an override asked for on it
     waiver: object  # a waiver of world.a
     run: object  # a pending run of that version
+    own_token: str  # world.a's admin's bearer token (plaintext)
+    rows: dict  # tenant_rows() when the scene was built
 
 
 def on_default(obj):
@@ -191,9 +197,11 @@ def on_default(obj):
     return type(obj).objects.using("default").get(pk=obj.pk)
 
 
-@pytest.fixture
-def scene(world):
+@pytest.fixture(scope="module")
+def scene(module_live_db):
     from tenants.services import service_account_create, token_issue
+
+    world = make_world()
 
     developer, tenant = on_default(world.a.developer), on_default(world.a.tenant)
     account = service_account_create(actor=developer, tenant=tenant, name="nightly-build", role="developer")
@@ -244,10 +252,19 @@ def scene(world):
     from runners.admission import run_request
 
     run, _ = run_request(actor=developer, tenant=tenant, version=version, stage="development")
-    return Scene(world=world, account=account, token=token,
-                 foreign_token=issue_token(world.b.admin, world.b.tenant, name="b-admin-laptop"),
-                 flavor=flavor, version=version, artifact=artifact, promotion=promotion, override=override,
-                 waiver=waiver, run=run)
+    foreign_token = issue_token(world.b.admin, world.b.tenant, name="b-admin-laptop")
+    own_token = issue_token(world.a.admin, world.a.tenant, name="own")
+    return Scene(world=world, account=account, token=token, foreign_token=foreign_token, flavor=flavor,
+                 version=version, artifact=artifact, promotion=promotion, override=override, waiver=waiver,
+                 run=run, own_token=own_token, rows=tenant_rows())
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    """Each case starts with empty caches (throttle counters among them), as under live_db."""
+    from django.core.cache import cache
+
+    cache.clear()
 
 
 def tenant_rows():
@@ -280,7 +297,7 @@ def client_for(scene, caller):
     if caller == "outsider-session":
         return sign_in(Client(), w.outsider)
     if caller == "own-admin-token":
-        return Client(headers={"authorization": f"Bearer {issue_token(w.a.admin, w.a.tenant, name='own')}"})
+        return Client(headers={"authorization": f"Bearer {scene.own_token}"})
     if caller == "own-admin-session":
         return sign_in(Client(), w.a.admin)
     raise AssertionError(f"unknown caller {caller}")
@@ -321,7 +338,6 @@ def test_foreign_tenant_route_is_404_and_changes_nothing(scene, route, method, c
     values = {name: PATH_VALUES[name](scene) for name in PATH_VALUES}
     path = fill(route.route, values)
     missing_path = fill(route.route, {**values, "tenant": MISSING_SLUG})
-    before = tenant_rows()
 
     client = client_for(scene, caller)
     response = send(client, route, method, path, scene)
@@ -340,7 +356,7 @@ def test_foreign_tenant_route_is_404_and_changes_nothing(scene, route, method, c
         f"existing: {response.content[:800]!r}\nmissing:  {missing.content[:800]!r}")
     for header in ("Content-Type", "Content-Length"):  # HEAD has no body, but says how long it would be
         assert response.get(header) == missing.get(header), (header, response.get(header), missing.get(header))
-    assert tenant_rows() == before, f"{method} {path} as {caller} changed tenant rows"
+    assert tenant_rows() == scene.rows, f"{method} {path} as {caller} changed tenant rows"
 
 
 # The matrix is not vacuous -------------------------------------------------------------
@@ -359,6 +375,7 @@ def test_own_tenant_admin_reads_every_route(scene, route, caller):
     path = fill(route.route, values)
     response = send(client_for(scene, caller), route, "GET", path, scene)
     assert response.status_code < 400, f"GET {path} as {caller}: {response.status_code} {response.content[:500]!r}"
+    assert tenant_rows() == scene.rows, f"GET {path} as {caller} changed tenant rows"
     if route.is_api and response["Content-Type"].startswith("application/json"):
         body = response.json()
         assert body, f"GET {path} as {caller} answered an empty body"
@@ -397,8 +414,10 @@ def test_a_parameter_the_matrix_cannot_fill_fails_loudly():
 # Platform admins reach in, on the record -----------------------------------------------
 
 
-def test_platform_admin_reads_members_and_it_is_audited(world):
+def test_platform_admin_reads_members_and_it_is_audited(scene):
     from audit.models import AuditEvent
+
+    world = scene.world  # no case of the matrix acts as a platform admin
 
     path = f"/api/v1/tenants/{world.a.tenant.slug}/members/"
     response = sign_in(Client(), world.platform_admin).get(path)
