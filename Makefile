@@ -8,8 +8,10 @@ PG_SUPERUSER_URL ?= postgresql://postgres@$(PG_HOST):$(PG_PORT)/postgres
 TEST_DB ?= neocloud_test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
+# Each pass prints its 15 slowest tests, so `make test` shows where the time goes.
+DURATIONS := --durations=15 --durations-min=0
 
-.PHONY: run test install install-test system-packages browser sandbox pg-roles test-postgres test-embedded screenshot gpu-check clean
+.PHONY: run test test-quick screenshot-run install install-test system-packages browser sandbox pg-roles test-postgres test-embedded screenshot gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,7 +54,7 @@ browser sandbox: system-packages
 pg-roles: install
 	$(BIN)/python scripts/pg_roles.py "$(PG_SUPERUSER_URL)"
 
-# The whole suite on PostgreSQL (as the non-owner app role) and Redis, with a real worker.
+# Every test once, on PostgreSQL (as the non-owner app role) and Redis, with a real worker.
 test-postgres: install-test browser sandbox pg-roles
 	DATABASE_URL=postgresql://neocloud_app@$(PG_HOST):$(PG_PORT)/$(TEST_DB) \
 	OWNER_DATABASE_URL=postgresql://neocloud_owner@$(PG_HOST):$(PG_PORT)/$(TEST_DB) \
@@ -60,17 +62,34 @@ test-postgres: install-test browser sandbox pg-roles
 	PG_ADMIN_URL=postgresql://neocloud_owner@$(PG_HOST):$(PG_PORT)/postgres PG_SUPERUSER_URL=$(PG_SUPERUSER_URL) \
 	CELERY_BROKER_URL=$(REDIS_TEST_URL) \
 	NEOCLOUD_DATA_DIR=$(CURDIR)/var/$(TEST_DB)-postgres NEOCLOUD_TEST_STACK=postgres NEOCLOUD_FAST_PASSWORD_HASHER=1 \
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(DURATIONS) $(PYTEST_ARGS)
 
-# The tests marked `embedded`, on a file-backed SQLite database and the filesystem broker.
-test-embedded: install-test browser sandbox
-	rm -rf $(CURDIR)/var/$(TEST_DB)-embedded
-	DATABASE_URL=sqlite:///$(CURDIR)/var/$(TEST_DB)-embedded/$(TEST_DB).sqlite3 \
+EMBEDDED_ENV = DATABASE_URL=sqlite:///$(CURDIR)/var/$(TEST_DB)-embedded/$(TEST_DB).sqlite3 \
 	CELERY_BROKER_URL=filesystem:// \
-	NEOCLOUD_DATA_DIR=$(CURDIR)/var/$(TEST_DB)-embedded NEOCLOUD_TEST_STACK=embedded NEOCLOUD_FAST_PASSWORD_HASHER=1 \
-	$(BIN)/pytest -m "embedded and not postgres" $(PYTEST_ARGS)
+	NEOCLOUD_DATA_DIR=$(CURDIR)/var/$(TEST_DB)-embedded NEOCLOUD_TEST_STACK=embedded NEOCLOUD_FAST_PASSWORD_HASHER=1
+EMBEDDED_COVERAGE := $(CURDIR)/var/$(TEST_DB)-coverage/embedded
+
+# The tests marked `embedded` (what differs between the stacks, and a smoke slice of each app)
+# on a file-backed SQLite database and the filesystem broker, under coverage; then the check
+# that they ran every vendor branch, select_for_update and raw SQL statement SQLite runs.
+test-embedded: install-test browser sandbox
+	rm -rf $(CURDIR)/var/$(TEST_DB)-embedded $(dir $(EMBEDDED_COVERAGE))
+	mkdir -p $(dir $(EMBEDDED_COVERAGE))
+	$(EMBEDDED_ENV) COVERAGE_FILE=$(EMBEDDED_COVERAGE) $(BIN)/coverage run -m pytest -m "embedded and not postgres" $(DURATIONS) $(PYTEST_ARGS)
+	$(BIN)/coverage combine --quiet --data-file=$(EMBEDDED_COVERAGE) $(dir $(EMBEDDED_COVERAGE))
+	$(BIN)/python scripts/embedded_coverage.py $(EMBEDDED_COVERAGE)
 
 test: test-postgres test-embedded
+
+# The inner loop: the tests that touch no database, and the API tests, on SQLite (a few minutes).
+QUICK_TESTS := tests/test_archive.py tests/test_canonical_json.py tests/test_merkle.py tests/test_signing.py \
+	tests/test_workflow_spec.py tests/test_api.py tests/test_artifacts.py tests/test_signatures_api.py \
+	tests/test_policy_api.py tests/test_gpu_quotas.py tests/test_workflows.py tests/test_cross_tenant.py
+test-quick: install-test
+	rm -rf $(CURDIR)/var/$(TEST_DB)-quick
+	DATABASE_URL=sqlite:///$(CURDIR)/var/$(TEST_DB)-quick/$(TEST_DB).sqlite3 CELERY_BROKER_URL=filesystem:// \
+	NEOCLOUD_DATA_DIR=$(CURDIR)/var/$(TEST_DB)-quick NEOCLOUD_TEST_STACK=embedded NEOCLOUD_FAST_PASSWORD_HASHER=1 \
+	$(BIN)/pytest -m "not postgres and not browser and not worker" $(DURATIONS) $(QUICK_TESTS) $(PYTEST_ARGS)
 
 # On a GPU node: NVML finds the GPUs, and a sandboxed step sees only the device it holds.
 gpu-check: install sandbox
@@ -78,9 +97,13 @@ gpu-check: install sandbox
 
 # Refresh the README's console pictures from the browser tests.
 screenshot:
-	$(MAKE) test-embedded TEST_DB=neocloud_test_screenshot NEOCLOUD_SCREENSHOT=$(CURDIR)/docs/img/console.png \
+	rm -rf $(CURDIR)/var/neocloud_test_screenshot-embedded
+	$(MAKE) --no-print-directory TEST_DB=neocloud_test_screenshot screenshot-run
+
+screenshot-run: install-test browser
+	$(EMBEDDED_ENV) NEOCLOUD_SCREENSHOT=$(CURDIR)/docs/img/console.png \
 	  NEOCLOUD_PROMOTION_SCREENSHOT=$(CURDIR)/docs/img/promotion.png NEOCLOUD_AUDIT_SCREENSHOT=$(CURDIR)/docs/img/audit.png \
-	  PYTEST_ARGS="tests/test_browser.py tests/test_promotion_console.py tests/test_compliance_console.py"
+	  $(BIN)/pytest -m browser tests/test_browser.py tests/test_promotion_console.py tests/test_compliance_console.py
 
 clean:
 	rm -rf $(VENV) var

@@ -20,7 +20,6 @@ from tests.support.processes import wait_for
 from .test_api import assert_error
 from .test_promotions import SPEC, T, Gate
 
-pytestmark = pytest.mark.embedded
 
 RUNS = f"{T}/runs/"
 
@@ -57,6 +56,7 @@ def dispatched(run_id):
     return state_of(run_id)
 
 
+@pytest.mark.embedded
 def test_a_run_is_recorded_pending_and_admitted_on_one_node_of_its_jurisdiction(gate):
     node("gpu-eu-1", "0,1,2,3")
     number = gate.version()
@@ -71,6 +71,21 @@ def test_a_run_is_recorded_pending_and_admitted_on_one_node_of_its_jurisdiction(
     assert run.fencing_token == 1
     event = AuditEvent.objects.using("owner").get(action="run.admit")
     assert event.tenant == "acme-bank" and event.data["devices"] == ["0", "1"] and event.actor_type == "system"
+
+
+@pytest.mark.embedded
+def test_a_run_without_gpus_waits_for_a_live_node_of_its_jurisdiction_and_holds_no_device(gate):
+    number = gate.version(spec_changes={"steps": [{"name": "report", "command": ["python", "report.py"],
+                                                   "timeout_seconds": 600, "retries": 1}]})
+    run_id = ask(gate, number).json()["id"]
+    node("gpu-us-1", "0,1", jurisdiction="us")  # live, but outside acme-bank's jurisdiction
+    admission_cycle()
+    waiting = state_of(run_id)
+    assert (waiting.state, waiting.reason) == ("queued", "No live runner node in eu.")
+    node("gpu-eu-1", "0,1")
+    admission_cycle()
+    run = dispatched(run_id)
+    assert run.node.hostname == "gpu-eu-1" and run.device_ids == [] and run.gpus == 0
 
 
 def test_a_four_gpu_run_is_never_split_across_two_nodes(gate):
@@ -100,6 +115,7 @@ def test_an_eu_tenant_is_never_placed_on_a_us_node(gate):
     assert state_of(run_id).node.hostname == "gpu-eu-1"
 
 
+@pytest.mark.embedded
 def test_a_tenant_never_holds_more_than_its_nominal_quota_plus_borrowing(gate):
     node("gpu-eu-1", "0,1,2,3,4,5,6,7")
     number = gate.version()
@@ -121,6 +137,7 @@ def test_the_run_policy_refuses_at_the_request(gate, world):
     assert not Run.objects.using("owner").exists()
 
 
+@pytest.mark.embedded
 def test_a_production_run_needs_the_promoted_version_with_a_valid_attestation_and_nothing_revoked(gate, world):
     from workflows import signing
     from workflows.models import Promotion
@@ -140,6 +157,7 @@ def test_a_production_run_needs_the_promoted_version_with_a_valid_attestation_an
     assert "no longer verified" in assert_error(ask(gate, number, "production"), 403, "run_policy_denied")["detail"]
 
 
+@pytest.mark.embedded
 def test_an_idempotency_key_returns_the_stored_run_and_refuses_another_payload(gate):
     number = gate.version()
     first = ask(gate, number, HTTP_IDEMPOTENCY_KEY="nightly-2026-11-29")

@@ -12,7 +12,6 @@ from tenants.models import ApiToken, Membership, ServiceAccount, Tenant
 
 from tests.support.clients import issue_token
 
-pytestmark = pytest.mark.embedded
 
 
 def events(action=None, **filters):
@@ -75,6 +74,7 @@ def test_a_member_lists_only_their_tenants(world, api):
     assert [t["slug"] for t in body["results"]] == ["acme-bank"]
 
 
+@pytest.mark.embedded
 def test_platform_admin_lists_and_creates_tenants_with_an_audit_event(world, api):
     client = api(world.platform_admin)
     assert client.get("/api/v1/tenants/").json()["count"] == 2
@@ -102,6 +102,7 @@ def test_tenant_creation_validates_each_field(world, api):
     assert body["fields"] == {"slug": ["A tenant with slug acme-bank already exists."]}
 
 
+@pytest.mark.embedded
 def test_suspended_tenant_members_can_read_but_not_change(world, api):
     response = api(world.platform_admin).patch(f"/api/v1/tenants/{world.a.tenant.slug}/", {"status": "suspended"})
     assert response.status_code == 200 and response.json()["status"] == "suspended"
@@ -128,6 +129,7 @@ def test_platform_admin_reads_inside_a_tenant_are_audited(world, api):
 # Members -------------------------------------------------------------------------------
 
 
+@pytest.mark.embedded
 def test_tenant_admin_grants_changes_and_revokes_a_membership(world, api):
     admin = api(world.a.admin)
     response = admin.post(members_url(world.a.tenant), {"username": world.outsider.username, "role": "developer"})
@@ -189,6 +191,7 @@ def test_a_token_is_shown_once_and_stored_only_as_a_hash(world, api):
     assert event.target_id == stored.public_id and plaintext not in event.canonical
 
 
+@pytest.mark.embedded
 def test_revoked_and_expired_tokens_get_401_json(world, api):
     token = issue_token(world.a.developer, world.a.tenant)
     public_id = token.split("_")[1]
@@ -202,6 +205,7 @@ def test_revoked_and_expired_tokens_get_401_json(world, api):
     assert_error(api("nct_000000000000_made-up").get("/api/v1/me"), 401, "invalid_token")
 
 
+@pytest.mark.embedded
 def test_a_token_reaches_only_its_tenant_and_role(world, api):
     from tenants.services import membership_grant
 
@@ -213,6 +217,7 @@ def test_a_token_reaches_only_its_tenant_and_role(world, api):
     assert client.get("/api/v1/tenants/").json()["count"] == 1
 
 
+@pytest.mark.embedded
 def test_a_role_change_retires_the_members_personal_tokens(world, api):
     token = issue_token(world.a.developer, world.a.tenant)
     api(world.a.admin).patch(members_url(world.a.tenant, world.a.developer.username), {"role": "auditor"})
@@ -226,6 +231,7 @@ def test_a_tokens_holder_cannot_issue_further_tokens(world, api):
     assert ApiToken.objects.using("owner").count() == 1
 
 
+@pytest.mark.embedded
 def test_service_account_acts_for_its_owner(world, api):
     developer = api(world.a.developer)
     response = developer.post("/api/v1/tenants/acme-bank/service-accounts/", {"name": "ci-pipeline", "role": "developer"})

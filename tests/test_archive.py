@@ -10,7 +10,6 @@ import pytest
 
 from workflows.archive import pack_directory, unpack_archive
 
-pytestmark = pytest.mark.embedded
 
 
 @pytest.fixture

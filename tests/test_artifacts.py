@@ -15,7 +15,6 @@ from workflows.models import Artifact
 from tests.support.clients import issue_token
 from .test_api import assert_error
 
-pytestmark = pytest.mark.embedded
 
 BLOB = os.urandom(3 * 1024 * 1024 + 17)  # a few MB: larger than the API's 1 MiB JSON body limit
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
@@ -37,6 +36,7 @@ def developer(world, api):
     return api(issue_token(world.a.developer, world.a.tenant))
 
 
+@pytest.mark.embedded
 def test_an_upload_is_hashed_by_the_server_stored_by_digest_and_audited(developer):
     response = upload(developer)
     assert response.status_code == 201, response.content
@@ -69,6 +69,7 @@ def test_an_upload_over_the_size_limit_is_a_413(developer, settings):
     assert store_files() == []
 
 
+@pytest.mark.embedded
 def test_a_truncated_upload_is_refused(world, live_server):
     token = issue_token(world.a.developer, world.a.tenant)
     url = urlparse(live_server.url)
@@ -104,6 +105,7 @@ def test_an_upload_needs_the_develop_role(world, api):
     assert store_files() == []
 
 
+@pytest.mark.embedded
 def test_download_returns_the_bytes_with_the_digest_as_etag(developer):
     upload(developer)
     response = developer.get(f"/api/v1/tenants/acme-bank/artifacts/weights/{DIGEST}/content")

@@ -22,7 +22,6 @@ from audit.verify_export import PackInvalid, verify_pack
 from tests.support import ROOT
 from .test_audit import record_events
 
-pytestmark = pytest.mark.embedded
 
 
 @pytest.fixture
@@ -49,6 +48,7 @@ def run_verifier(*args):
                           capture_output=True, text=True)
 
 
+@pytest.mark.embedded
 def test_the_standalone_verifier_accepts_an_intact_export_without_django(pack):
     folder, key, earlier = pack
     result = run_verifier(folder, "--public-key", key, "--previous-checkpoint", earlier)
@@ -214,6 +214,7 @@ def test_the_verifier_names_an_input_it_cannot_read_in_one_sentence(pack, tmp_pa
                                     "a checkpoint body is"), result.stderr
 
 
+@pytest.mark.embedded
 def test_the_api_serves_the_export_to_auditors_only(pack, world, api, tmp_path):
     folder, key, _ = pack
     response = api(world.a.auditor).client.get("/api/v1/tenants/acme-bank/audit/export/",

@@ -19,7 +19,7 @@ from tests.support.otp import current_totp
 
 from tests.support.people import make_user
 
-pytestmark = [pytest.mark.browser, pytest.mark.embedded]
+pytestmark = pytest.mark.browser
 
 # `make screenshot` points this at docs/img/console.png to refresh the README picture.
 SCREENSHOT = Path(os.environ.get("NEOCLOUD_SCREENSHOT", ROOT / "var" / "screenshots" / "console.png"))
@@ -103,6 +103,7 @@ def test_a_new_tenant_admin_enrols_in_the_browser_and_adds_a_member(world, live_
     assert SCREENSHOT.stat().st_size > 10_000
 
 
+@pytest.mark.embedded
 def test_a_person_with_a_confirmed_device_signs_in_with_password_and_totp(world, live_server, open_page):
     page = open_page()
     base = live_server.url

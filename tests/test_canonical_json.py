@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from audit.hashing import canonical_json
 
-pytestmark = pytest.mark.embedded
 
 # Every code point Python strings can hold except lone surrogates (which are not UTF-8), with
 # the characters the escapes and the UTF-16 key order turn on drawn often.

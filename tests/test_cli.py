@@ -21,7 +21,6 @@ from workflows.signing import file_digest, generate_key_pair
 from tests.support.clients import issue_token
 from .test_signing import SIGNER_EMAIL, make_ca, make_leaf
 
-pytestmark = pytest.mark.embedded
 
 NEOCLOUD = Path(sys.executable).parent / "neocloud"
 SPEC = """\
@@ -460,6 +459,7 @@ def test_missing_configuration_is_a_usage_error(spec_file):
     assert one_sentence(result).startswith("Set NEOCLOUD_URL")
 
 
+@pytest.mark.embedded
 def test_a_pipeline_pushes_a_signed_model_and_a_version_and_the_console_shows_it_verified(
         world, server, model_dir, keys, spec_file, client):
     from tests.support.clients import sign_in

@@ -34,7 +34,6 @@ from tests.support.clients import sign_in
 from .test_promotion_console import _sign_in
 from .test_promotions import Gate
 
-pytestmark = pytest.mark.embedded
 
 ALICE = Actor(type="user", id="1", name="alice")
 SCREENSHOT = Path(os.environ.get("NEOCLOUD_AUDIT_SCREENSHOT", ROOT / "var" / "screenshots" / "audit.png"))
@@ -64,6 +63,7 @@ def ids_on(html: str) -> list[int]:
     return [int(found) for found in re.findall(r'<a href="/audit/events/(\d+)/">', html)]
 
 
+@pytest.mark.embedded
 def test_filters_and_keyset_pages_walk_the_whole_trail(world, client):
     record_many(70)
     record_many(50, action="service_account.create", target=Target("service_account", "ci"))
@@ -178,6 +178,7 @@ def test_the_checkpoint_status_says_verified_and_flags_a_forged_checkpoint(world
     assert f"checkpoint {size} is not signed by a platform key" in page
 
 
+@pytest.mark.embedded
 def test_the_export_link_downloads_a_pack_that_verifies(world, client, tmp_path):
     import io
     import zipfile

@@ -16,7 +16,6 @@ from tests.support.otp import current_totp
 
 from tests.support.people import PASSWORD, make_user
 
-pytestmark = pytest.mark.embedded
 
 
 # Helpers -------------------------------------------------------------------------------
@@ -79,6 +78,7 @@ def location(response):
 # Signing in ----------------------------------------------------------------------------
 
 
+@pytest.mark.embedded
 def test_a_person_with_a_device_signs_in_with_password_then_totp_and_reaches_the_home_page(world):
     client = Client()
     response = sign_in_with_password(client, world.a.developer)
@@ -266,6 +266,7 @@ def member_add(client, tenant, username, role="developer"):
     return client.post(reverse("tenant-member-add", args=[tenant.slug]), {"username": username, "role": role})
 
 
+@pytest.mark.embedded
 def test_a_tenant_admin_adds_a_member_through_the_console_form(world, client):
     sign_in(client, world.a.admin)
     response = member_add(client, world.a.tenant, world.outsider.username)
@@ -326,6 +327,7 @@ def test_a_member_of_the_other_tenant_gets_404_and_nothing_changes(world, client
 # Tokens --------------------------------------------------------------------------------
 
 
+@pytest.mark.embedded
 def test_issuing_a_token_shows_the_plaintext_once_and_a_reload_never_shows_it_again(world, client):
     from tenants.models import ApiToken
 

@@ -21,7 +21,6 @@ from tests.support import ROOT
 from tests.support.otp import fresh_totp
 from .test_promotions import T, Gate, in_production  # noqa: F401 (a fixture)
 
-pytestmark = pytest.mark.embedded
 
 
 @pytest.fixture
@@ -63,6 +62,7 @@ def production(gate, world):
     return gate.promote(number, "production")
 
 
+@pytest.mark.embedded
 def test_a_production_pack_holds_the_whole_decision_and_verifies_offline(production, world, api, key, tmp_path):
     content = download(api, world.a.auditor, production["id"])
     pack = tmp_path / "evidence.zip"
@@ -149,6 +149,7 @@ def test_a_rejected_promotion_has_a_pack_without_an_attestation(gate, world, api
     assert (summary["state"], summary["attested"], summary["decisions"]) == ("rejected", False, 1)
 
 
+@pytest.mark.embedded
 def test_a_pack_verifies_whatever_form_the_database_gives_its_numbers_back_in(gate, world, api, key, tmp_path):
     # PostgreSQL's jsonb hands back the float 1e16 as the integer 10000000000000000, past what
     # an RFC 8785 number may hold as an integer; the verifier reads numbers as JCS does

@@ -22,9 +22,9 @@ from .test_admission import RUNS, ask, gate, gpus_step, node, state_of  # noqa: 
 from .test_api import assert_error
 from .test_promotions import T
 
-pytestmark = pytest.mark.embedded
 
 
+@pytest.mark.embedded
 def test_priority_comes_from_the_workflow_within_the_tenants_range(gate, world, api):
     number = gate.version()
     admin, developer, operator = api(world.a.admin), gate.developer, api(world.platform_admin)
@@ -100,6 +100,7 @@ def _fraud_detector(number):
     return WorkflowVersion.objects.using("owner").get(workflow__name="fraud-detector", number=number)
 
 
+@pytest.mark.embedded
 def test_the_tenant_that_used_less_of_its_share_goes_first(gate, world, api):
     neighbour, version = _eu_neighbour(world)
     mine = _fraud_detector(gate.version())

@@ -13,7 +13,6 @@ from workflows.models import Artifact, Blob
 from tests.support.clients import issue_token
 from .test_api import assert_error
 
-pytestmark = pytest.mark.embedded
 
 
 def sha256(data: bytes) -> str:
@@ -45,6 +44,7 @@ def developer(world, api):
     return api(issue_token(world.a.developer, world.a.tenant))
 
 
+@pytest.mark.embedded
 def test_a_directory_uploaded_file_by_file_is_assembled_and_its_signature_verifies(world, api, developer, model_dir):
     private_pem, public_pem = signing.generate_key_pair()
     api(world.a.admin).put("/api/v1/tenants/acme-bank/trust/", {"public_keys": {"release": public_pem.decode()}})

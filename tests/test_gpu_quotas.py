@@ -7,7 +7,6 @@ from tenants.models import GpuFlavor, TenantQuota
 
 from .test_api import assert_error
 
-pytestmark = pytest.mark.embedded
 
 H100 = {"name": "h100-80gb", "memory_gb": 80, "billing_weight": "1.000", "description": "NVIDIA H100 SXM"}
 MIG = {"name": "h100-1g.10gb", "memory_gb": 10, "billing_weight": "0.143", "description": "H100 MIG 1g.10gb slice"}
@@ -46,6 +45,7 @@ def test_only_platform_admins_manage_flavors(world, api):
     assert not GpuFlavor.objects.using("owner").exists()
 
 
+@pytest.mark.embedded
 def test_changing_a_flavor_is_audited_and_its_name_and_memory_stay(flavors):
     response = flavors.patch("/api/v1/gpu-flavors/h100-80gb/", {"billing_weight": "1.250", "memory_gb": 40})
     assert response.status_code == 200 and response.json()["billing_weight"] == "1.250"
@@ -54,6 +54,7 @@ def test_changing_a_flavor_is_audited_and_its_name_and_memory_stay(flavors):
     assert event.data == {"from": {"billing_weight": "1.000"}, "to": {"billing_weight": "1.250"}}
 
 
+@pytest.mark.embedded
 def test_platform_admin_sets_a_quota_and_the_tenant_reads_it(flavors, world, api):
     response = flavors.put("/api/v1/tenants/acme-bank/quota/h100-80gb/", {"nominal": 8, "borrowing_limit": 4})
     assert response.status_code == 200, response.content
@@ -87,6 +88,7 @@ def test_a_quota_for_an_unknown_flavor_is_404(flavors):
     assert_error(flavors.put("/api/v1/tenants/acme-bank/quota/a100/", {"nominal": 1}), 404, "not_found")
 
 
+@pytest.mark.embedded
 def test_a_monthly_gpu_hour_budget_is_set_with_its_mode_and_audited(flavors, world, api):
     response = flavors.put("/api/v1/tenants/acme-bank/quota/h100-80gb/",
                            {"nominal": 4, "gpu_hours_budget": 2000, "budget_mode": "soft"})

@@ -10,7 +10,6 @@ import pytest
 
 from audit import merkle
 
-pytestmark = pytest.mark.embedded
 
 VECTORS = Path(__file__).parent / "data" / "merkle"
 

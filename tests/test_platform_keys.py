@@ -9,7 +9,6 @@ from django.core.management.base import CommandError
 
 from audit.keys import Keyring, KeyringError, read_kek, write_new_kek
 
-pytestmark = pytest.mark.embedded
 
 
 @pytest.fixture

@@ -166,7 +166,6 @@ def rules_of(decision):
     return {v["rule"] for v in decision.violations}
 
 
-@pytest.mark.embedded
 @pytest.mark.parametrize("name,value,allow,rules,pending", DECISION_TABLE, ids=[c[0] for c in DECISION_TABLE])
 def test_decision_table_on_both_engines(embedded, opa_in_process, name, value, allow, rules, pending):
     ours = embedded.decide(DEFAULT_ENTRYPOINT, value)
@@ -180,7 +179,6 @@ def test_decision_table_on_both_engines(embedded, opa_in_process, name, value, a
     assert ours.policy_revision == PolicySource.load().revision
 
 
-@pytest.mark.embedded
 def test_the_rule_catalogue_agrees_with_the_rego(embedded):
     """policies.rules validates tenant data and waivers; every rule the policy reports is in it
     at the same baseline level."""
@@ -197,7 +195,6 @@ def test_the_rule_catalogue_agrees_with_the_rego(embedded):
     assert all(RULES[rule][0] == level for rule, level in seen.items()), seen
 
 
-@pytest.mark.embedded
 def test_messages_name_the_values(embedded):
     decision = embedded.decide(DEFAULT_ENTRYPOINT, case(version__gpus={"h100": 5}, metrics={"accuracy": 0.5}))
     messages = {v["rule"]: v["message"] for v in decision.violations}
@@ -211,14 +208,12 @@ def test_messages_name_the_values(embedded):
 # Fail closed ---------------------------------------------------------------------------
 
 
-@pytest.mark.embedded
 @pytest.mark.parametrize("bad", [["not", "an", "object"], {"x": float("nan")}, {"x": {1, 2}}, None])
 def test_malformed_input_is_a_deny(embedded, bad):
     decision = embedded.decide(DEFAULT_ENTRYPOINT, bad)
     assert decision.allow is False and decision.error
 
 
-@pytest.mark.embedded
 def test_undefined_entrypoint_is_a_deny(embedded):
     decision = embedded.decide("neocloud/platform/promotion/no_such_rule", GOOD)
     assert decision.allow is False
@@ -227,7 +222,6 @@ def test_undefined_entrypoint_is_a_deny(embedded):
     assert decision.allow is False and "Entrypoint" in decision.error
 
 
-@pytest.mark.embedded
 def test_syntax_error_in_a_candidate_policy_names_file_and_line(tmp_path):
     candidate = tmp_path / "platform"
     candidate.mkdir()
@@ -240,7 +234,6 @@ def test_syntax_error_in_a_candidate_policy_names_file_and_line(tmp_path):
     assert f"platform/promotion.rego:{line}:" in decision.error, decision.error
 
 
-@pytest.mark.embedded
 def test_an_engine_exception_is_a_deny(monkeypatch):
     import regopy
 
@@ -255,29 +248,24 @@ def test_an_engine_exception_is_a_deny(monkeypatch):
     assert decision.allow is False and "out of memory" in decision.error
 
 
-@pytest.mark.embedded
 def test_a_slow_embedded_decision_is_a_deny():
     decision = EmbeddedEngine(timeout_seconds=0).decide(DEFAULT_ENTRYPOINT, GOOD)
     assert decision.allow is False and "limit" in decision.error
 
 
-@pytest.mark.embedded
 @pytest.mark.parametrize("result", [None, True, {"allow": "yes", "violations": []}, {"allow": True},
                                     {"allow": True, "violations": [{"rule": "x", "level": "fatal", "message": "m",
                                                                     "pending": False}]}])
-@pytest.mark.embedded
 def test_a_malformed_result_is_a_deny(result):
     decision = interpret(result, engine="t", revision="r", decision_id="d", started=time.perf_counter())
     assert decision.allow is False and "malformed" in decision.error
 
 
-@pytest.mark.embedded
 def test_allow_next_to_a_blocking_violation_is_a_deny():
     result = {"allow": True, "violations": [{"rule": "x", "level": "soft-mandatory", "message": "m", "pending": False}]}
     assert interpret(result, engine="t", revision="r", decision_id="d", started=time.perf_counter()).allow is False
 
 
-@pytest.mark.embedded
 def test_one_interpreter_per_thread_under_concurrency(embedded):
     results, errors = [], []
 
@@ -298,7 +286,6 @@ def test_one_interpreter_per_thread_under_concurrency(embedded):
     assert len(results) == 160 and all(expected == got for expected, got in results)
 
 
-@pytest.mark.embedded
 def test_embedded_warm_latency(embedded, capsys):
     embedded.decide(DEFAULT_ENTRYPOINT, GOOD)
     timings = []
@@ -315,14 +302,12 @@ def test_embedded_warm_latency(embedded, capsys):
 # The `policy` command ------------------------------------------------------------------
 
 
-@pytest.mark.embedded
 def test_rego_unit_tests_pass_on_real_opa():
     results = run_rego_tests()
     assert len(results) >= 10
     assert all(r.passed for r in results), [r for r in results if not r.passed]
 
 
-@pytest.mark.embedded
 def test_policy_test_command_passes_and_fails(tmp_path):
     out = io.StringIO()
     call_command("policy", "test", stdout=out)
@@ -351,7 +336,6 @@ def _policy_eval(tmp_path, content, *extra):
                            "--engine", "embedded", *extra], capture_output=True, text=True, cwd=ROOT, timeout=60)
 
 
-@pytest.mark.embedded
 def test_policy_eval_exit_codes(tmp_path):
     allowed = _policy_eval(tmp_path, json.dumps(GOOD))
     assert allowed.returncode == 0, allowed.stderr
@@ -366,7 +350,6 @@ def test_policy_eval_exit_codes(tmp_path):
     assert undefined.returncode == 2 and json.loads(undefined.stdout)["error"]
 
 
-@pytest.mark.embedded
 def test_bundle_is_deterministic_and_names_the_decision_revision(tmp_path, embedded):
     first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
     call_command("policy", "bundle", "-o", str(first), stdout=io.StringIO())
@@ -381,7 +364,6 @@ def test_bundle_is_deterministic_and_names_the_decision_revision(tmp_path, embed
     assert not any(name.endswith("_test.rego") for name in files)
 
 
-@pytest.mark.embedded
 def test_revision_changes_with_the_policy(tmp_path):
     source = PolicySource.load()
     (tmp_path / "platform").mkdir()
@@ -486,7 +468,6 @@ def opa_double(bundle_url):
     double.close()
 
 
-@pytest.mark.embedded
 @pytest.mark.parametrize("name,value,allow,rules,pending", DECISION_TABLE[:8], ids=[c[0] for c in DECISION_TABLE[:8]])
 def test_opa_server_engine_agrees_with_embedded(opa_double, embedded, name, value, allow, rules, pending):
     decision = OpaServerEngine(opa_double.url, timeout_seconds=5).decide(DEFAULT_ENTRYPOINT, value)
@@ -499,7 +480,6 @@ def test_opa_server_engine_agrees_with_embedded(opa_double, embedded, name, valu
     assert path == "/v1/data/neocloud/platform/promotion/decision?provenance=true" and body == {"input": value}
 
 
-@pytest.mark.embedded
 def test_opa_server_down_is_a_deny():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -508,7 +488,6 @@ def test_opa_server_down_is_a_deny():
     assert decision.allow is False and "ConnectionError" in decision.error
 
 
-@pytest.mark.embedded
 def test_opa_server_slow_is_a_deny(bundle_url):
     double = OpaRestDouble(bundle_url, token=BUNDLE_TOKEN, delay=1.5)
     try:
@@ -521,7 +500,6 @@ def test_opa_server_slow_is_a_deny(bundle_url):
         double.close()
 
 
-@pytest.mark.embedded
 def test_opa_server_without_result_is_a_deny(bundle_url):
     double = OpaRestDouble(bundle_url, token=BUNDLE_TOKEN, undefined=True)
     try:
@@ -533,7 +511,6 @@ def test_opa_server_without_result_is_a_deny(bundle_url):
         double.close()
 
 
-@pytest.mark.embedded
 def test_opa_server_undefined_rule_is_a_deny(opa_double):
     decision = OpaServerEngine(opa_double.url, timeout_seconds=2).decide("neocloud/platform/promotion/nope", GOOD)
     assert decision.allow is False and "no result" in decision.error
@@ -544,7 +521,6 @@ def ask(double, entrypoint=DEFAULT_ENTRYPOINT, value=GOOD, query="provenance"):
     return requests.post(f"{double.url}/v1/data/{entrypoint}?{query}", json={"input": value}, timeout=10).json()
 
 
-@pytest.mark.embedded
 def test_the_double_decides_nothing_before_it_has_pulled_a_bundle(bundle_url):
     double = OpaRestDouble(bundle_url, token=BUNDLE_TOKEN)
     try:
@@ -561,7 +537,6 @@ def test_the_double_decides_nothing_before_it_has_pulled_a_bundle(bundle_url):
         double.close()
 
 
-@pytest.mark.embedded
 def test_a_304_keeps_the_revision_and_a_new_policy_replaces_it(opa_double, tmp_path, monkeypatch):
     first = opa_double.revision
     assert first == PolicySource.load().revision and opa_double.etag == f'"{first}"'
@@ -584,7 +559,6 @@ def test_a_304_keeps_the_revision_and_a_new_policy_replaces_it(opa_double, tmp_p
     assert answer["result"] == 42 and answer["provenance"]["bundles"]["neocloud"]["revision"] == opa_double.revision
 
 
-@pytest.mark.embedded
 def test_opa_server_engine_records_opa_decision_id_and_revision(opa_double, world, settings, monkeypatch):
     from policies import engines
     from policies.models import PolicyDecision
@@ -641,7 +615,6 @@ def test_policy_decisions_are_immutable(world):
     assert PolicyDecision.objects.using("owner").get(pk=row.pk).allow is True
 
 
-@pytest.mark.embedded
 def test_policy_decide_refuses_outsiders_and_stores_engine_errors(world):
     from audit.models import AuditEvent
     from policies.models import PolicyDecision
@@ -682,7 +655,6 @@ def test_policy_decisions_are_row_level_secured(world):
         assert PolicyDecision.objects.count() == 1
 
 
-@pytest.mark.embedded
 def test_an_opa_server_on_another_bundle_revision_is_a_deny(opa_double):
     """The platform moved on (or OPA serves something else): OPA's answer names the bundle it
     decided under, and a decision under any revision but the platform's is a deny."""

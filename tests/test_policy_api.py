@@ -24,7 +24,6 @@ from tests.support.clients import issue_token
 from .test_api import assert_error
 from .test_policies import GOOD, case
 
-pytestmark = pytest.mark.embedded
 
 BUNDLE = "/api/v1/policies/bundle"
 EVALUATE = "/api/v1/policies/evaluate"
@@ -106,6 +105,7 @@ DRY_RUN_POLICY = {
 }
 
 
+@pytest.mark.embedded
 def test_a_developer_dry_runs_the_configured_policy_and_nothing_is_stored(world, api):
     response = api(world.a.developer).post(EVALUATE, {"input": GOOD})
     assert response.status_code == 200, response.content
@@ -219,6 +219,7 @@ def replay(*args):
     return code, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.embedded
 def test_replay_lists_what_a_candidate_would_change_in_every_tenant(stored, tmp_path):
     # On PostgreSQL the app role, with no tenant bound, would read none of these rows: seeing
     # both tenants proves the command reads through the platform role.

@@ -16,7 +16,6 @@ from tests.support.clients import sign_in
 from tests.support.otp import fresh_totp
 from tests.test_promotions import Gate
 
-pytestmark = pytest.mark.embedded
 
 # `make screenshot` points this at docs/img/promotion.png for the README.
 SCREENSHOT = Path(os.environ.get("NEOCLOUD_PROMOTION_SCREENSHOT", ROOT / "var" / "screenshots" / "promotion.png"))
@@ -27,6 +26,7 @@ def gate(world, api, tmp_path):
     return Gate(world, api, tmp_path)
 
 
+@pytest.mark.embedded
 def test_the_promotion_page_explains_each_rule_and_shows_metrics_and_approvals(gate, world, client):
     number = gate.version(accuracy=0.5)
     gate.promote(number, "development")

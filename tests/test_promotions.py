@@ -22,7 +22,6 @@ from tests.support.clients import issue_token
 from tests.support.otp import current_totp, fresh_totp
 from .test_api import assert_error
 
-pytestmark = pytest.mark.embedded
 
 T = "/api/v1/tenants/acme-bank"
 SPEC = {
@@ -149,6 +148,7 @@ def test_development_needs_only_a_policy_allow_and_moves_the_pointer(gate, world
     assert actions == ["promotion.request", "promotion.check", "promotion.promote"]
 
 
+@pytest.mark.embedded
 def test_production_needs_staging_two_approvals_and_a_signed_attestation(gate, world, api):
     number = gate.version()
     gate.promote(number, "development")
@@ -222,6 +222,7 @@ def test_metrics_typed_into_a_request_are_refused(gate):
     assert not Promotion.objects.using("owner").exists()
 
 
+@pytest.mark.embedded
 def test_metrics_below_the_threshold_hold_the_request_until_an_override_is_confirmed(gate, world, api):
     number = gate.version(accuracy=0.5)
     gate.promote(number, "development")  # advisory in development
@@ -248,6 +249,7 @@ def test_metrics_below_the_threshold_hold_the_request_until_an_override_is_confi
     assert [v["exempt"] for v in final["violations"] if v["rule"] == "baseline.metrics_thresholds"] == [True]
 
 
+@pytest.mark.embedded
 def test_a_waiver_lifts_a_soft_rule_until_it_expires(gate, world, api):
     number = gate.version(spec_changes={"base_model": {"name": "meta-llama/Llama-3-8B"}})
     assert gate.request(number, "development").json()["state"] == "checked"
@@ -268,6 +270,27 @@ def test_a_waiver_lifts_a_soft_rule_until_it_expires(gate, world, api):
     # Expiry needs nobody: once the waiver is past its time it no longer applies.
     Waiver.objects.using("owner").filter(pk=waiver["id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
     assert gate.developer.get(waivers).json()["results"][0]["state"] == "expired"
+    body = gate.request(number, "staging").json()
+    assert body["state"] == "checked" and "baseline.base_model_allowed" in rules(body)
+
+
+@pytest.mark.embedded
+def test_a_revoked_waiver_stops_lifting_its_rule_at_once_and_the_revocation_is_audited(gate, world, api):
+    number = gate.version(spec_changes={"base_model": {"name": "meta-llama/Llama-3-8B"}})
+    waivers = f"{T}/waivers/"
+    later = (timezone.now() + timedelta(days=7)).isoformat()
+    waiver = gate.admin.post(waivers, {"rule": "baseline.base_model_allowed", "reason": "Pilot of Llama 3",
+                                       "ticket_url": "https://tickets.example/3", "expires_at": later}).json()
+    approve = f"{waivers}{waiver['id']}/approve/"
+    assert api(world.a.approver).post(approve, {"otp_token": fresh_totp(world.a.approver)}).json()["state"] == "active"
+    assert gate.request(number, "development").json()["state"] == "promoted"
+    revoke = f"{waivers}{waiver['id']}/revoke/"
+    assert_error(gate.developer.post(revoke), 403, "permission_denied")
+    revoked = gate.admin.post(revoke)
+    assert revoked.status_code == 200 and revoked.json()["state"] == "revoked", revoked.content
+    assert gate.admin.post(revoke).json()["state"] == "revoked"  # a second revocation changes nothing
+    [event] = AuditEvent.objects.using("owner").filter(action="waiver.revoke")
+    assert event.actor_name == world.a.admin.username and event.tenant == "acme-bank"
     body = gate.request(number, "staging").json()
     assert body["state"] == "checked" and "baseline.base_model_allowed" in rules(body)
 
@@ -329,6 +352,7 @@ def test_an_approval_without_a_valid_totp_is_refused(gate, world, in_production,
     assert not production_approvals(in_production).exists()
 
 
+@pytest.mark.embedded
 def test_a_reused_totp_code_is_refused_even_on_another_promotion(gate, world, in_production):
     code = fresh_totp(world.a.approver)
     assert gate.approve(in_production, world.a.approver, code=code).status_code == 200
@@ -379,6 +403,7 @@ def test_another_tenants_promotion_is_not_found(gate, world, api, in_production)
 # Policy data -------------------------------------------------------------------------------
 
 
+@pytest.mark.embedded
 def test_policy_data_is_versioned_audited_and_never_below_the_floor(gate, world, api):
     assert_error(gate.admin.put(f"{T}/policy-data/", {"min_approvals": 1}), 400, "below_platform_floor")
     assert_error(gate.admin.put(f"{T}/policy-data/", {"rollback_min_approvals": 0}), 400, "below_platform_floor")
@@ -404,6 +429,7 @@ def test_the_tenant_minimum_raises_the_production_approvals(gate, world):
 # Rollback ----------------------------------------------------------------------------------
 
 
+@pytest.mark.embedded
 def test_rollback_to_the_superseded_version_is_a_checked_promotion_with_one_approval(gate, world):
     first = gate.version()
     gate.promote(first, "development")

@@ -22,7 +22,6 @@ from .test_promotion_console import _sign_in
 from .test_promotions import Gate
 from .test_run_execution import sh, spec_with
 
-pytestmark = pytest.mark.embedded
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from tenants.models import GpuFlavor
 from tests.support.processes import wait_for
 from .test_promotions import T, Gate
 
-pytestmark = [pytest.mark.embedded, pytest.mark.worker]
+pytestmark = pytest.mark.worker
 
 RUNS = f"{T}/runs/"
 FINISHED = ("succeeded", "failed", "cancelled", "lost")
@@ -83,6 +83,7 @@ def detail(gate, run_id) -> dict:
     return response.json()
 
 
+@pytest.mark.embedded
 def test_a_run_executes_on_its_node_with_only_its_devices_and_is_billed(gate, start_runner):
     start_runner("gpu-eu-1", "0,1,2,3")
     dataset = gate.push("training-data", b"amount,label\n10,0\n99999,1\n", kind="dataset", sign=False)
@@ -271,6 +272,7 @@ def test_a_step_past_its_timeout_is_killed(gate, start_runner):
     wait_for(lambda: not _processes("sleep 30.375"), timeout=10, message="the timed-out step to be killed")
 
 
+@pytest.mark.embedded
 def test_cancel_while_running_kills_the_whole_process_group(gate, start_runner):
     start_runner("gpu-eu-1", "0,1,2,3")
     run_id = start_run(gate, spec_with([sh("train", "sleep 61.25 & echo started; wait")]))
@@ -449,6 +451,7 @@ def billed_earlier(gate, number, *, gpu_seconds, history=None) -> Run:
     return history
 
 
+@pytest.mark.embedded
 def test_hard_budget_admits_only_what_it_covers_and_stops_runs_when_it_runs_out(gate, start_runner, world, api):
     set_budget(world, api, 1, "hard")
     start_runner("gpu-eu-1", "0,1,2,3")
@@ -489,6 +492,7 @@ def test_soft_budget_admits_past_the_budget_and_alerts_at_80_and_100_percent_onc
     assert quota["budget_alerts"] == [80, 100] and Decimal(quota["gpu_hours_remaining"]) < 0
 
 
+@pytest.mark.embedded
 def test_a_tenant_reclaims_its_lent_quota_by_preempting_the_borrower_with_a_grace_period(gate, start_runner, world):
     from runners.admission import run_request
     from tests.test_fair_order import _eu_neighbour

@@ -18,7 +18,6 @@ from tenants.errors import Invalid, NotFound
 
 from .test_api import assert_error
 
-pytestmark = pytest.mark.embedded
 
 
 @pytest.fixture
@@ -53,6 +52,7 @@ def test_nvml_on_a_machine_without_a_gpu_finds_nothing_and_says_why():
         assert found.source == "none" and found.devices == () and found.detail
 
 
+@pytest.mark.embedded
 def test_a_node_registers_with_its_devices_and_is_audited(flavor):
     node = runner_register(hostname="gpu-eu-1", flavor_name="h100-80gb", discovery=declared("0,1,2,3"),
                            region="eu-west1", jurisdiction="eu")
@@ -97,6 +97,7 @@ def test_pools_count_only_live_nodes_per_flavor_and_jurisdiction(flavor):
         runner_heartbeat(hostname="never-registered")
 
 
+@pytest.mark.embedded
 def test_only_platform_admins_see_and_drain_nodes(flavor, world, api):
     runner_register(hostname="gpu-eu-1", flavor_name="h100-80gb", discovery=declared("0,1"), region="eu",
                     jurisdiction="eu")

@@ -5,7 +5,6 @@ import pytest
 
 from runners import sandbox
 
-pytestmark = pytest.mark.embedded
 
 
 def test_only_the_held_gpus_device_nodes_are_bound_with_the_control_devices(tmp_path):

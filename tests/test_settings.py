@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-pytestmark = pytest.mark.embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCTION = {

@@ -14,7 +14,6 @@ from workflows.models import Signature, TrustConfiguration, Verification
 from tests.support.clients import issue_token
 from .test_api import assert_error
 
-pytestmark = pytest.mark.embedded
 
 
 @pytest.fixture
@@ -59,6 +58,7 @@ def developer(world, api):
     return api(issue_token(world.a.developer, world.a.tenant))
 
 
+@pytest.mark.embedded
 def test_trust_configuration_is_managed_by_tenant_admins_and_audited(trusted, world, api, keys):
     assert trusted["revision"] == 1 and list(trusted["public_keys"]) == ["ci-2026"]
     assert_error(api(world.a.developer).put("/api/v1/tenants/acme-bank/trust/", {"public_keys": {}}),
@@ -78,6 +78,7 @@ def test_a_malformed_trust_entry_names_its_field(world, api, body, field):
     assert not TrustConfiguration.objects.using("owner").exists()
 
 
+@pytest.mark.embedded
 def test_a_signed_file_verifies_and_the_verification_is_stored_and_audited(trusted, developer, keys, model_file):
     digest = push(developer, model_file)
     bundle = signing.sign_path(model_file, private_key_pem=keys["ci"][0])

@@ -15,7 +15,6 @@ from tests.support.clients import issue_token
 from .test_api import assert_error
 from .test_signing import SIGNER_EMAIL, make_ca, make_leaf
 
-pytestmark = pytest.mark.embedded
 
 NOW = datetime.now(UTC)
 

@@ -30,7 +30,6 @@ from workflows.signing import (
     verify_path,
 )
 
-pytestmark = pytest.mark.embedded
 
 SIGSTORE_DATA = Path(__file__).parent / "data" / "sigstore"
 WHEEL = SIGSTORE_DATA / "rfc8785-0.1.2-py3-none-any.whl"

@@ -28,7 +28,6 @@ from workflows.store import S3Store, StoredBytesChanged, get_store
 from tests.support.clients import issue_token
 from .test_api import assert_error
 
-pytestmark = pytest.mark.embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "eu-central-1"

@@ -16,7 +16,6 @@ from tests.support.clients import issue_token, sign_in
 
 from tests.support.otp import current_totp
 
-pytestmark = pytest.mark.embedded
 
 SPEC = """
 name: fraud-detector
@@ -51,6 +50,7 @@ def pipeline_registers_a_version(world, api, tmp_path):
     assert response.status_code == 201, response.content
 
 
+@pytest.mark.embedded
 def test_version_page_shows_each_artifacts_signature_status(world, api, client, tmp_path):
     pipeline_registers_a_version(world, api, tmp_path)
     sign_in(client, world.a.auditor)

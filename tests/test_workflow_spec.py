@@ -6,7 +6,6 @@ import pytest
 
 from workflows.spec import SPEC_MAX_BYTES, SpecInvalid, parse, validate
 
-pytestmark = pytest.mark.embedded
 
 FLAVORS = {"h100-80gb", "h100-1g.10gb"}
 DIGEST = "sha256:" + "ab" * 32

@@ -11,7 +11,6 @@ from workflows.models import Artifact, WorkflowVersion
 
 from .test_api import assert_error
 
-pytestmark = pytest.mark.embedded
 
 SPEC = """
 name: fraud-detector
@@ -41,6 +40,7 @@ def make_artifact(world, name="base-model", digest_byte="ab"):
         region="eu", created_by=world.a.developer)
 
 
+@pytest.mark.embedded
 def test_registering_a_spec_creates_version_one_with_its_rfc8785_digest(developer):
     response = developer.post(VERSIONS, {"spec": SPEC})
     assert response.status_code == 201, response.content
@@ -61,6 +61,7 @@ def test_registering_the_identical_spec_again_returns_the_existing_version(devel
     assert WorkflowVersion.objects.using("owner").count() == 1
 
 
+@pytest.mark.embedded
 def test_a_changed_spec_becomes_the_next_version_and_the_diff_names_the_change(developer):
     developer.post(VERSIONS, {"spec": SPEC})
     second = developer.post(VERSIONS, {"spec": SPEC.replace("count: 2", "count: 4")}).json()
@@ -84,6 +85,7 @@ def test_the_digest_covers_the_artifacts_a_version_references(developer, world):
     assert diff["spec"] == [] and diff["artifacts"] == {"added": [model.digest], "removed": []}
 
 
+@pytest.mark.embedded
 def test_an_artifact_of_another_tenant_or_unknown_digest_is_refused(developer, world):
     foreign = Artifact.objects.using("owner").create(
         tenant=world.b.tenant, name="theirs", kind="model", digest="sha256:" + "cd" * 32, size_bytes=1,
@@ -121,6 +123,7 @@ def test_only_developers_register_versions(world, api, developer, role):
     assert not WorkflowVersion.objects.using("owner").exists()
 
 
+@pytest.mark.embedded
 def test_the_database_refuses_to_change_a_stored_spec(developer):
     developer.post(VERSIONS, {"spec": SPEC})
     for alias in ("owner", "default"):
