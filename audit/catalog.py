@@ -23,7 +23,10 @@ ACTIONS = {
     "run.request": "A developer asked for a run; it passed the run policy and waits for admission.",
     "run.queue": "The admission cycle could not admit a run yet (quota or capacity); the reason says why.",
     "run.admit": "The admission cycle reserved devices on one node for a run, within the tenant's quota.",
-    "run.claim_refused": "A runner refused a run message: the run's devices are reserved on another node.",
+    "run.claim_refused": ("A runner refused a run message: the run's devices are reserved on another node, or the "
+                          "node lies outside the run's tenant's jurisdiction."),
+    "run.input_refused": ("A runner refused to copy a run's input: not a stored artifact of the run's tenant, or "
+                          "stored in a region outside the node's jurisdiction. The run fails before any step."),
     "run.start": "A runner claimed an admitted run with its fencing token and started its steps.",
     "run.finish": ("A run ended: on its runner (succeeded, failed with the step and why, or cancelled), or "
                    "cancelled by the reaper when its worker died after a cancellation was asked for."),
@@ -50,6 +53,8 @@ ACTIONS = {
     "workflow_version.register": "An immutable workflow version was registered.",
     "artifact.register": "An artifact was registered and its bytes checked into the store.",
     "artifact.file_upload": "One file of a model directory was uploaded, to be assembled later.",
+    "artifact.access_refused": ("A request named a digest its tenant holds no artifact (or uploaded file) for: an "
+                                "unknown digest or another tenant's, recorded alike. A digest alone grants no bytes."),
     "trust_config.update": "A tenant admin changed the tenant's trust configuration for signatures.",
     "policy.decide": "A policy was evaluated and its decision stored (outcome: success allow, denied deny, failed engine error).",
     "signature.verify": "A signature was verified against the tenant's trust configuration (outcome says how).",

@@ -29,6 +29,7 @@ from tenants.models import BudgetMode, GpuFlavor, Tenant, TenantQuota
 from workflows.models import Promotion, PromotionState, Stage, StagePointer, WorkflowVersion
 from workflows import attestations
 from workflows.promotions import artifacts_with_status, platform_public_keys
+from workflows.services import held_digests
 from workflows.spec import gpus_by_flavor
 
 from . import budgets
@@ -65,6 +66,12 @@ def _check_run_policy(*, tenant: Tenant, version: WorkflowVersion, stage: str, f
     if version.uses_images:
         raise Invalid("This version has image steps; runs of them wait for a container backend.", field="version",
                       code="images_not_supported")
+    inputs = version.spec.get("inputs", [])
+    held = held_digests(tenant, [item["digest"] for item in inputs])
+    for item in inputs:
+        if item["digest"] not in held:  # a version registered before inputs had to be artifacts
+            raise Forbidden(f"Input {item['name']} of version {version.number} is not an artifact of {tenant.slug}; "
+                            "register a version whose inputs are uploaded artifacts.", code="run_policy_denied")
     if stage == Stage.STAGING and not Promotion.objects.filter(version=version, stage=stage,
                                                                state=PromotionState.PROMOTED).exists():
         raise Forbidden(f"Version {version.number} has not been promoted to staging.", code="run_policy_denied")

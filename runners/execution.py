@@ -20,6 +20,8 @@ from audit.log import Actor, Target, record
 from tenants.access import actor_for, require
 from tenants.db import PLATFORM_ALIAS, bind_rls
 from tenants.errors import Conflict
+from tenants.models import region_in_jurisdiction
+from workflows.models import Artifact
 from workflows.spec import step_order
 
 from .ledger import bill
@@ -54,7 +56,8 @@ def _record(action: str, run: Run, **data) -> None:
 def run_claim(*, run_id: str, fencing_token: int, hostname: str) -> Lease | None:
     """The first transaction of a delivery: take the run if this message is still the one
     that counts. A duplicate or stale delivery returns None and changes nothing; a message
-    for devices reserved on another node is refused (and audited)."""
+    for devices reserved on another node, or for a node outside the tenant's jurisdiction, is
+    refused (and audited)."""
     now = timezone.now()
     with transaction.atomic(using=PLATFORM_ALIAS):
         run = (Run.objects.using(PLATFORM_ALIAS).select_for_update(of=("self",))
@@ -66,6 +69,11 @@ def run_claim(*, run_id: str, fencing_token: int, hostname: str) -> Lease | None
         if run.node is None or run.node.hostname != hostname:
             _record("run.claim_refused", run, node=hostname, fencing_token=fencing_token,
                     reserved_on=run.node.hostname if run.node else "")
+            return None
+        if run.node.jurisdiction != run.tenant.jurisdiction:  # whatever put it there, it does not run here
+            _record("run.claim_refused", run, node=hostname, fencing_token=fencing_token, reserved_on=hostname,
+                    reason=f"The node is in {run.node.jurisdiction}, outside {run.tenant.slug}'s jurisdiction "
+                           f"({run.tenant.jurisdiction}).")
             return None
         if run.fencing_token != fencing_token or run.state not in UNCLAIMED_STATES:
             logger.info("run %s: delivery with token %s is stale or a duplicate (token %s, %s); no effect",
@@ -120,6 +128,26 @@ def log_append(lease: Lease, text: str) -> None:
                                                        step=lease.step, text=kept)
     lease.run.log_bytes += kept_bytes
     lease.run.log_dropped_bytes += len(data) - kept_bytes
+
+
+def input_artifact(lease: Lease, *, name: str, digest: str) -> tuple[Artifact | None, str]:
+    """The stored artifact of the run's tenant behind one input, or why the runner must not copy
+    it (audited in the run's tenant): a digest alone grants no bytes, and bytes leave their
+    jurisdiction for no node."""
+    run, node = lease.run, lease.run.node
+    held = list(Artifact.objects.using(PLATFORM_ALIAS)
+                .filter(tenant_id=run.tenant_id, digest=digest, stored_at__isnull=False).order_by("id"))
+    resident = [a for a in held if region_in_jurisdiction(a.region, node.jurisdiction)]
+    if resident:
+        return resident[0], ""
+    if not held:
+        reason = f"Input {name} ({digest}) is not an artifact of {run.tenant.slug}."
+    else:
+        reason = (f"Input {name} ({digest}) is stored in region {held[0].region}, outside this node's "
+                  f"jurisdiction ({node.jurisdiction}).")
+    with transaction.atomic(using=PLATFORM_ALIAS):
+        _record("run.input_refused", run, input=name, digest=digest, node=lease.hostname, reason=reason)
+    return None, reason
 
 
 def run_finish(lease: Lease, *, state: str, reason: str = "") -> bool:

@@ -29,8 +29,8 @@ from workflows.spec import step_order
 from workflows.store import UploadRefused, get_store
 
 from . import sandbox
-from .execution import (CANCEL, PREEMPT, Lease, lease_renew, log_append, run_claim, run_finish, run_preempted,
-                        step_update, stop_requested)
+from .execution import (CANCEL, PREEMPT, Lease, input_artifact, lease_renew, log_append, run_claim, run_finish,
+                        run_preempted, step_update, stop_requested)
 from .models import RunState, StepState
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def _execute(lease: Lease, workdir: Path) -> tuple[str, str]:
     sandbox.bwrap_path()  # refuse to run anything without the sandbox
     _prepare(run, workdir)
     try:
-        _fetch_inputs(run.version.spec, workdir)
+        _fetch_inputs(lease, workdir)
     except InputRefused as exc:
         log_append(lease, f"{exc}\n")
         return RunState.FAILED, str(exc)
@@ -169,11 +169,15 @@ def _prepare(run, workdir: Path) -> None:
             os.chown(path, settings.RUNNER_SANDBOX_UID, settings.RUNNER_SANDBOX_GID)
 
 
-def _fetch_inputs(spec: dict, workdir: Path) -> None:
-    """Copy each declared input from the artifact store, checking its digest on the way."""
+def _fetch_inputs(lease: Lease, workdir: Path) -> None:
+    """Copy each declared input from the artifact store: only an artifact of the run's tenant,
+    stored in this node's jurisdiction, and only bytes that hash to its digest."""
     store = get_store()
-    for item in spec.get("inputs", []):
+    for item in lease.run.version.spec.get("inputs", []):
         target = workdir / "inputs" / item["name"]
+        artifact, refusal = input_artifact(lease, name=item["name"], digest=item["digest"])
+        if artifact is None:
+            raise InputRefused(refusal)
         if not store.exists(item["digest"]):
             raise InputRefused(f"Input {item['name']} ({item['digest']}) is not in the artifact store.")
         hasher = hashlib.sha256()

@@ -27,8 +27,7 @@ T = "/api/v1/tenants/acme-bank"
 SPEC = {
     "name": "fraud-detector",
     "base_model": {"name": "mistralai/Mistral-7B"},
-    "inputs": [{"name": "transactions", "region": "eu-west1", "uri": "s3://acme-data/tx.parquet",
-                "digest": "sha256:" + "cd" * 32}],
+    "inputs": [{"name": "transactions", "region": "eu-west1", "uri": "s3://acme-data/tx.parquet"}],  # + Gate.dataset
     "steps": [{"name": "train", "command": ["python", "train.py"], "gpu": {"flavor": "h100-80gb", "count": 2}}],
 }
 
@@ -71,10 +70,17 @@ class Gate:
             content_type="application/json", **self.developer.headers)
         assert response.status_code == 201, response.content
 
+    @property
+    def dataset(self) -> str:
+        """The digest of the transactions the spec's input names, uploaded as acme-bank's artifact."""
+        if not hasattr(self, "_dataset"):
+            self._dataset = self.push("transactions", b"amount,label\n10,0\n20,1\n", kind="dataset", sign=False)
+        return self._dataset
+
     def version(self, *, accuracy=0.95, sign_model=True, spec_changes=None):
         model = self.push("scorer", os.urandom(4096), sign=sign_model)
         metrics = self.push("eval", json.dumps({"accuracy": accuracy}).encode(), kind="metrics")
-        spec = {**SPEC, **(spec_changes or {})}
+        spec = {**SPEC, "inputs": [{**SPEC["inputs"][0], "digest": self.dataset}], **(spec_changes or {})}
         response = self.developer.post(f"{T}/workflows/fraud-detector/versions/",
                                        {"spec": spec, "artifacts": [model, metrics]})
         assert response.status_code == 201, response.content

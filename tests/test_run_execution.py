@@ -296,12 +296,16 @@ def test_a_waiting_run_is_cancelled_at_once(gate):
 
 
 def test_a_run_whose_input_is_missing_from_the_store_fails_before_any_step(gate, start_runner):
+    from workflows.store import get_store
+
     start_runner("gpu-eu-1", "0,1,2,3")
+    dataset = gate.push("training-data", b"amount,label\n10,0\n", kind="dataset", sign=False)
+    get_store().path_for(dataset).unlink()  # the tenant's artifact, whose bytes the store lost
     run_id = start_run(gate, spec_with([sh("train", "echo never")], inputs=[
-        {"name": "transactions", "region": "eu-west1", "uri": "store", "digest": "sha256:" + "ab" * 32}]))
+        {"name": "transactions", "region": "eu-west1", "uri": "store", "digest": dataset}]))
     run = wait_state(run_id, FINISHED)
     assert run.state == "failed"
-    assert run.reason == f"Input transactions (sha256:{'ab' * 32}) is not in the artifact store."
+    assert run.reason == f"Input transactions ({dataset}) is not in the artifact store."
     assert "never" not in log_of(gate, run_id)
 
 

@@ -19,7 +19,7 @@ from tenants.models import Tenant
 
 from .archive import DEFAULT_MAX_MEMBERS, pack_directory
 from .models import ArtifactLayout, Blob
-from .services import DIGEST_RE, artifact_upload, receive_bytes
+from .services import DIGEST_RE, artifact_upload, receive_bytes, refuse_unheld_digest
 from .store import get_store
 
 
@@ -77,6 +77,7 @@ def artifact_assemble(*, actor, tenant: Tenant, name: str, kind: str, region: st
                    .values_list("digest", flat=True))
     for path, file_digest in manifest.items():
         if file_digest not in held:
+            refuse_unheld_digest(actor=actor, tenant=tenant, digest=file_digest, field=f"files.{path}")
             raise Invalid(f"No uploaded file with digest {file_digest} in {tenant.slug}; upload it first.",
                           field=f"files.{path}")
     store = get_store()

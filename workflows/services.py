@@ -7,7 +7,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from audit.log import Target, record
+from audit.log import Target, record, record_denial
 from tenants.access import actor_for, require
 from tenants.db import bind_rls
 from tenants.errors import Invalid, TooLarge, clean_or_invalid
@@ -16,7 +16,7 @@ from tenants.models import GpuFlavor, Tenant, region_in_jurisdiction
 from .digests import version_digest
 from .metrics import check_metrics_file
 from .models import Artifact, ArtifactKind, ArtifactLayout, VersionArtifact, Workflow, WorkflowVersion
-from .spec import SpecInvalid, parse, uses_images, validate
+from .spec import SpecInvalid, SpecProblem, parse, uses_images, validate
 from .store import UploadRefused, get_store
 
 MAX_ARTIFACTS_PER_VERSION = 100
@@ -70,7 +70,9 @@ def workflow_version_register(*, actor, tenant: Tenant, spec, artifact_digests=(
         artifacts = {a.digest: a for a in Artifact.objects.filter(tenant=tenant, digest__in=digests)}
         for index, digest in enumerate(digests):
             if digest not in artifacts:
+                refuse_unheld_digest(actor=actor, tenant=tenant, digest=digest, field=f"artifacts[{index}]")
                 raise Invalid(f"No artifact with digest {digest} in {tenant.slug}.", field=f"artifacts[{index}]")
+        _check_inputs_held(actor=actor, tenant=tenant, document=document)
         digest, canonical = version_digest(document, digests)
         workflow, created_workflow = Workflow.objects.get_or_create(
             tenant=tenant, name=document["name"],
@@ -92,6 +94,36 @@ def workflow_version_register(*, actor, tenant: Tenant, spec, artifact_digests=(
                target=Target("workflow_version", f"{workflow.name}@{number}"),
                data={"digest": digest, "artifacts": sorted(digests), "uses_images": version.uses_images})
     return version, True
+
+
+def held_digests(tenant: Tenant, digests) -> set[str]:
+    """The digests among ``digests`` whose bytes ``tenant`` holds as a stored artifact. This is
+    the one way a digest leads to bytes: through the asking tenant's own artifact records."""
+    return set(Artifact.objects.filter(tenant=tenant, digest__in=set(digests), stored_at__isnull=False)
+               .values_list("digest", flat=True))
+
+
+def refuse_unheld_digest(*, actor, tenant: Tenant, digest: str, field: str) -> None:
+    """Audit, in the caller's tenant, a digest it named but does not hold. An unknown digest
+    and another tenant's are recorded alike, so neither the answer nor the trail tells
+    whether anyone else holds those bytes."""
+    record_denial(action="artifact.access_refused", actor=actor_for(actor), tenant=tenant.slug,
+                  target=Target("artifact", digest), data={"field": field})
+
+
+def _check_inputs_held(*, actor, tenant: Tenant, document: dict) -> None:
+    """Every spec input is an artifact of the tenant: a run copies exactly those bytes."""
+    inputs = document.get("inputs", [])
+    held = held_digests(tenant, [item["digest"] for item in inputs])
+    problems = []
+    for index, item in enumerate(inputs):
+        if item["digest"] not in held:
+            path = f"$.inputs[{index}].digest"
+            refuse_unheld_digest(actor=actor, tenant=tenant, digest=item["digest"], field=path)
+            problems.append(SpecProblem(path, f"no artifact of {tenant.slug} has this digest: "
+                                              "upload the input as an artifact first"))
+    if problems:
+        raise SpecRejected(problems)
 
 
 # Artifacts ------------------------------------------------------------------------------

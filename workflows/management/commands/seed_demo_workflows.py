@@ -27,14 +27,18 @@ SPEC = {
     "name": "fraud-detector",
     "description": "Fine-tune the fraud model on last quarter's transactions",
     "base_model": {"name": "mistralai/Mistral-7B"},
-    "inputs": [{"name": "transactions", "region": "eu", "uri": "s3://acme-data/tx.parquet",
-                "digest": "sha256:" + "3" * 64}],
+    # The input's digest is that of TRANSACTIONS, uploaded as the tenant's artifact: a run copies
+    # only bytes its tenant holds.
+    "inputs": [{"name": "transactions", "region": "eu", "uri": "s3://acme-data/tx.csv"}],
     "steps": [
-        {"name": "prepare", "command": ["python", "prepare.py"], "timeout_seconds": 600},
-        {"name": "train", "command": ["python", "train.py"], "gpu": {"flavor": "h100-80gb", "count": 2},
-         "depends_on": ["prepare"]},
+        {"name": "prepare", "command": ["sh", "-c", "wc -l < inputs/transactions > rows.txt; echo prepared"],
+         "timeout_seconds": 600},
+        {"name": "train", "command": ["sh", "-c", "echo training on $(cat rows.txt) rows"],
+         "gpu": {"flavor": "h100-80gb", "count": 2}, "depends_on": ["prepare"]},
     ],
 }
+TRANSACTIONS = b"amount,label\n" + b"".join(f"{(n * 37) % 1000}.{n % 100:02d},{int(n % 17 == 0)}\n".encode()
+                                             for n in range(1, 501))
 
 
 class Command(BaseCommand):
@@ -68,17 +72,25 @@ class Command(BaseCommand):
         digests = [self._signed(tenant, developer, private_pem, "fraud-model", "model", os.urandom(64 * 1024)),
                    self._signed(tenant, developer, private_pem, "fraud-eval", "metrics",
                                 json.dumps({"accuracy": 0.94, "auc": 0.91}).encode())]
-        version, _ = workflow_version_register(actor=developer, tenant=tenant, spec=SPEC, artifact_digests=digests)
+        transactions = self._upload(tenant, developer, "transactions", "dataset", TRANSACTIONS).digest
+        spec = {**SPEC, "inputs": [{**SPEC["inputs"][0], "digest": transactions}]}
+        version, _ = workflow_version_register(actor=developer, tenant=tenant, spec=spec, artifact_digests=digests)
         promotion_request(actor=developer, tenant=tenant, version=version, stage="development",
                           justification="First fine-tune of the quarter")
         promotion_request(actor=developer, tenant=tenant, version=version, stage="staging",
                           justification="Evaluation passed on the holdout set")
 
     @staticmethod
-    def _signed(tenant, developer, private_pem, name, kind, data) -> str:
+    def _upload(tenant, developer, name, kind, data):
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         artifact, _ = artifact_upload(actor=developer, tenant=tenant, name=name, kind=kind, region="eu",
                                       digest=digest, declared_size=len(data), stream=io.BytesIO(data))
+        return artifact
+
+    @classmethod
+    def _signed(cls, tenant, developer, private_pem, name, kind, data) -> str:
+        artifact = cls._upload(tenant, developer, name, kind, data)
+        digest = artifact.digest
         with tempfile.TemporaryDirectory() as scratch:
             path = Path(scratch) / name
             path.write_bytes(data)
