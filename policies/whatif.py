@@ -1,9 +1,12 @@
 """What-if: evaluate a policy, or replay stored decisions, under a candidate policy.
 
-Nothing here stores a decision. ``policy_evaluate`` writes nothing at all; ``policy_replay``
-reads every tenant's decisions and records only that it did (``policy.replay``).
+Nothing here stores a decision. ``policy_evaluate`` records only that a candidate ran
+(``policy.candidate_evaluate``, with its module digests); ``policy_replay`` reads every
+tenant's decisions and records only that it did (``policy.replay``). A candidate may call only
+the builtins on the allow-list (policies.sandbox); a refused one is recorded too.
 """
 
+import hashlib
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -13,8 +16,8 @@ from pathlib import Path
 from django.db import transaction
 from django.utils import timezone
 
-from audit.log import Actor, Target, record
-from tenants.access import allowed_tenant_ids, is_platform_admin
+from audit.log import Actor, Target, record, record_denial
+from tenants.access import actor_for, allowed_tenant_ids, is_platform_admin
 from tenants.errors import Forbidden, Invalid
 
 from .engines import (
@@ -28,6 +31,7 @@ from .engines import (
     encode_input,
 )
 from .models import PolicyDecision
+from .sandbox import BuiltinRefused, CheckFailed, check_modules
 
 MAX_CANDIDATE_FILES = 50
 MAX_CANDIDATE_BYTES = 256 * 1024
@@ -36,12 +40,29 @@ PLATFORM_ALIAS = "platform"  # the platform role: reads every tenant's rows (BYP
 _MODULE_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*\.rego")
 
 
-def candidate_engine(policy_dir, entrypoints=(DEFAULT_ENTRYPOINT,)) -> EmbeddedEngine:
-    """An embedded engine over ``policy_dir``, compiled now: a syntax error is an Invalid
-    (code ``policy_syntax_error``) naming file, line and column."""
+def module_digests(engine: EmbeddedEngine) -> dict:
+    return {path: "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+            for path, text in sorted(engine.source.modules.items())}
+
+
+def candidate_engine(policy_dir, entrypoints=(DEFAULT_ENTRYPOINT,), *, actor: Actor) -> EmbeddedEngine:
+    """An embedded engine over ``policy_dir``, compiled now. A call of a builtin that is not on
+    the allow-list is an Invalid (code ``policy_builtin_refused``) naming the builtin, file and
+    line, checked before anything compiles and audited for ``actor``; a syntax error is an
+    Invalid (code ``policy_syntax_error``) naming file, line and column."""
     engine = EmbeddedEngine(policy_dir)
     if not engine.source.modules:
         raise Invalid("The candidate policy holds no .rego modules (*_test.rego files do not count).", field="policy")
+    try:
+        check_modules(engine.source.modules)
+    except BuiltinRefused as exc:
+        record_denial(action="policy.candidate_refused", actor=actor, target=Target("policy_revision", engine.revision),
+                      data={"modules": module_digests(engine), "builtin": exc.builtin, "file": exc.path,
+                            "line": exc.line})
+        raise Invalid(str(exc), field=f"policy.{exc.path}", code="policy_builtin_refused") from None
+    except CheckFailed as exc:
+        raise Invalid(f"The candidate policy could not be checked: its parse {exc}.", field="policy",
+                      code="policy_check_failed") from None
     try:
         for entrypoint in entrypoints:
             engine.compile_check(entrypoint)
@@ -70,7 +91,7 @@ def _check_candidate(policy) -> dict:
 
 def policy_evaluate(*, actor, input, entrypoint: str = DEFAULT_ENTRYPOINT, policy: dict | None = None) -> Decision:
     """Evaluate ``input`` with the configured engine, or with the candidate modules ``policy``
-    (path -> Rego source) on the embedded engine. Stores and audits nothing: a dry run."""
+    (path -> Rego source) on the embedded engine. Stores no decision; a candidate's run is audited."""
     if not is_platform_admin(actor) and not allowed_tenant_ids(actor, "view"):
         raise Forbidden("Only platform admins and members of a tenant may evaluate policies.")
     try:
@@ -92,9 +113,15 @@ def policy_evaluate(*, actor, input, entrypoint: str = DEFAULT_ENTRYPOINT, polic
                 target.write_text(text, encoding="utf-8")
         except OSError:  # e.g. "a.rego" and "a.rego/b.rego"
             raise Invalid("The module paths of the candidate policy clash.", field="policy") from None
-        engine = candidate_engine(root, [entrypoint])
+        engine = candidate_engine(root, [entrypoint], actor=actor_for(actor))
     # The engine holds the sources in memory; the directory is no longer needed.
-    return engine.decide(entrypoint, input)
+    decision = engine.decide(entrypoint, input)
+    with transaction.atomic():
+        record(action="policy.candidate_evaluate", actor=actor_for(actor),
+               target=Target("policy_revision", engine.revision),
+               data={"entrypoint": entrypoint, "modules": module_digests(engine), "allow": decision.allow,
+                     "error": bool(decision.error)})
+    return decision
 
 
 def blocking_rules(violations) -> frozenset:
@@ -124,7 +151,7 @@ def policy_replay(*, policy_dir, since: timedelta, now=None) -> ReplayReport:
     """Re-evaluate every error-free decision stored since ``now - since`` with the candidate
     policy in ``policy_dir``; report those whose outcome (allow, or the blocking rules) would
     change. Reads every tenant through the platform role; audited as ``policy.replay``."""
-    engine = candidate_engine(policy_dir)
+    engine = candidate_engine(policy_dir, actor=Actor.system("policy"))
     cutoff = (now or timezone.now()) - since
     rows = (PolicyDecision.objects.using(PLATFORM_ALIAS).filter(created_at__gte=cutoff, error="")
             .select_related("tenant").order_by("created_at", "id"))
@@ -145,6 +172,7 @@ def policy_replay(*, policy_dir, since: timedelta, now=None) -> ReplayReport:
         per_tenant[change.tenant] = per_tenant.get(change.tenant, 0) + 1
     with transaction.atomic():
         record(action="policy.replay", actor=Actor.system("policy"), target=Target("policy_revision", engine.revision),
-               data={"candidate_revision": engine.revision, "since_days": since.total_seconds() / 86400,
+               data={"candidate_revision": engine.revision, "modules": module_digests(engine),
+                     "since_days": since.total_seconds() / 86400,
                      "replayed": report.replayed, "changed": len(report.changes), "changed_per_tenant": per_tenant})
     return report

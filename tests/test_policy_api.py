@@ -1,6 +1,7 @@
 """The policy API and tools: the OPA bundle endpoint, what-if evaluation (which stores nothing)
 and `manage.py policy replay` (which reads every tenant through the platform role)."""
 
+import hashlib
 import io
 import json
 import os
@@ -130,7 +131,12 @@ def test_a_candidate_policy_decides_under_its_own_revision(world, api, tmp_path)
     (tmp_path / "neocloud/dryrun.rego").write_text(DRY_RUN_POLICY["neocloud/dryrun.rego"])
     assert body["policy_revision"] == PolicySource.load(tmp_path).revision != PolicySource.load().revision
     assert not PolicyDecision.objects.using("owner").exists()
-    assert actions() <= {"token.issue"}
+    assert actions() == {"token.issue", "policy.candidate_evaluate"}  # the run is on the record, nothing else
+    [event] = AuditEvent.objects.using("owner").filter(action="policy.candidate_evaluate")
+    source = DRY_RUN_POLICY["neocloud/dryrun.rego"].encode()
+    assert event.data == {"entrypoint": "neocloud/dryrun/decision", "allow": False, "error": False,
+                          "modules": {"neocloud/dryrun.rego": "sha256:" + hashlib.sha256(source).hexdigest()}}
+    assert (event.actor_name, event.target_id) == (world.a.developer.username, body["policy_revision"])
 
 
 def test_a_platform_admin_may_dry_run_and_outsiders_may_not(world, api):
@@ -238,7 +244,9 @@ def test_replay_lists_what_a_candidate_would_change_in_every_tenant(stored, tmp_
     assert lines[3:] == [f"5 decision(s) of the last 7 day(s) replayed under {revision}: 3 would change."]
     [event] = AuditEvent.objects.using("owner").filter(action="policy.replay")
     assert (event.actor_type, event.actor_name, event.tenant, event.outcome) == ("system", "policy", "", "success")
+    source = (policy / "platform/promotion.rego").read_bytes()
     assert event.data == {"candidate_revision": revision, "since_days": 7.0, "replayed": 5, "changed": 3,
+                          "modules": {"platform/promotion.rego": "sha256:" + hashlib.sha256(source).hexdigest()},
                           "changed_per_tenant": {"(platform)": 1, "acme-bank": 1, "st-mary-hospital": 1}}
     assert PolicyDecision.objects.using("owner").count() == len(stored)  # nothing stored
 

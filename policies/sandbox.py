@@ -1,0 +1,319 @@
+"""Rego the platform did not ship may call only the builtins on an allow-list.
+
+Candidate policies (the what-if API, ``manage.py policy replay``) are checked here before they
+compile, in a child process (``python -m policies.sandbox``) with no secret in its environment,
+bounded in time and memory: the engine's parser runs on tenant input, and a crash or a runaway
+there must not take the web process with it. The check walks the module as the engine parsed
+it: regopy (rego-cpp) writes each
+pass's syntax tree when debugging is on, and its ``structure`` pass holds every call as an
+``rego-exprcall`` node whose ``rego-ref`` names the function. Each called name, and each name
+in a ``with`` replacement, must be on the allow-list or be a rule or function the candidate
+defines itself (reached by ``data.``, an import alias, or a name of its own package).
+
+The allow-list is ``policies/capabilities.json``, an OPA capabilities file, so operators who
+run OPA can hold a candidate to the same list (``opa eval --capabilities``). Nothing on it
+reads the process or its environment, reaches the network, reads files, reads the clock or a
+random source, or prints or traces into a response.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+CAPABILITIES = Path(__file__).resolve().parent / "capabilities.json"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CHECK_SECONDS = 20  # a whole batch; one candidate takes milliseconds
+CHECK_MEMORY_BYTES = 1024 ** 3
+
+
+class CheckFailed(Exception):
+    """The check itself could not finish (the parser crashed, or ran past its bounds)."""
+
+
+class BuiltinRefused(Exception):
+    """A candidate module calls a builtin not on the allow-list."""
+
+    def __init__(self, builtin: str, path: str, line: int):
+        self.builtin, self.path, self.line = builtin, path, line
+        super().__init__(f"{path}:{line}: calls {builtin}, which candidate policies may not call "
+                         f"(the allowed builtins are listed in the platform's capabilities file).")
+
+
+@lru_cache(maxsize=1)
+def allowed_builtins() -> frozenset:
+    return frozenset(entry["name"] for entry in json.loads(CAPABILITIES.read_text())["builtins"])
+
+
+# The engine's syntax tree ---------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    kind: str
+    offset: int = -1
+    text: bytes = b""
+    children: list = field(default_factory=list)
+
+    def first(self, kind: str):
+        return next((child for child in self.children if child.kind == kind), None)
+
+    def walk(self):
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+class _Reader:
+    """Reads trieste's dump: ``(kind [<n>:<source>][|offset|length[:text of length bytes]] children)``.
+    Token text is length-prefixed, so a string holding parentheses cannot confuse it."""
+
+    def __init__(self, data: bytes):
+        self.data, self.at = data, 0
+
+    def _number(self) -> int:
+        start = self.at
+        while self.data[self.at:self.at + 1].isdigit():
+            self.at += 1
+        return int(self.data[start:self.at])
+
+    def node(self) -> Node:
+        assert self.data[self.at:self.at + 1] == b"("
+        self.at += 1
+        start = self.at
+        while self.data[self.at:self.at + 1] not in (b" ", b")", b"\n"):
+            self.at += 1
+        node = Node(kind=self.data[start:self.at].decode())
+        if self.data[self.at:self.at + 1] == b" ":
+            self.at += 1
+            if self.data[self.at:self.at + 1].isdigit():  # a source name: <n>:<name>
+                name_length = self._number()
+                self.at += 1 + name_length
+            if self.data[self.at:self.at + 1] == b"|":
+                self.at += 1
+                node.offset = self._number()
+                self.at += 1  # the second |
+                length = self._number()
+                if self.data[self.at:self.at + 1] == b":":
+                    node.text = self.data[self.at + 1:self.at + 1 + length]
+                    self.at += 1 + length
+        while True:
+            self._skip_space()
+            char = self.data[self.at:self.at + 1]
+            if char == b")":
+                self.at += 1
+                return node
+            if char == b"(":
+                node.children.append(self.node())
+            elif char == b"{":
+                self._symbol_table()
+            else:
+                raise ValueError(f"unexpected {char!r} at byte {self.at} of the engine's syntax tree")
+
+    def _symbol_table(self):
+        self.at += 1
+        while self.data[self.at:self.at + 1] != b"}":
+            if self.data[self.at:self.at + 1] == b"(":
+                self.node()
+            elif self.at >= len(self.data):
+                raise ValueError("a symbol table of the engine's syntax tree does not end")
+            else:
+                self.at += 1
+        self.at += 1
+
+    def _skip_space(self):
+        while self.data[self.at:self.at + 1] in (b" ", b"\n", b"\t", b"\r"):
+            self.at += 1
+
+
+def parse_dump(data: bytes) -> Node:
+    """The tree in one pass's dump (two header lines: the pass group and its name)."""
+    return _Reader(data).node() if data.startswith(b"(") else _Reader(data[data.index(b"\n(") + 1:]).node()
+
+
+def structure_of(modules: dict[str, str]) -> dict[str, Node]:
+    """Each module as the engine parsed it (its last module pass), before anything compiles.
+    A module the engine cannot parse is left out: compiling it reports the syntax error."""
+    import regopy
+
+    trees = {}
+    with tempfile.TemporaryDirectory(prefix="neocloud-rego-parse-") as scratch:
+        for index, (path, text) in enumerate(sorted(modules.items())):
+            interpreter = regopy.Interpreter()
+            interpreter.debug_enabled = True
+            interpreter.set_debug_path(str(Path(scratch, str(index))))
+            try:
+                interpreter.add_module(path, text)
+            except Exception:
+                continue
+            passes = sorted(Path(scratch, str(index)).glob("module0/*_structure.trieste"))
+            if not passes:
+                raise RuntimeError("the policy engine wrote no syntax tree for a candidate module")
+            trees[path] = parse_dump(passes[-1].read_bytes())
+    return trees
+
+
+# The walk ---------------------------------------------------------------------------------
+
+
+def ref_name(ref: Node) -> str | None:
+    """``a.b["c"].d`` as ``a.b.c.d``; None when a part is computed (not a literal)."""
+    head = ref.first("rego-refhead")
+    if head is None or not head.children or head.children[0].kind != "rego-var":
+        return None
+    parts = [head.children[0].text.decode()]
+    for arg in (ref.first("rego-refargseq") or Node("")).children:
+        if arg.kind == "rego-refargdot" and arg.children and arg.children[0].kind == "rego-var":
+            parts.append(arg.children[0].text.decode())
+            continue
+        strings = [n for n in arg.walk() if n.kind == "rego-STRING"]
+        if arg.kind == "rego-refargbrack" and len(strings) == 1 and \
+                len([n for n in arg.walk() if n.kind.startswith("rego-") and n.text]) == 1:
+            parts.append(json.loads(strings[0].text))
+            continue
+        return None
+    return ".".join(parts)
+
+
+def _defined_names(tree: Node) -> set[str]:
+    """What a module itself defines or imports: rule and function names, import aliases."""
+    names = {"data", "input"}
+    for node in tree.walk():
+        if node.kind == "rego-ruleref":
+            ref = node.first("rego-ref")
+            name = ref_name(ref) if ref else None
+            if name:
+                names.add(name.split(".")[0])
+        elif node.kind == "rego-import":
+            alias = [child for child in node.children if child.kind == "rego-var"]
+            ref = node.first("rego-ref")
+            name = ref_name(ref) if ref else None
+            if alias:
+                names.add(alias[-1].text.decode())
+            elif name:
+                names.add(name.split(".")[-1])
+    return names
+
+
+def _direct_name(node: Node | None) -> tuple[str | None, Node] | None:
+    """The name a ``with`` target or value names itself (a var or a ref), if it names one."""
+    while node is not None and node.kind in ("rego-expr", "rego-term") and len(node.children) == 1:
+        node = node.children[0]
+    if node is None:
+        return None
+    if node.kind == "rego-var":
+        return node.text.decode(), node
+    if node.kind == "rego-ref":
+        return ref_name(node), node
+    return None
+
+
+def _calls(tree: Node):
+    """(name or None, node) for every function called, and for what a ``with`` replaces and
+    what it replaces it with (``with upper as opa.runtime`` would call opa.runtime)."""
+    for node in tree.walk():
+        if node.kind == "rego-exprcall":
+            ref = node.first("rego-ref")
+            yield (ref_name(ref) if ref else None), node
+        elif node.kind == "rego-with":
+            for part in node.children[:2]:
+                named = _direct_name(part)
+                if named is not None:
+                    yield named
+
+
+def _line(source: str, offset: int) -> int:
+    return source.encode("utf-8")[:max(offset, 0)].count(b"\n") + 1
+
+
+def _first_refusal(modules: dict[str, str], engine) -> BuiltinRefused | None:
+    allowed = allowed_builtins()
+    for path, tree in structure_of(modules).items():
+        own = _defined_names(tree)
+        for name, node in sorted(_calls(tree), key=lambda pair: pair[1].offset):
+            if name is None:
+                return BuiltinRefused("a function whose name is computed", path, _line(modules[path], node.offset))
+            if name in allowed or (name.split(".")[0] in own and not engine.is_builtin(name)):
+                continue
+            return BuiltinRefused(name, path, _line(modules[path], node.offset))
+    return None
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # gone already
+        return 0
+    line = next((line for line in status.splitlines() if line.startswith("VmRSS:")), "VmRSS: 0 kB")
+    return int(line.split()[1]) * 1024
+
+
+def run_bounded(module: str, payload: dict, *, seconds: float, memory_bytes: int) -> dict:
+    """Run ``python -m module`` with ``payload`` as JSON on stdin, in an environment that holds
+    no secret; stop it the moment it passes ``seconds`` or resident ``memory_bytes`` (rego-cpp's
+    allocator reserves address space up front, so an address-space limit would stop it at once).
+    Returns what it printed, as JSON; raises CheckFailed otherwise."""
+    def cpu_bounded():
+        limit = int(seconds) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (limit, limit))
+
+    process = subprocess.Popen([sys.executable, "-m", module], cwd=PROJECT_ROOT, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=cpu_bounded,
+                               env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"})
+    pending, deadline = json.dumps(payload), time.monotonic() + seconds
+    while True:
+        try:
+            out, _ = process.communicate(input=pending, timeout=0.02)
+            break
+        except subprocess.TimeoutExpired:
+            pending = None  # sent: a retry keeps reading
+            why = (f"took over {seconds:g} s" if time.monotonic() > deadline else
+                   f"used over {memory_bytes // 2 ** 20} MiB" if _rss_bytes(process.pid) > memory_bytes else "")
+            if why:
+                process.kill()
+                process.communicate()
+                raise CheckFailed(why) from None
+    if process.returncode != 0:
+        raise CheckFailed("stopped without an answer")
+    return json.loads(out)
+
+
+def check_module_sets(module_sets: list[dict[str, str]]) -> list[BuiltinRefused | None]:
+    """The first refusal of each set of modules (None: every call is allowed), found by one
+    bounded child process. Raises CheckFailed when the child does not answer."""
+    answer = run_bounded("policies.sandbox", {"module_sets": module_sets}, seconds=CHECK_SECONDS,
+                         memory_bytes=CHECK_MEMORY_BYTES)
+    return [BuiltinRefused(**found) if found else None for found in answer["refusals"]]
+
+
+def check_modules(modules: dict[str, str]) -> None:
+    """Raise BuiltinRefused for the first call, in path and source order, of a builtin that is
+    not on the allow-list (or CheckFailed)."""
+    [refusal] = check_module_sets([modules])
+    if refusal is not None:
+        raise refusal
+
+
+def main() -> None:
+    answer = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # the engine prints its parse errors on stdout; only the answer goes there
+    import regopy
+
+    engine = regopy.Interpreter()  # knows every builtin it implements: none may hide behind a rule's name
+    refusals = []
+    for modules in json.load(sys.stdin)["module_sets"]:
+        found = _first_refusal(modules, engine)
+        refusals.append(None if found is None else {"builtin": found.builtin, "path": found.path,
+                                                    "line": found.line})
+    json.dump({"refusals": refusals}, answer)
+    answer.close()
+
+
+if __name__ == "__main__":
+    main()
