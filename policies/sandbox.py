@@ -31,6 +31,7 @@ CAPABILITIES = Path(__file__).resolve().parent / "capabilities.json"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CHECK_SECONDS = 20  # a whole batch; one candidate takes milliseconds
 CHECK_MEMORY_BYTES = 1024 ** 3
+STARTUP_SECONDS = 10  # a child's interpreter start and the candidate's compile, before its first answer
 
 
 class CheckFailed(Exception):
@@ -254,19 +255,96 @@ def _rss_bytes(pid: int) -> int:
     return int(line.split()[1]) * 1024
 
 
+def _child(module: str, seconds: float) -> subprocess.Popen:
+    """``python -m module`` in an environment that holds no secret, with a CPU limit as a
+    backstop to the parent's own watch."""
+    def cpu_bounded():
+        limit = int(seconds) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (limit, limit))
+
+    return subprocess.Popen([sys.executable, "-m", module], cwd=PROJECT_ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=cpu_bounded,
+                            env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"})
+
+
+def stream_bounded(module: str, payload: dict, *, first_seconds: float, seconds_each: float,
+                   memory_bytes: int) -> tuple[list[dict], str]:
+    """Run ``python -m module`` on ``payload`` and read the JSON lines it answers. The first
+    (the child is ready) must come within ``first_seconds``, each later one within
+    ``seconds_each`` of the one before, with the child under ``memory_bytes`` resident; the
+    child is killed the moment either bound passes. Returns (the lines read, why it was
+    stopped or "")."""
+    import selectors
+    import threading
+
+    process = _child(module, first_seconds + seconds_each * 1000)
+    data = json.dumps(payload).encode()
+    writer = threading.Thread(target=_feed, args=(process.stdin, data), daemon=True)
+    writer.start()
+    lines, buffer, why = [], b"", ""
+    deadline = time.monotonic() + first_seconds
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while True:
+            if selector.select(timeout=0.02):
+                chunk = os.read(process.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    lines.append(json.loads(line))
+                    deadline = time.monotonic() + seconds_each
+            if time.monotonic() > deadline:
+                why = f"passed its {seconds_each:g} s bound"
+            elif _rss_bytes(process.pid) > memory_bytes:
+                why = f"passed its {memory_bytes // 2 ** 20} MiB bound"
+            if why:
+                process.kill()
+                break
+    process.wait()
+    writer.join()
+    if not why and process.returncode != 0:
+        why = "stopped without an answer"
+    return lines, why
+
+
+def _feed(pipe, data: bytes) -> None:
+    try:
+        pipe.write(data)
+        pipe.close()
+    except (BrokenPipeError, ValueError):  # the child was stopped before it read everything
+        pass
+
+
+def evaluate_bounded(modules: dict[str, str], queries: list[dict], *, seconds_each: float,
+                     memory_bytes: int = CHECK_MEMORY_BYTES) -> list[dict]:
+    """Evaluate each query ({entrypoint, input}) under ``modules`` in child processes, each
+    query stopped at its bound: {"value": result}, {"undefined": True} or {"error": text}.
+    A query that passes its bound is an error, and the rest go on in a fresh child."""
+    results, remaining = [], list(queries)
+    while remaining:
+        lines, why = stream_bounded("policies.sandbox", {"evaluate": {"modules": modules, "queries": remaining}},
+                                    first_seconds=STARTUP_SECONDS, seconds_each=seconds_each,
+                                    memory_bytes=memory_bytes)
+        if not lines:  # it did not even compile within its bound: every query is an error
+            return results + [{"error": f"compiling it {why}, and was stopped."}] * len(remaining)
+        lines = lines[1:]  # the "ready" line
+        results += lines
+        if not why:
+            break
+        results.append({"error": f"it {why}, and was stopped."})
+        remaining = remaining[len(lines) + 1:]
+    return results
+
+
 def run_bounded(module: str, payload: dict, *, seconds: float, memory_bytes: int) -> dict:
     """Run ``python -m module`` with ``payload`` as JSON on stdin, in an environment that holds
     no secret; stop it the moment it passes ``seconds`` or resident ``memory_bytes`` (rego-cpp's
     allocator reserves address space up front, so an address-space limit would stop it at once).
     Returns what it printed, as JSON; raises CheckFailed otherwise."""
-    def cpu_bounded():
-        limit = int(seconds) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (limit, limit))
-
-    process = subprocess.Popen([sys.executable, "-m", module], cwd=PROJECT_ROOT, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=cpu_bounded,
-                               env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"})
-    pending, deadline = json.dumps(payload), time.monotonic() + seconds
+    process = _child(module, seconds)
+    pending, deadline = json.dumps(payload).encode(), time.monotonic() + seconds
     while True:
         try:
             out, _ = process.communicate(input=pending, timeout=0.02)
@@ -300,14 +378,51 @@ def check_modules(modules: dict[str, str]) -> None:
         raise refusal
 
 
+def _evaluate(modules: dict[str, str], queries: list[dict], answer) -> None:
+    """One line per query, as each finishes: the parent stops a query at its own bound."""
+    import regopy
+
+    interpreter, bundles = regopy.Interpreter(), {}
+    for path, text in sorted(modules.items()):
+        interpreter.add_module(path, text)
+    for entrypoint in {query["entrypoint"] for query in queries}:
+        try:
+            bundles[entrypoint] = interpreter.build(None, [entrypoint])
+        except Exception as exc:
+            bundles[entrypoint] = exc
+    answer.write(json.dumps({"ready": True}) + "\n")  # compiled: from here each query has its own bound
+    answer.flush()
+    for query in queries:
+        try:
+            entrypoint = query["entrypoint"]
+            if isinstance(bundles[entrypoint], Exception):
+                raise bundles[entrypoint]
+            interpreter.set_input_term(json.dumps(query["input"], allow_nan=False, ensure_ascii=False))
+            output = interpreter.query_bundle_entrypoint(bundles[entrypoint], entrypoint)
+            if not output.ok():
+                line = {"error": str(output).strip()[:500]}
+            elif len(output) == 0 or not output[0].expressions:
+                line = {"undefined": True}
+            else:
+                line = {"value": output[0].expressions[0]}
+        except Exception as exc:  # reported, never raised: the next query still runs
+            line = {"error": str(exc)[:500]}
+        answer.write(json.dumps(line) + "\n")
+        answer.flush()
+
+
 def main() -> None:
     answer = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # the engine prints its parse errors on stdout; only the answer goes there
     import regopy
 
+    payload = json.load(sys.stdin)
+    if "evaluate" in payload:
+        _evaluate(payload["evaluate"]["modules"], payload["evaluate"]["queries"], answer)
+        return
     engine = regopy.Interpreter()  # knows every builtin it implements: none may hide behind a rule's name
     refusals = []
-    for modules in json.load(sys.stdin)["module_sets"]:
+    for modules in payload["module_sets"]:
         found = _first_refusal(modules, engine)
         refusals.append(None if found is None else {"builtin": found.builtin, "path": found.path,
                                                     "line": found.line})

@@ -9,10 +9,13 @@ the builtins on the allow-list (policies.sandbox); a refused one is recorded too
 import hashlib
 import re
 import tempfile
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -28,10 +31,12 @@ from .engines import (
     blocking,
     check_entrypoint,
     decide,
+    deny,
     encode_input,
+    interpret,
 )
 from .models import PolicyDecision
-from .sandbox import BuiltinRefused, CheckFailed, check_modules
+from .sandbox import BuiltinRefused, CheckFailed, check_modules, evaluate_bounded
 
 MAX_CANDIDATE_FILES = 50
 MAX_CANDIDATE_BYTES = 256 * 1024
@@ -70,6 +75,26 @@ def candidate_engine(policy_dir, entrypoints=(DEFAULT_ENTRYPOINT,), *, actor: Ac
         raise Invalid(f"The candidate policy does not compile: {exc}", field="policy",
                       code="policy_syntax_error") from None
     return engine
+
+
+def candidate_decisions(engine: EmbeddedEngine, queries: list[tuple[str, dict]]) -> list[Decision]:
+    """Each (entrypoint, input) decided by the candidate in a bounded child process: a query
+    is stopped the moment it passes POLICY_TIMEOUT_SECONDS (or the memory bound) and is a deny.
+    The platform's own policy keeps its in-process path."""
+    started = time.perf_counter()
+    answers = evaluate_bounded(engine.source.modules, [{"entrypoint": e, "input": i} for e, i in queries],
+                              seconds_each=settings.POLICY_TIMEOUT_SECONDS)
+    decisions = []
+    for (entrypoint, _), answer in zip(queries, answers, strict=True):
+        common = {"engine": engine.name, "revision": engine.revision, "decision_id": str(uuid.uuid4()),
+                  "started": started}
+        if "value" in answer:
+            decisions.append(interpret(answer["value"], **common))
+        elif answer.get("undefined"):
+            decisions.append(deny(error=f"The policy result at {entrypoint} is undefined.", **common))
+        else:
+            decisions.append(deny(error=f"Policy evaluation failed: {answer['error']}"[:1000], **common))
+    return decisions
 
 
 def _check_candidate(policy) -> dict:
@@ -115,7 +140,7 @@ def policy_evaluate(*, actor, input, entrypoint: str = DEFAULT_ENTRYPOINT, polic
             raise Invalid("The module paths of the candidate policy clash.", field="policy") from None
         engine = candidate_engine(root, [entrypoint], actor=actor_for(actor))
     # The engine holds the sources in memory; the directory is no longer needed.
-    decision = engine.decide(entrypoint, input)
+    [decision] = candidate_decisions(engine, [(entrypoint, input)])
     with transaction.atomic():
         record(action="policy.candidate_evaluate", actor=actor_for(actor),
                target=Target("policy_revision", engine.revision),
@@ -156,9 +181,10 @@ def policy_replay(*, policy_dir, since: timedelta, now=None) -> ReplayReport:
     rows = (PolicyDecision.objects.using(PLATFORM_ALIAS).filter(created_at__gte=cutoff, error="")
             .select_related("tenant").order_by("created_at", "id"))
     report = ReplayReport(revision=engine.revision)
-    for row in rows.iterator():
+    rows = list(rows)
+    for row, after in zip(rows, candidate_decisions(engine, [(row.entrypoint, row.input) for row in rows]),
+                          strict=True):
         report.replayed += 1
-        after = engine.decide(row.entrypoint, row.input)
         before_rules, after_rules = blocking_rules(row.violations), blocking_rules(after.violations)
         if (row.allow, before_rules) != (after.allow, after_rules):
             report.changes.append(ReplayChange(

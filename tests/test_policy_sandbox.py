@@ -144,3 +144,17 @@ def test_the_check_is_stopped_at_its_time_and_memory_bounds_not_after():
                     memory_bytes=64 * 2 ** 20)
     with pytest.raises(CheckFailed, match=r"^took over 0.5 s$"):
         run_bounded("tests.support.hog", {"run_seconds": 60}, seconds=0.5, memory_bytes=2 ** 30)
+
+
+def test_a_candidate_evaluation_is_stopped_at_its_bound_and_is_a_deny(world, api, settings):
+    settings.POLICY_TIMEOUT_SECONDS = 0.5
+    endless = ("package neocloud.slow\nimport rego.v1\n\n"
+               "decision := {\"allow\": count([1 | some i in numbers.range(1, 1000); "
+               "some j in numbers.range(1, 1000); i * j == -1]) == 0, \"violations\": []}\n")
+    response = api(world.a.developer).post(EVALUATE, {"input": GOOD, "entrypoint": "neocloud/slow/decision",
+                                                      "policy": {"slow.rego": endless}})
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["allow"] is False and body["error"] == "Policy evaluation failed: it passed its 0.5 s bound, and was stopped."
+    [event] = AuditEvent.objects.using("owner").filter(action="policy.candidate_evaluate")
+    assert event.data["error"] is True and event.data["allow"] is False
