@@ -14,6 +14,7 @@ deny with ``error`` set. The caller never sees an exception from ``decide``.
 """
 
 import json
+import logging
 import re
 import threading
 import time
@@ -24,6 +25,8 @@ from urllib.parse import urlsplit
 from django.conf import settings
 
 from .bundle import PolicySource
+
+logger = logging.getLogger(__name__)
 
 LEVELS = ("advisory", "soft-mandatory", "hard-mandatory")
 DEFAULT_ENTRYPOINT = "neocloud/platform/promotion/decision"
@@ -231,8 +234,12 @@ class OpaServerEngine(Engine):
             answer = self.client.query_rule(input_data=input, package_path=package, rule_name=rule,
                                             query_params={"provenance": "true"})
         except Exception as exc:  # requests' raw exceptions included: fail closed
+            # The address and the exception's text are configuration: the log has them, the
+            # decision (which tenants read) only the kind of failure.
+            logger.warning("OPA at %s failed for %s: %s: %s", self.client.root_url, entrypoint,
+                           type(exc).__name__, exc)
             return deny(engine=self.name, revision=self.revision, started=started,
-                        error=f"OPA at {self.client.root_url} failed: {type(exc).__name__}: {exc}"[:1000])
+                        error=f"The OPA server failed to answer ({type(exc).__name__}); the operators' log has why.")
         decision_id = answer.get("decision_id") if isinstance(answer, dict) else None
         decision_id = str(decision_id) if decision_id else str(uuid.uuid4())
         if not isinstance(answer, dict) or "result" not in answer:
@@ -282,6 +289,7 @@ def decide(entrypoint: str, input: dict) -> Decision:
     try:
         engine = get_engine()
     except Exception as exc:
+        logger.error("The policy engine %s could not start: %s", settings.POLICY_ENGINE, exc)
         return deny(engine=settings.POLICY_ENGINE, revision="", started=time.perf_counter(),
-                    error=f"The policy engine could not start: {exc}")
+                    error="The policy engine could not start; the operators' log has why.")
     return engine.decide(entrypoint, input)
