@@ -17,13 +17,14 @@ from tenants.access import actor_for, require
 from tenants.api import TenantScopedMixin
 from tenants.db import PLATFORM_ALIAS
 from tenants.errors import Invalid, NotFound
+from tenants import strict
 
 from .evidence import promotion_evidence
 from .filters import AuditEventFilter
 from .selectors import events_visible_to
 
 
-class AuditEventSerializer(serializers.ModelSerializer):
+class AuditEventSerializer(strict.ModelSerializer):
     position = serializers.IntegerField(source="leaf.position", read_only=True, default=None)
 
     class Meta:

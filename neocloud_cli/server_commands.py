@@ -11,7 +11,7 @@ from .errors import NOT_VERIFIED, OK, CliError, input_error, usage_error
 from .output import Output
 from .signing_commands import signed_bundle
 
-DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")  # fullmatch: the whole value
 PAGE_SIZE = 500  # the API's largest page
 VERSION_SUMMARY = ("workflow", "number", "digest", "artifacts", "created_by", "created_at")
 
@@ -74,7 +74,7 @@ def _flavors_named(document: dict) -> set[str]:
 
 def checked_digests(digests: list[str]) -> list[str]:
     for digest in digests:
-        if not DIGEST.match(digest):
+        if not DIGEST.fullmatch(digest):
             raise input_error(f"The artifact digest {digest!r} is not 'sha256:' followed by 64 lowercase hex digits.")
     return list(digests)
 

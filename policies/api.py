@@ -10,6 +10,8 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
+
+from tenants import strict
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
@@ -86,8 +88,8 @@ class PolicyBundleView(APIView):
 
 class EvaluateSerializer(serializers.Serializer):
     input = serializers.JSONField()
-    entrypoint = serializers.CharField(required=False, default=DEFAULT_ENTRYPOINT, max_length=200)
-    policy = serializers.DictField(child=serializers.CharField(allow_blank=True, trim_whitespace=False),
+    entrypoint = strict.CharField(required=False, default=DEFAULT_ENTRYPOINT, max_length=200)
+    policy = serializers.DictField(child=strict.CharField(allow_blank=True, trim_whitespace=False),
                                    required=False, help_text="Candidate modules: path ending in .rego -> source.")
 
 

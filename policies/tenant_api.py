@@ -9,13 +9,14 @@ from rest_framework.response import Response
 
 from tenants.api import TenantScopedAPIView
 from tenants.errors import NotFound
+from tenants import strict
 
 from . import services
 from .models import TenantPolicy, Waiver
 
 
-class TenantPolicySerializer(serializers.ModelSerializer):
-    created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
+class TenantPolicySerializer(strict.ModelSerializer):
+    created_by = strict.CharField(source="created_by.username", read_only=True, default=None)
 
     class Meta:
         model = TenantPolicy
@@ -24,9 +25,9 @@ class TenantPolicySerializer(serializers.ModelSerializer):
         read_only_fields = ["revision", "created_by", "created_at"]
 
 
-class WaiverSerializer(serializers.ModelSerializer):
-    requested_by = serializers.CharField(source="requested_by.username", read_only=True)
-    approved_by = serializers.CharField(source="approved_by.username", read_only=True, default=None)
+class WaiverSerializer(strict.ModelSerializer):
+    requested_by = strict.CharField(source="requested_by.username", read_only=True)
+    approved_by = strict.CharField(source="approved_by.username", read_only=True, default=None)
     state = serializers.SerializerMethodField()
 
     class Meta:

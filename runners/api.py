@@ -18,6 +18,7 @@ from tenants import services as tenant_services
 from tenants.errors import Forbidden, Invalid, NotFound
 from tenants.models import GpuFlavor, TenantQuota
 from tenants.serializers import TenantQuotaSerializer
+from tenants import strict
 from workflows.models import Stage, Workflow
 from workflows.selectors import version_named
 
@@ -25,10 +26,10 @@ from . import admission, execution, selectors, services
 from .models import Run, RunLogChunk, RunnerNode, RunStep
 
 
-class RunnerNodeSerializer(serializers.ModelSerializer):
-    flavor = serializers.CharField(source="flavor.name", read_only=True)
+class RunnerNodeSerializer(strict.ModelSerializer):
+    flavor = strict.CharField(source="flavor.name", read_only=True)
     live = serializers.SerializerMethodField()
-    queue = serializers.CharField(read_only=True)
+    queue = strict.CharField(read_only=True)
 
     class Meta:
         model = RunnerNode
@@ -41,7 +42,7 @@ class RunnerNodeSerializer(serializers.ModelSerializer):
 
 
 class NodeStateSerializer(serializers.Serializer):
-    state = serializers.CharField(max_length=16)
+    state = strict.CharField(max_length=16)
 
 
 def _platform_admin_only(request):
@@ -95,20 +96,20 @@ class PoolList(APIView):
              "live_nodes": p.live_nodes, "other_nodes": p.other_nodes} for p in selectors.pools()]})
 
 
-class RunStepSerializer(serializers.ModelSerializer):
+class RunStepSerializer(strict.ModelSerializer):
     class Meta:
         model = RunStep
         fields = ["name", "position", "state", "attempts", "exit_code", "reason", "started_at", "finished_at"]
         read_only_fields = fields
 
 
-class RunSerializer(serializers.ModelSerializer):
+class RunSerializer(strict.ModelSerializer):
     id = serializers.UUIDField(source="public_id", read_only=True)
-    workflow = serializers.CharField(source="version.workflow.name", read_only=True)
+    workflow = strict.CharField(source="version.workflow.name", read_only=True)
     version = serializers.IntegerField(source="version.number", read_only=True)
-    flavor = serializers.CharField(source="flavor.name", read_only=True, default=None)
-    node = serializers.CharField(source="node.hostname", read_only=True, default=None)
-    requested_by = serializers.CharField(source="requested_by.username", read_only=True)
+    flavor = strict.CharField(source="flavor.name", read_only=True, default=None)
+    node = strict.CharField(source="node.hostname", read_only=True, default=None)
+    requested_by = strict.CharField(source="requested_by.username", read_only=True)
 
     class Meta:
         model = Run
@@ -132,7 +133,7 @@ class RunDetailSerializer(RunSerializer):
 
 
 class RunRequestSerializer(serializers.Serializer):
-    workflow = serializers.CharField(max_length=64)
+    workflow = strict.CharField(max_length=64)
     version = serializers.IntegerField(min_value=1)
     stage = serializers.ChoiceField(choices=Stage.choices)
     parameters = serializers.DictField(required=False, default=dict)

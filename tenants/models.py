@@ -10,9 +10,10 @@ from django.utils import timezone
 from .querysets import TenantOwnedQuerySet, TenantQuerySet
 from .roles import SERVICE_ACCOUNT_ROLE_CHOICES, Role
 
-slug_validator = RegexValidator(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$",
+# \A and \Z: a whole value; "$" would also match before a final newline ("acme-bank\n").
+slug_validator = RegexValidator(r"\A[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\Z",
                                 "Use 1 to 64 lowercase letters, digits and inner hyphens.")
-jurisdiction_validator = RegexValidator(r"^[a-z]{2}(?:-[a-z0-9]{1,8})?$",
+jurisdiction_validator = RegexValidator(r"\A[a-z]{2}(?:-[a-z0-9]{1,8})?\Z",
                                         "Use a lowercase region code such as eu, us, uk or ch-zh.")
 
 
@@ -145,7 +146,7 @@ class GpuFlavor(models.Model):
     (h100-1g.10gb). Platform-wide; managed by platform admins."""
 
     name = models.CharField(max_length=64, unique=True, validators=[RegexValidator(
-        r"^[a-z0-9](?:[a-z0-9.-]{0,62}[a-z0-9])?$", "Use lowercase letters, digits, '.' and '-', like h100-1g.10gb.")])
+        r"\A[a-z0-9](?:[a-z0-9.-]{0,62}[a-z0-9])?\Z", "Use lowercase letters, digits, '.' and '-', like h100-1g.10gb.")])
     description = models.CharField(max_length=200, blank=True)
     memory_gb = models.PositiveIntegerField(help_text="Device memory per unit, in GB.")
     billing_weight = models.DecimalField(max_digits=8, decimal_places=3,

@@ -2,13 +2,15 @@ from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
+from tenants import strict
+
 from .models import ApiToken, GpuFlavor, Membership, ServiceAccount, Tenant, TenantQuota, slug_validator
 from .roles import SERVICE_ACCOUNT_ROLE_CHOICES, Role
 
 User = get_user_model()
 
 
-class TenantSerializer(serializers.ModelSerializer):
+class TenantSerializer(strict.ModelSerializer):
     class Meta:
         model = Tenant
         fields = ["slug", "name", "jurisdiction", "status", "created_at"]
@@ -21,9 +23,9 @@ class TenantStatusSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=Tenant.Status.choices)
 
 
-class MembershipSerializer(serializers.ModelSerializer):
-    username = serializers.CharField(source="user.username", read_only=True)
-    tenant = serializers.CharField(source="tenant.slug", read_only=True)
+class MembershipSerializer(strict.ModelSerializer):
+    username = strict.CharField(source="user.username", read_only=True)
+    tenant = strict.CharField(source="tenant.slug", read_only=True)
 
     class Meta:
         model = Membership
@@ -31,7 +33,7 @@ class MembershipSerializer(serializers.ModelSerializer):
 
 
 class MembershipGrantSerializer(serializers.Serializer):
-    username = serializers.CharField(max_length=150)
+    username = strict.CharField(max_length=150)
     role = serializers.ChoiceField(choices=Role.choices)
 
 
@@ -39,7 +41,7 @@ class MembershipRoleSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=Role.choices)
 
 
-class MeSerializer(serializers.ModelSerializer):
+class MeSerializer(strict.ModelSerializer):
     memberships = serializers.SerializerMethodField()
     platform_admin = serializers.BooleanField(source="is_superuser", read_only=True)
     token = serializers.SerializerMethodField()
@@ -48,13 +50,13 @@ class MeSerializer(serializers.ModelSerializer):
         model = User
         fields = ["username", "email", "platform_admin", "memberships", "token"]
 
-    @extend_schema_field(inline_serializer("MeMembership", {"tenant": serializers.CharField(),
-                                                            "role": serializers.CharField()}, many=True))
+    @extend_schema_field(inline_serializer("MeMembership", {"tenant": strict.CharField(),
+                                                            "role": strict.CharField()}, many=True))
     def get_memberships(self, user):
         return [{"tenant": m.tenant.slug, "role": m.role} for m in self.context["memberships"]]
 
     @extend_schema_field(inline_serializer("MeToken", {
-        "id": serializers.CharField(), "tenant": serializers.CharField(), "role": serializers.CharField(),
+        "id": strict.CharField(), "tenant": strict.CharField(), "role": strict.CharField(),
         "expires_at": serializers.DateTimeField()}, allow_null=True))
     def get_token(self, user):
         token = getattr(user, "api_token", None)
@@ -63,8 +65,8 @@ class MeSerializer(serializers.ModelSerializer):
         return {"id": token.public_id, "tenant": token.tenant.slug, "role": token.role, "expires_at": token.expires_at}
 
 
-class ServiceAccountSerializer(serializers.ModelSerializer):
-    owner = serializers.CharField(source="owner.username", read_only=True)
+class ServiceAccountSerializer(strict.ModelSerializer):
+    owner = strict.CharField(source="owner.username", read_only=True)
     role = serializers.ChoiceField(choices=SERVICE_ACCOUNT_ROLE_CHOICES)
 
     class Meta:
@@ -74,11 +76,11 @@ class ServiceAccountSerializer(serializers.ModelSerializer):
         extra_kwargs = {"name": {"validators": [slug_validator]}}
 
 
-class ApiTokenSerializer(serializers.ModelSerializer):
-    id = serializers.CharField(source="public_id", read_only=True)
-    owner = serializers.CharField(source="user.username", read_only=True)
-    service_account = serializers.CharField(source="service_account.name", read_only=True, default=None)
-    state = serializers.CharField(read_only=True)
+class ApiTokenSerializer(strict.ModelSerializer):
+    id = strict.CharField(source="public_id", read_only=True)
+    owner = strict.CharField(source="user.username", read_only=True)
+    service_account = strict.CharField(source="service_account.name", read_only=True, default=None)
+    state = strict.CharField(read_only=True)
 
     class Meta:
         model = ApiToken
@@ -87,20 +89,20 @@ class ApiTokenSerializer(serializers.ModelSerializer):
 
 
 class ApiTokenIssueSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    name = strict.CharField(max_length=100)
     expires_in_days = serializers.IntegerField(min_value=1, max_value=365, default=90)
-    service_account = serializers.CharField(max_length=64, required=False, allow_blank=False)
+    service_account = strict.CharField(max_length=64, required=False, allow_blank=False)
 
 
 class IssuedTokenSerializer(ApiTokenSerializer):
-    token = serializers.CharField(read_only=True, help_text="The secret. Shown once; store it now.")
+    token = strict.CharField(read_only=True, help_text="The secret. Shown once; store it now.")
 
     class Meta(ApiTokenSerializer.Meta):
         fields = [*ApiTokenSerializer.Meta.fields, "token"]
         read_only_fields = fields
 
 
-class GpuFlavorSerializer(serializers.ModelSerializer):
+class GpuFlavorSerializer(strict.ModelSerializer):
     class Meta:
         model = GpuFlavor
         fields = ["name", "description", "memory_gb", "billing_weight", "is_active", "created_at"]
@@ -108,15 +110,15 @@ class GpuFlavorSerializer(serializers.ModelSerializer):
         extra_kwargs = {"name": {"validators": []}}
 
 
-class GpuFlavorChangeSerializer(serializers.ModelSerializer):
+class GpuFlavorChangeSerializer(strict.ModelSerializer):
     class Meta:
         model = GpuFlavor
         fields = ["description", "billing_weight", "is_active"]
         extra_kwargs = {field: {"required": False} for field in fields}
 
 
-class TenantQuotaSerializer(serializers.ModelSerializer):
-    flavor = serializers.CharField(source="flavor.name", read_only=True)
+class TenantQuotaSerializer(strict.ModelSerializer):
+    flavor = strict.CharField(source="flavor.name", read_only=True)
 
     class Meta:
         model = TenantQuota

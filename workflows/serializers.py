@@ -1,5 +1,7 @@
 from rest_framework import serializers
 
+from tenants import strict
+
 from tenants.errors import Invalid
 
 from .models import (
@@ -18,7 +20,7 @@ from .models import (
 )
 
 
-class WorkflowSerializer(serializers.ModelSerializer):
+class WorkflowSerializer(strict.ModelSerializer):
     stages = serializers.SerializerMethodField()
     latest_version = serializers.SerializerMethodField()
 
@@ -33,10 +35,10 @@ class WorkflowSerializer(serializers.ModelSerializer):
         return getattr(workflow, "latest_number", None)
 
 
-class VersionSerializer(serializers.ModelSerializer):
-    workflow = serializers.CharField(source="workflow.name", read_only=True)
-    created_by = serializers.CharField(source="created_by.username", read_only=True)
-    artifacts = serializers.ListField(source="artifact_digests", child=serializers.CharField(), read_only=True)
+class VersionSerializer(strict.ModelSerializer):
+    workflow = strict.CharField(source="workflow.name", read_only=True)
+    created_by = strict.CharField(source="created_by.username", read_only=True)
+    artifacts = serializers.ListField(source="artifact_digests", child=strict.CharField(), read_only=True)
 
     class Meta:
         model = WorkflowVersion
@@ -46,11 +48,11 @@ class VersionSerializer(serializers.ModelSerializer):
 
 class VersionRegisterSerializer(serializers.Serializer):
     spec = serializers.JSONField(help_text="The spec: an object, or YAML/JSON text.")
-    artifacts = serializers.ListField(child=serializers.RegexField(r"^sha256:[0-9a-f]{64}$"), required=False,
+    artifacts = serializers.ListField(child=strict.DigestField(), required=False,
                                       default=list, max_length=100)
 
 
-class StageSerializer(serializers.ModelSerializer):
+class StageSerializer(strict.ModelSerializer):
     version = serializers.IntegerField(source="version.number")
 
     class Meta:
@@ -58,8 +60,8 @@ class StageSerializer(serializers.ModelSerializer):
         fields = ["stage", "version", "updated_at"]
 
 
-class ArtifactSerializer(serializers.ModelSerializer):
-    created_by = serializers.CharField(source="created_by.username", read_only=True)
+class ArtifactSerializer(strict.ModelSerializer):
+    created_by = strict.CharField(source="created_by.username", read_only=True)
 
     class Meta:
         model = Artifact
@@ -67,7 +69,7 @@ class ArtifactSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class VerificationSerializer(serializers.ModelSerializer):
+class VerificationSerializer(strict.ModelSerializer):
     signature = serializers.IntegerField(source="signature_id", read_only=True)
 
     class Meta:
@@ -77,8 +79,8 @@ class VerificationSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class SignatureSerializer(serializers.ModelSerializer):
-    uploaded_by = serializers.CharField(source="uploaded_by.username", read_only=True)
+class SignatureSerializer(strict.ModelSerializer):
+    uploaded_by = strict.CharField(source="uploaded_by.username", read_only=True)
     latest_verification = serializers.SerializerMethodField()
 
     class Meta:
@@ -91,7 +93,7 @@ class SignatureSerializer(serializers.ModelSerializer):
         return VerificationSerializer(latest).data if latest else None
 
 
-class TrustConfigurationSerializer(serializers.ModelSerializer):
+class TrustConfigurationSerializer(strict.ModelSerializer):
     class Meta:
         model = TrustConfiguration
         fields = ["public_keys", "ca_roots", "allowed_identities", "sigstore_identities", "revision", "updated_at"]
@@ -101,12 +103,12 @@ class TrustConfigurationSerializer(serializers.ModelSerializer):
 
 
 class AssembleSerializer(serializers.Serializer):
-    files = serializers.DictField(child=serializers.CharField(), allow_empty=False,
+    files = serializers.DictField(child=strict.CharField(), allow_empty=False,
                                   help_text="Relative path -> sha256 digest of each file, uploaded first to /blobs/.")
 
 
-class ApprovalSerializer(serializers.ModelSerializer):
-    user = serializers.CharField(source="user.username", read_only=True)
+class ApprovalSerializer(strict.ModelSerializer):
+    user = strict.CharField(source="user.username", read_only=True)
     current = serializers.SerializerMethodField()
 
     class Meta:
@@ -119,9 +121,9 @@ class ApprovalSerializer(serializers.ModelSerializer):
         return approval.is_current_for(approval.promotion)
 
 
-class OverrideSerializer(serializers.ModelSerializer):
-    requested_by = serializers.CharField(source="requested_by.username", read_only=True)
-    confirmed_by = serializers.CharField(source="confirmed_by.username", read_only=True, default=None)
+class OverrideSerializer(strict.ModelSerializer):
+    requested_by = strict.CharField(source="requested_by.username", read_only=True)
+    confirmed_by = strict.CharField(source="confirmed_by.username", read_only=True, default=None)
 
     class Meta:
         model = PromotionOverride
@@ -129,14 +131,14 @@ class OverrideSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class PromotionSerializer(serializers.ModelSerializer):
+class PromotionSerializer(strict.ModelSerializer):
     id = serializers.UUIDField(source="public_id", read_only=True)
-    workflow = serializers.CharField(source="workflow.name", read_only=True)
+    workflow = strict.CharField(source="workflow.name", read_only=True)
     version = serializers.IntegerField(source="version.number", read_only=True)
-    version_digest = serializers.CharField(source="version.digest", read_only=True)
-    requested_by = serializers.CharField(source="requested_by.username", read_only=True)
+    version_digest = strict.CharField(source="version.digest", read_only=True)
+    requested_by = strict.CharField(source="requested_by.username", read_only=True)
     previous_version = serializers.IntegerField(source="previous_version.number", read_only=True, default=None)
-    metrics_artifact = serializers.CharField(source="metrics_artifact.digest", read_only=True, default=None)
+    metrics_artifact = strict.CharField(source="metrics_artifact.digest", read_only=True, default=None)
     approvals = ApprovalSerializer(many=True, read_only=True)
     overrides = OverrideSerializer(many=True, read_only=True)
 
@@ -150,12 +152,12 @@ class PromotionSerializer(serializers.ModelSerializer):
 
 
 class PromotionRequestSerializer(serializers.Serializer):
-    workflow = serializers.CharField(max_length=64)
+    workflow = strict.CharField(max_length=64)
     version = serializers.IntegerField(min_value=1)
     stage = serializers.ChoiceField(choices=Stage.choices)
     kind = serializers.ChoiceField(choices=PromotionKind.choices, default=PromotionKind.PROMOTION)
-    justification = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
-    metrics_artifact = serializers.RegexField(r"^sha256:[0-9a-f]{64}$", required=False, allow_null=True, default=None)
+    justification = strict.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    metrics_artifact = strict.DigestField(required=False, allow_null=True, default=None)
 
     def validate(self, attrs):
         # Metrics come only from a signed metrics artifact: numbers typed into a request are refused.
@@ -167,13 +169,13 @@ class PromotionRequestSerializer(serializers.Serializer):
 
 
 class StepUpSerializer(serializers.Serializer):
-    otp_token = serializers.CharField(max_length=12, allow_blank=True, default="",
+    otp_token = strict.CharField(max_length=12, allow_blank=True, default="",
                                       help_text="The current code of your authenticator (step-up).")
-    comment = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
-    binding_digest = serializers.CharField(max_length=71, required=False, allow_blank=True, default="",
+    comment = strict.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    binding_digest = strict.CharField(max_length=71, required=False, allow_blank=True, default="",
                                            help_text="The binding you reviewed; 409 if it has changed since.")
 
 
 class OverrideRequestSerializer(serializers.Serializer):
-    rule = serializers.CharField(max_length=100)
-    justification = serializers.CharField(max_length=2000)
+    rule = strict.CharField(max_length=100)
+    justification = strict.CharField(max_length=2000)

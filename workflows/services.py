@@ -128,7 +128,7 @@ def _check_inputs_held(*, actor, tenant: Tenant, document: dict) -> None:
 
 # Artifacts ------------------------------------------------------------------------------
 
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")  # fullmatch: the whole value
 
 
 def receive_bytes(stream, *, declared_size: int, digest: str, check=None):
@@ -151,7 +151,7 @@ def artifact_upload(*, actor, tenant: Tenant, name: str, kind: str, region: str,
     probe = Artifact(tenant=tenant, name=name, kind=kind, region=region, digest=digest, size_bytes=declared_size,
                      created_by=actor, layout=layout)
     clean_or_invalid(probe, exclude=["tenant", "created_by", "digest", "size_bytes"])
-    if not DIGEST_RE.match(digest or ""):
+    if not DIGEST_RE.fullmatch(digest or ""):
         raise Invalid("A digest is 'sha256:' followed by 64 lowercase hex digits.", field="digest")
     if not region_in_jurisdiction(region, tenant.jurisdiction):
         raise Invalid(f"Region {region} is outside {tenant.slug}'s jurisdiction ({tenant.jurisdiction}).",

@@ -7,6 +7,7 @@ plain reason.
 """
 
 import json
+import re
 from dataclasses import dataclass
 
 import jsonschema
@@ -182,6 +183,18 @@ def _json_path(parts) -> str:
     return path
 
 
+def _whole_value_pattern(validator, pattern, instance, schema):
+    """JSON Schema's ``pattern`` with ECMA-262's ``$``, which matches only at the end of the
+    value. Python's also matches before a final newline, so "sha256:…\n" passed as a digest."""
+    if validator.is_type(instance, "string") and not re.search(_ECMA_END.sub(r"\\Z", pattern), instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_ECMA_END = re.compile(r"(?<!\\)\$$")  # an unescaped "$" closing the pattern
+WholeValueValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator,
+                                                   {"pattern": _whole_value_pattern})
+
+
 def _schema_reason(error: jsonschema.ValidationError) -> tuple[str, str]:
     path = _json_path(error.absolute_path)
     validator, value = error.validator, error.validator_value
@@ -241,7 +254,7 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
 
 def validate(document: dict, *, known_flavors: set[str]) -> dict:
     """Return the spec if valid; raise SpecInvalid listing every problem found."""
-    validator = jsonschema.Draft202012Validator(SCHEMA)
+    validator = WholeValueValidator(SCHEMA)
     problems = [SpecProblem(*_schema_reason(error))
                 for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))]
     if problems:

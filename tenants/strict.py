@@ -1,0 +1,42 @@
+"""Serializer fields that take a string exactly as it was sent.
+
+DRF trims whitespace from every string by default, so ``"acme-bank\\n"`` reached the slug
+validator as ``"acme-bank"`` and was accepted without a word to the caller. Here nothing is
+normalised: an identifier with whitespace or a control character fails its whole-value
+pattern with a sentence, and free text is kept as written. Every API serializer uses these.
+"""
+
+import re
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+DIGEST_SCHEMA = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}  # ECMA-262: "$" ends the value
+
+
+class CharField(serializers.CharField):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+
+@extend_schema_field(DIGEST_SCHEMA)
+class DigestField(CharField):
+    """``sha256:`` and 64 lowercase hex digits, the whole value."""
+
+    default_error_messages = {"invalid": "A digest is 'sha256:' followed by 64 lowercase hex digits."}
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if not DIGEST.fullmatch(value):
+            self.fail("invalid")
+        return value
+
+
+class ModelSerializer(serializers.ModelSerializer):
+    def build_standard_field(self, field_name, model_field):
+        field_class, kwargs = super().build_standard_field(field_name, model_field)
+        if issubclass(field_class, serializers.CharField):
+            kwargs["trim_whitespace"] = False
+        return field_class, kwargs

@@ -1,0 +1,59 @@
+"""Strict inputs: a pattern decides a whole value.
+
+Python's ``$`` also matches just before a final newline, so ``acme-bank\\n`` used to pass as a
+slug and ``sha256:…\\n`` as a digest. Each value that a pattern checks is tried through the
+public API with a final newline, and refused on its field; the same value without it passes.
+"""
+
+import hashlib
+
+import pytest
+
+from tests.support.clients import issue_token
+from .test_api import assert_error
+
+DIGEST = "sha256:" + hashlib.sha256(b"amount,label\n10,0\n").hexdigest()
+H100 = {"name": "h100-80gb", "memory_gb": 80, "billing_weight": "1.0"}
+
+
+@pytest.mark.parametrize("field, bad", [("slug", "nordic-insure\n"), ("jurisdiction", "eu\n")])
+def test_a_tenant_field_with_a_final_newline_is_refused(world, api, field, bad):
+    admin = api(world.platform_admin)
+    good = {"slug": "nordic-insure", "name": "Nordic Insurance", "jurisdiction": "eu"}
+    body = assert_error(admin.post("/api/v1/tenants/", {**good, field: bad}), 400, "invalid")
+    assert field in body["fields"], body
+    assert admin.post("/api/v1/tenants/", good).status_code == 201
+
+
+def test_a_flavor_or_service_account_name_with_a_final_newline_is_refused(world, api):
+    admin = api(world.platform_admin)
+    assert "name" in assert_error(admin.post("/api/v1/gpu-flavors/", {**H100, "name": "h100-80gb\n"}),
+                                  400, "invalid")["fields"]
+    assert admin.post("/api/v1/gpu-flavors/", H100).status_code == 201
+    accounts = api(world.a.developer)
+    path = "/api/v1/tenants/acme-bank/service-accounts/"
+    assert "name" in assert_error(accounts.post(path, {"name": "nightly\n", "role": "developer"}),
+                                  400, "invalid")["fields"]
+    assert accounts.post(path, {"name": "nightly", "role": "developer"}).status_code == 201
+
+
+def test_a_digest_with_a_final_newline_is_refused_at_upload_and_in_a_spec(world, api):
+    developer = api(issue_token(world.a.developer, world.a.tenant))
+    data = b"amount,label\n10,0\n"
+
+    def upload(digest):
+        return developer.client.generic(
+            "PUT", f"/api/v1/tenants/acme-bank/artifacts/transactions/?digest={digest}%0A&kind=dataset&region=eu"
+            if digest.endswith("\n") else
+            f"/api/v1/tenants/acme-bank/artifacts/transactions/?digest={digest}&kind=dataset&region=eu",
+            data=data, content_type="application/octet-stream", **developer.headers)
+
+    assert "digest" in assert_error(upload(DIGEST + "\n"), 400, "invalid")["fields"]
+    assert upload(DIGEST).status_code == 201
+    spec = {"name": "fraud-detector", "steps": [{"name": "train", "command": ["python", "train.py"]}],
+            "inputs": [{"name": "transactions", "region": "eu", "uri": "store", "digest": DIGEST + "\n"}]}
+    versions = "/api/v1/tenants/acme-bank/workflows/fraud-detector/versions/"
+    body = assert_error(developer.post(versions, {"spec": spec}), 400, "invalid_spec")
+    assert body["fields"] == {"$.inputs[0].digest": ["a digest is 'sha256:' followed by 64 lowercase hex digits"]}
+    spec["inputs"][0]["digest"] = DIGEST
+    assert developer.post(versions, {"spec": spec}).status_code == 201
