@@ -57,3 +57,31 @@ def test_a_digest_with_a_final_newline_is_refused_at_upload_and_in_a_spec(world,
     assert body["fields"] == {"$.inputs[0].digest": ["a digest is 'sha256:' followed by 64 lowercase hex digits"]}
     spec["inputs"][0]["digest"] = DIGEST
     assert developer.post(versions, {"spec": spec}).status_code == 201
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo", "escape"])
+def test_an_archive_holding_a_link_a_device_or_a_path_outside_itself_is_refused_at_upload(world, api, kind):
+    import io
+    import tarfile
+
+    from workflows.models import Artifact
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        config = tarfile.TarInfo("model/config.json")
+        config.size = 2
+        archive.addfile(config, io.BytesIO(b"{}"))
+        member = tarfile.TarInfo({"escape": "../outside.bin"}.get(kind, "model/other"))
+        member.type = {"symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE,
+                       "escape": tarfile.REGTYPE}[kind]
+        member.linkname = "/etc/passwd" if kind in ("symlink", "hardlink") else ""
+        archive.addfile(member, io.BytesIO(b"") if kind == "escape" else None)
+    data = out.getvalue()
+    developer = api(issue_token(world.a.developer, world.a.tenant))
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    response = developer.client.generic(
+        "PUT", f"/api/v1/tenants/acme-bank/artifacts/scorer/?digest={digest}&kind=model&region=eu", data=data,
+        content_type="application/x-tar", **developer.headers)
+    body = assert_error(response, 400, "invalid_archive")
+    assert body["detail"].startswith("The archive member '"), body
+    assert not Artifact.objects.using("owner").exists()

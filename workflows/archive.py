@@ -110,6 +110,17 @@ def unpack_archive(tar_path: Path, into: Path, *, max_members: int = DEFAULT_MAX
         raise ValueError(f"The archive cannot be extracted ({_one_line(exc.strerror or exc)}).") from None
 
 
+def check_archive(tar_path: Path, *, max_members: int = DEFAULT_MAX_MEMBERS,
+                  max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES) -> None:
+    """Read every header of an untrusted plain tar and apply unpack_archive's checks, writing
+    nothing: links, devices, names outside the archive and clashes raise ValueError."""
+    try:
+        with tarfile.open(tar_path, mode="r:") as archive:
+            _checked_members(archive, max_members, max_total_bytes)
+    except tarfile.TarError as exc:
+        raise ValueError(f"The file is not a readable tar archive ({_one_line(exc)}).") from None
+
+
 def _one_line(error) -> str:
     return " ".join(str(error).split()).rstrip(".")
 

@@ -13,6 +13,7 @@ from tenants.db import bind_rls
 from tenants.errors import Invalid, TooLarge, clean_or_invalid
 from tenants.models import GpuFlavor, Tenant, region_in_jurisdiction
 
+from .archive import check_archive
 from .digests import version_digest
 from .metrics import check_metrics_file
 from .models import Artifact, ArtifactKind, ArtifactLayout, VersionArtifact, Workflow, WorkflowVersion
@@ -96,6 +97,15 @@ def workflow_version_register(*, actor, tenant: Tenant, spec, artifact_digests=(
     return version, True
 
 
+def check_directory_archive(path) -> None:
+    """A model directory's archive holds only files and directories inside itself: refused at
+    upload, not only when it is signed or run."""
+    try:
+        check_archive(path)
+    except ValueError as exc:
+        raise UploadRefused("invalid_archive", str(exc)) from None
+
+
 def held_digests(tenant: Tenant, digests) -> set[str]:
     """The digests among ``digests`` whose bytes ``tenant`` holds as a stored artifact. This is
     the one way a digest leads to bytes: through the asking tenant's own artifact records."""
@@ -162,8 +172,10 @@ def artifact_upload(*, actor, tenant: Tenant, name: str, kind: str, region: str,
         existing = Artifact.objects.filter(tenant=tenant, name=name, digest=digest, stored_at__isnull=False).first()
     if existing is not None:
         return existing, False
-    received = receive_bytes(stream, declared_size=declared_size, digest=digest,
-                             check=check_metrics_file if kind == ArtifactKind.METRICS else None)
+    check = check_directory_archive if layout == ArtifactLayout.DIRECTORY else None
+    if kind == ArtifactKind.METRICS:
+        check = check_metrics_file
+    received = receive_bytes(stream, declared_size=declared_size, digest=digest, check=check)
     with transaction.atomic():
         require(actor, tenant, "develop")
         bind_rls(tenant_id=tenant.pk)
