@@ -13,13 +13,14 @@ from django.views import View
 from tenants.console import TenantConsoleMixin, form_error
 from tenants.db import tenant_reads
 from tenants.errors import DomainError
+from tenants import strict
 
 from . import services
 from .models import Waiver
 from .rules import RULES
 
 
-class PolicyDataForm(forms.Form):
+class PolicyDataForm(strict.ExactValues, forms.Form):
     min_approvals = forms.IntegerField(label="Production approvals (at least 2)")
     rollback_min_approvals = forms.IntegerField(label="Rollback approvals (at least 1)")
     base_model_allowlist = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}),
@@ -50,14 +51,14 @@ class PolicyDataForm(forms.Form):
         return thresholds
 
 
-class WaiverForm(forms.Form):
+class WaiverForm(strict.ExactValues, forms.Form):
     rule = forms.ChoiceField(choices=[(r, r) for r in RULES])
     reason = forms.CharField(max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
     ticket_url = forms.URLField(max_length=500, label="Ticket link", assume_scheme="https")
     expires_at = forms.DateTimeField(label="Expires at (UTC, YYYY-MM-DD HH:MM)")
 
 
-class WaiverApproveForm(forms.Form):
+class WaiverApproveForm(strict.ExactValues, forms.Form):
     otp_token = forms.CharField(max_length=8, label="One-time password", required=False)
 
 

@@ -19,6 +19,7 @@ from tenants.access import actor_for, is_platform_admin
 from tenants.console import TenantConsoleMixin, form_error
 from tenants.errors import DomainError
 from tenants.models import TenantQuota
+from tenants import strict
 from workflows.models import Stage, Workflow
 from workflows.selectors import version_named
 
@@ -26,7 +27,7 @@ from . import admission, execution, selectors
 from .models import Run, RunState
 
 
-class RunRequestForm(forms.Form):
+class RunRequestForm(strict.ExactValues, forms.Form):
     workflow = forms.ChoiceField()
     version = forms.IntegerField(min_value=1)
     stage = forms.ChoiceField(choices=Stage.choices)

@@ -8,6 +8,7 @@ pattern with a sentence, and free text is kept as written. Every API serializer 
 
 import re
 
+from django import forms
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -40,3 +41,14 @@ class ModelSerializer(serializers.ModelSerializer):
         if issubclass(field_class, serializers.CharField):
             kwargs["trim_whitespace"] = False
         return field_class, kwargs
+
+
+class ExactValues:
+    """For console forms: Django strips every CharField by default; here a value is checked
+    as it was typed, and a stray space or newline is shown as an error next to its field."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            if isinstance(field, forms.CharField):
+                field.strip = False

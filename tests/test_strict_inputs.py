@@ -85,3 +85,17 @@ def test_an_archive_holding_a_link_a_device_or_a_path_outside_itself_is_refused_
     body = assert_error(response, 400, "invalid_archive")
     assert body["detail"].startswith("The archive member '"), body
     assert not Artifact.objects.using("owner").exists()
+
+
+def test_a_console_form_shows_a_final_newline_as_an_error_next_to_its_field(world, client):
+    from tenants.models import ServiceAccount
+    from tests.support.clients import sign_in
+
+    sign_in(client, world.a.developer)
+    response = client.post("/t/acme-bank/service-accounts/", {"name": "nightly\n", "role": "developer"})
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert 'class="field-error" id="account_name-error"' in page, page[-2000:]
+    assert not ServiceAccount.objects.using("owner").exists()
+    assert client.post("/t/acme-bank/service-accounts/", {"name": "nightly", "role": "developer"}).status_code == 302
+    assert ServiceAccount.objects.using("owner").get().name == "nightly"

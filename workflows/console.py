@@ -14,6 +14,7 @@ from policies.services import tenant_policy_of
 from tenants.console import TenantConsoleMixin, form_error
 from tenants.db import tenant_reads
 from tenants.errors import DomainError
+from tenants import strict
 
 from . import promotions, trust
 
@@ -79,12 +80,12 @@ class ArtifactListPage(TenantConsoleMixin, View):
         return render(request, "workflows/artifacts.html", {"tenant": self.tenant, "rows": rows})
 
 
-class TrustKeyForm(forms.Form):
+class TrustKeyForm(strict.ExactValues, forms.Form):
     key_id = forms.CharField(max_length=100, label="Key id")
     public_key = forms.CharField(widget=forms.Textarea, label="Public key (PEM)")
 
 
-class TrustListsForm(forms.Form):
+class TrustListsForm(strict.ExactValues, forms.Form):
     ca_roots = forms.CharField(widget=forms.Textarea, required=False, label="CA root certificates (PEM, one after another)")
     allowed_identities = forms.CharField(widget=forms.Textarea, required=False,
                                          label="Allowed certificate identities (one SAN per line)")
@@ -160,21 +161,21 @@ class TrustPage(TenantConsoleMixin, View):
 # Promotions ------------------------------------------------------------------------------
 
 
-class PromotionRequestForm(forms.Form):
+class PromotionRequestForm(strict.ExactValues, forms.Form):
     workflow = forms.CharField(max_length=64)
     version = forms.IntegerField(min_value=1)
     stage = forms.ChoiceField(choices=Stage.choices)
     justification = forms.CharField(max_length=2000, required=False, widget=forms.Textarea(attrs={"rows": 2}))
 
 
-class StepUpForm(forms.Form):
+class StepUpForm(strict.ExactValues, forms.Form):
     otp_token = forms.CharField(max_length=8, label="One-time password", required=False,
                                 widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}))
     comment = forms.CharField(max_length=2000, required=False, widget=forms.Textarea(attrs={"rows": 2}))
     binding_digest = forms.CharField(max_length=71, required=False, widget=forms.HiddenInput)
 
 
-class OverrideForm(forms.Form):
+class OverrideForm(strict.ExactValues, forms.Form):
     rule = forms.CharField(max_length=100)
     justification = forms.CharField(max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
 
