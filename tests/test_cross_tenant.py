@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import pytest
 from django.test import Client
-from django.urls import URLPattern, URLResolver, get_resolver
 
 from tests.support.clients import issue_token, sign_in
 from tests.support.people import make_world
+from tests.support.routes import walk_routes
 
 pytestmark = pytest.mark.embedded
 
@@ -65,18 +65,10 @@ def allowed_methods(view) -> tuple:
     return tuple(m.upper() for m in sorted(names, key=lambda m: order.index(m) if m in order else len(order)))
 
 
-def _walk(resolver, prefix=""):
-    for entry in resolver.url_patterns:
-        if isinstance(entry, URLResolver):
-            yield from _walk(entry, prefix + str(entry.pattern))
-        elif isinstance(entry, URLPattern):
-            yield prefix + str(entry.pattern), entry
-
-
 def discover_routes():
     """(tenant-scoped class-based routes, tenant-scoped routes whose methods cannot be told)."""
     routes, opaque = [], []
-    for route, entry in _walk(get_resolver()):
+    for route, entry in walk_routes():
         params = tuple(m.group("name") for m in _PARAM.finditer(route))
         if "tenant" not in params:
             continue

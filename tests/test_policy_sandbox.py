@@ -10,13 +10,13 @@ import os
 import secrets
 
 import pytest
-from django.urls import URLPattern, URLResolver, get_resolver
 
 from audit.models import AuditEvent
 from policies.sandbox import (CAPABILITIES, BuiltinRefused, CheckFailed, allowed_builtins, check_module_sets,
                               check_modules, run_bounded)
 
 from tests.support import ROOT
+from tests.support.routes import walk_routes
 from .test_api import assert_error
 from .test_policy_api import EVALUATE, GOOD
 
@@ -101,13 +101,7 @@ def test_the_api_refuses_a_candidate_calling_an_unlisted_builtin_naming_it_and_r
 
 def policy_routes():
     """Every route of the policy endpoints, found in the URL conf."""
-    def walk(resolver, prefix=""):
-        for entry in resolver.url_patterns:
-            if isinstance(entry, URLResolver):
-                yield from walk(entry, prefix + str(entry.pattern))
-            elif isinstance(entry, URLPattern):
-                yield prefix + str(entry.pattern), entry
-    return [(route, entry) for route, entry in walk(get_resolver())
+    return [(route, entry) for route, entry in walk_routes()
             if "polic" in route or "waiver" in route or (entry.name or "").startswith(("api-policy", "policy"))]
 
 
