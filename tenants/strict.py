@@ -17,9 +17,39 @@ DIGEST_SCHEMA = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}  # ECMA-2
 
 
 class CharField(serializers.CharField):
+    """A JSON string, as sent: DRF would also turn 17 into "17"."""
+
+    default_error_messages = {"not_a_string": "Must be a string."}
+
     def __init__(self, **kwargs):
         kwargs.setdefault("trim_whitespace", False)
         super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
+
+
+class DecimalField(serializers.DecimalField):
+    """A decimal as a JSON string, as the schema says ("1.000"): a JSON number would pass through
+    binary floating point on the way."""
+
+    default_error_messages = {"not_a_string": "Must be a decimal number written as a string, like \"1.000\"."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
+
+
+class BooleanField(serializers.BooleanField):
+    """A JSON true or false: DRF would also take "yes", "on" and 1."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
 
 
 @extend_schema_field(DIGEST_SCHEMA)
@@ -38,6 +68,12 @@ class DigestField(CharField):
 class ModelSerializer(serializers.ModelSerializer):
     def build_standard_field(self, field_name, model_field):
         field_class, kwargs = super().build_standard_field(field_name, model_field)
+        if field_class is serializers.CharField:
+            field_class = CharField
+        elif field_class is serializers.BooleanField:
+            field_class = BooleanField
+        elif field_class is serializers.DecimalField:
+            field_class = DecimalField
         if issubclass(field_class, serializers.CharField):
             kwargs["trim_whitespace"] = False
         return field_class, kwargs

@@ -191,6 +191,11 @@ def on_default(obj):
 
 @pytest.fixture(scope="module")
 def scene(module_live_db):
+    return build_scene()
+
+
+def build_scene() -> Scene:
+    """world.a with one of every object a route can name, and the tokens the matrix uses."""
     from tenants.services import service_account_create, token_issue
 
     world = make_world()
