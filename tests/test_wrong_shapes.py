@@ -89,3 +89,17 @@ def test_a_field_of_the_wrong_type_is_a_400_naming_it(scene, method, path, field
         if response.status_code == 400:
             named = {key.split(".")[0].split("[")[0] for key in body.get("fields", {})}
             assert field in named, said
+
+
+def test_every_operation_of_the_schema_documents_the_errors_it_can_answer():
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    assert set(schema["components"]["schemas"]["Error"]["required"]) == {"code", "detail"}
+    operations = [(method, operation) for ops in schema["paths"].values() for method, operation in ops.items()]
+    assert len(operations) > 60
+    for method, operation in operations:
+        wanted = {"400", "401", "403", "404", "429"} | ({"409", "413", "415"} if method != "get" else set())
+        assert wanted <= set(operation["responses"]), (method, operation["operationId"])
+        assert operation["responses"]["404"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"}
