@@ -34,17 +34,33 @@ CHECK_MEMORY_BYTES = 1024 ** 3
 STARTUP_SECONDS = 10  # a child's interpreter start and the candidate's compile, before its first answer
 
 
+# The first segment of every builtin name OPA knows (v1.20.2): a candidate's own rule, function
+# or import alias may not take one, or a call could reach a builtin under its name.
+RESERVED_ROOTS = frozenset({"abs", "all", "and", "any", "array", "assign", "base64", "base64url", "bits",
+    "cast_array", "cast_boolean", "cast_null", "cast_object", "cast_set", "cast_string", "ceil", "concat",
+    "contains", "count", "crypto", "div", "endswith", "eq", "equal", "floor", "format_int", "glob", "graph",
+    "graphql", "gt", "gte", "hex", "http", "indexof", "indexof_n", "internal", "intersection", "io",
+    "is_array", "is_boolean", "is_null", "is_number", "is_object", "is_set", "is_string", "json", "lower",
+    "lt", "lte", "max", "min", "minus", "mul", "neq", "net", "numbers", "object", "opa", "or", "plus", "print",
+    "product", "providers", "rand", "re_match", "regex", "rego", "rem", "replace", "round", "semver",
+    "set_diff", "sort", "split", "sprintf", "startswith", "strings", "substring", "sum", "time", "to_number",
+    "trace", "trim", "trim_left", "trim_prefix", "trim_right", "trim_space", "trim_suffix", "type_name",
+    "union", "units", "upper", "uri", "urlquery", "uuid", "walk", "yaml"})
+IMPORTABLE = ("data", "input")  # and rego.v1, future.keywords: imports that name no function
+
+
 class CheckFailed(Exception):
     """The check itself could not finish (the parser crashed, or ran past its bounds)."""
 
 
 class BuiltinRefused(Exception):
-    """A candidate module calls a builtin not on the allow-list."""
+    """A candidate module calls (or imports) a builtin not on the allow-list."""
 
-    def __init__(self, builtin: str, path: str, line: int):
-        self.builtin, self.path, self.line = builtin, path, line
-        super().__init__(f"{path}:{line}: calls {builtin}, which candidate policies may not call "
-                         f"(the allowed builtins are listed in the platform's capabilities file).")
+    def __init__(self, builtin: str, path: str, line: int, verb: str = "calls"):
+        self.builtin, self.path, self.line, self.verb = builtin, path, line, verb
+        super().__init__(f"{path}:{line}: {verb} {builtin}, which candidate policies may not "
+                         f"{verb.removesuffix('s')} (the allowed builtins are listed in the platform's "
+                         f"capabilities file).")
 
 
 @lru_cache(maxsize=1)
@@ -183,8 +199,9 @@ def ref_name(ref: Node) -> str | None:
 
 
 def _defined_names(tree: Node) -> set[str]:
-    """What a module itself defines or imports: rule and function names, import aliases."""
-    names = {"data", "input"}
+    """What a module itself defines or imports from data or input: rule and function names,
+    import aliases. None of them may take a builtin's first segment."""
+    names = set(IMPORTABLE)
     for node in tree.walk():
         if node.kind == "rego-ruleref":
             ref = node.first("rego-ref")
@@ -195,11 +212,22 @@ def _defined_names(tree: Node) -> set[str]:
             alias = [child for child in node.children if child.kind == "rego-var"]
             ref = node.first("rego-ref")
             name = ref_name(ref) if ref else None
-            if alias:
-                names.add(alias[-1].text.decode())
-            elif name:
-                names.add(name.split(".")[-1])
-    return names
+            if name and name.split(".")[0] in IMPORTABLE:
+                names.add(alias[-1].text.decode() if alias else name.split(".")[-1])
+    return names - RESERVED_ROOTS
+
+
+def _imports(tree: Node):
+    """(what is imported or None, node) for every import."""
+    for node in tree.walk():
+        if node.kind == "rego-import":
+            ref = node.first("rego-ref")
+            yield (ref_name(ref) if ref else None), node
+
+
+def _importable(name: str | None) -> bool:
+    return name is not None and (name.split(".")[0] in IMPORTABLE or name == "rego.v1"
+                                 or name == "future.keywords" or name.startswith("future.keywords."))
 
 
 def _direct_name(node: Node | None) -> tuple[str | None, Node] | None:
@@ -236,6 +264,10 @@ def _line(source: str, offset: int) -> int:
 def _first_refusal(modules: dict[str, str], engine) -> BuiltinRefused | None:
     allowed = allowed_builtins()
     for path, tree in structure_of(modules).items():
+        for name, node in _imports(tree):  # "import opa.runtime" would reach the builtin by another name
+            if not _importable(name):
+                return BuiltinRefused(name or "a computed name", path, _line(modules[path], node.offset),
+                                      verb="imports")
         own = _defined_names(tree)
         for name, node in sorted(_calls(tree), key=lambda pair: pair[1].offset):
             if name is None:
@@ -425,7 +457,7 @@ def main() -> None:
     for modules in payload["module_sets"]:
         found = _first_refusal(modules, engine)
         refusals.append(None if found is None else {"builtin": found.builtin, "path": found.path,
-                                                    "line": found.line})
+                                                    "line": found.line, "verb": found.verb})
     json.dump({"refusals": refusals}, answer)
     answer.close()
 

@@ -12,8 +12,8 @@ import secrets
 import pytest
 
 from audit.models import AuditEvent
-from policies.sandbox import (CAPABILITIES, BuiltinRefused, CheckFailed, allowed_builtins, check_module_sets,
-                              check_modules, run_bounded)
+from policies.sandbox import (CAPABILITIES, RESERVED_ROOTS, BuiltinRefused, CheckFailed, allowed_builtins,
+                              check_module_sets, check_modules, run_bounded)
 
 from tests.support import ROOT
 from tests.support.routes import walk_routes
@@ -70,16 +70,36 @@ def test_the_platforms_own_policy_uses_only_listed_builtins():
     ('opa := {"runtime": 1}\n\nz := opa.runtime()\n', "opa.runtime", 5),
     ('x := [y | some i in [1]; y := net.lookup_ip_addr("example.org")]\n', "net.lookup_ip_addr", 3),
     ('f(v) := trace(v)\n', "trace", 3),
-], ids=["bracketed-name", "with-replacement", "behind-a-rule-of-that-name", "in-a-comprehension", "in-a-function"])
+    ('print.y := 5\n\nx := 1 if {\n  print("out")\n}\n', "print", 6),
+    ('import data.lib as http\n\nx := http.send({})\n', "http.send", 5),
+], ids=["bracketed-name", "with-replacement", "behind-a-rule-of-that-name", "in-a-comprehension", "in-a-function",
+        "behind-a-rule-named-print", "behind-an-alias-named-http"])
 def test_a_builtin_is_refused_however_it_is_written(source, builtin, line):
     with pytest.raises(BuiltinRefused) as caught:
         check_modules({"cand/m.rego": "package cand\nimport rego.v1\n" + source})
-    assert (caught.value.builtin, caught.value.line) == (builtin, line)
+    assert (caught.value.builtin, caught.value.line, caught.value.verb) == (builtin, line, "calls")
+
+
+@pytest.mark.parametrize("source, imported", [
+    ("import opa.runtime\n\nx := runtime().env\n", "opa.runtime"),
+    ("import opa as o\n\nx := o.runtime().env\n", "opa"),
+    ("import time as t\n\nx := t.now_ns()\n", "time"),
+    ("import opa.runtime as r\n\nf := 1\n\nx := y if {\n  y := f with f as r\n}\n", "opa.runtime"),
+])
+def test_an_import_of_a_builtin_is_refused_whatever_it_is_called(source, imported):
+    with pytest.raises(BuiltinRefused) as caught:
+        check_modules({"cand/m.rego": "package cand\nimport rego.v1\n" + source})
+    assert (caught.value.builtin, caught.value.line, caught.value.verb) == (imported, 3, "imports")
+    assert str(caught.value).startswith(f"cand/m.rego:3: imports {imported}, which candidate policies may not import")
+
+
+def test_the_reserved_roots_are_the_first_segments_of_every_builtin_of_the_catalogue():
+    assert RESERVED_ROOTS == {builtin["name"].split(".")[0] for builtin in CATALOGUE["builtins"]}
 
 
 def test_functions_the_candidate_defines_and_strings_that_look_like_calls_are_not_refused():
-    check_modules({"cand/m.rego": 'package cand\nimport rego.v1\nimport data.lib as http\n\n'
-                                  'f(v) := v\nw := f(1)\nz := data.cand.f(2)\ns := http.send(3)\n'
+    check_modules({"cand/m.rego": 'package cand\nimport rego.v1\nimport data.lib as lib\nimport input.stage\n\n'
+                                  'f(v) := v\nw := f(1)\nz := data.cand.f(2)\ns := lib.send(3)\n'
                                   'q := concat(") (opa.runtime()", ["a"])\n'})
 
 
