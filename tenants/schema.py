@@ -1,10 +1,30 @@
-"""The published OpenAPI schema documents every error an operation can answer.
+"""The published OpenAPI schema: our authentication classes, and every error an operation can answer.
 
 Every API error has one shape (tenants.rest.error_body): ``code``, ``detail`` and, for a 400,
-``fields``. This drf-spectacular hook adds that shape once, as the ``Error`` component, and
+``fields``. The ``document_errors`` hook adds that shape once, as the ``Error`` component, and
 the error statuses to each operation that can answer them, so a client (or a fuzzer holding
 the API to its schema) knows every status before it meets one.
 """
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "tenants.authentication.BearerTokenAuthentication"
+    name = "bearerToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "bearerFormat": "nct_<id>_<secret>",
+                "description": "A tenant-scoped API token, issued once and stored hashed."}
+
+
+class VerifiedSessionScheme(OpenApiAuthenticationExtension):
+    target_class = "tenants.authentication.VerifiedSessionAuthentication"
+    name = "consoleSession"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "apiKey", "in": "cookie", "name": "sessionid",
+                "description": "A console session whose one-time password has been verified."}
+
 
 ERROR = {
     "type": "object",
