@@ -19,8 +19,10 @@ random source, or prints or traces into a response.
 import json
 import os
 import resource
+import selectors
 import subprocess
 import sys
+import threading
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -306,9 +308,6 @@ def stream_bounded(module: str, payload: dict, *, first_seconds: float, seconds_
     ``seconds_each`` of the one before, with the child under ``memory_bytes`` resident; the
     child is killed the moment either bound passes. Returns (the lines read, why it was
     stopped or "")."""
-    import selectors
-    import threading
-
     process = _child(module, first_seconds + seconds_each * 1000)
     data = json.dumps(payload).encode()
     writer = threading.Thread(target=_feed, args=(process.stdin, data), daemon=True)
@@ -320,7 +319,8 @@ def stream_bounded(module: str, payload: dict, *, first_seconds: float, seconds_
         while True:
             if selector.select(timeout=0.02):
                 chunk = os.read(process.stdout.fileno(), 65536)
-                if not chunk:
+                if not chunk:  # the child is done: a last answer may lack its newline
+                    lines += [json.loads(buffer)] if buffer.strip() else []
                     break
                 buffer += chunk
                 while b"\n" in buffer:
@@ -328,7 +328,7 @@ def stream_bounded(module: str, payload: dict, *, first_seconds: float, seconds_
                     lines.append(json.loads(line))
                     deadline = time.monotonic() + seconds_each
             if time.monotonic() > deadline:
-                why = f"passed its {seconds_each:g} s bound"
+                why = f"passed its {seconds_each:g} s bound" if lines else f"passed its {first_seconds:g} s bound"
             elif _rss_bytes(process.pid) > memory_bytes:
                 why = f"passed its {memory_bytes // 2 ** 20} MiB bound"
             if why:
@@ -371,27 +371,14 @@ def evaluate_bounded(modules: dict[str, str], queries: list[dict], *, seconds_ea
 
 
 def run_bounded(module: str, payload: dict, *, seconds: float, memory_bytes: int) -> dict:
-    """Run ``python -m module`` with ``payload`` as JSON on stdin, in an environment that holds
-    no secret; stop it the moment it passes ``seconds`` or resident ``memory_bytes`` (rego-cpp's
-    allocator reserves address space up front, so an address-space limit would stop it at once).
-    Returns what it printed, as JSON; raises CheckFailed otherwise."""
-    process = _child(module, seconds)
-    pending, deadline = json.dumps(payload).encode(), time.monotonic() + seconds
-    while True:
-        try:
-            out, _ = process.communicate(input=pending, timeout=0.02)
-            break
-        except subprocess.TimeoutExpired:
-            pending = None  # sent: a retry keeps reading
-            why = (f"took over {seconds:g} s" if time.monotonic() > deadline else
-                   f"used over {memory_bytes // 2 ** 20} MiB" if _rss_bytes(process.pid) > memory_bytes else "")
-            if why:
-                process.kill()
-                process.communicate()
-                raise CheckFailed(why) from None
-    if process.returncode != 0:
-        raise CheckFailed("stopped without an answer")
-    return json.loads(out)
+    """Run ``python -m module`` with ``payload`` as JSON on stdin and return the one JSON
+    answer it prints, stopped the moment it passes ``seconds`` or resident ``memory_bytes``;
+    raises CheckFailed otherwise."""
+    lines, why = stream_bounded(module, payload, first_seconds=seconds, seconds_each=seconds,
+                                memory_bytes=memory_bytes)
+    if why or not lines:
+        raise CheckFailed(why or "stopped without an answer")
+    return lines[0]
 
 
 def check_module_sets(module_sets: list[dict[str, str]]) -> list[BuiltinRefused | None]:
