@@ -22,8 +22,8 @@ import resource
 import selectors
 import subprocess
 import sys
-import threading
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
