@@ -84,7 +84,9 @@ test: test-postgres test-embedded
 # The inner loop: the tests that touch no database, and the API tests, on SQLite (a few minutes).
 QUICK_TESTS := tests/test_archive.py tests/test_canonical_json.py tests/test_merkle.py tests/test_signing.py \
 	tests/test_workflow_spec.py tests/test_api.py tests/test_artifacts.py tests/test_signatures_api.py \
-	tests/test_policy_api.py tests/test_gpu_quotas.py tests/test_workflows.py tests/test_cross_tenant.py
+	tests/test_policy_api.py tests/test_gpu_quotas.py tests/test_workflows.py tests/test_cross_tenant.py \
+	tests/test_cross_tenant_references.py tests/test_strict_inputs.py tests/test_wrong_shapes.py \
+	tests/test_policy_sandbox.py
 test-quick: install-test
 	rm -rf $(CURDIR)/var/$(TEST_DB)-quick
 	DATABASE_URL=sqlite:///$(CURDIR)/var/$(TEST_DB)-quick/$(TEST_DB).sqlite3 CELERY_BROKER_URL=filesystem:// \

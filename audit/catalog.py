@@ -62,8 +62,8 @@ ACTIONS = {
     "policy.replay": "An operator re-evaluated stored decisions under a candidate policy (nothing was changed).",
     "policy.candidate_evaluate": ("A member dry-ran a candidate policy through the what-if API; the event holds its "
                                   "module digests and the outcome, and nothing else was stored."),
-    "policy.candidate_refused": ("A candidate policy called a builtin that is not on the allow-list; it was refused "
-                                 "before it compiled, and the event names the builtin, file and line."),
+    "policy.candidate_refused": ("A candidate policy called or imported a builtin that is not on the allow-list; it "
+                                 "was refused before it compiled, and the event names the builtin, how, file and line."),
     "tenant_policy.update": "A tenant admin wrote a new revision of the tenant's policy data.",
     "waiver.request": "A tenant admin asked for a waiver of one policy rule.",
     "waiver.approve": "A second person approved a waiver, with a one-time password.",

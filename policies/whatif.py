@@ -62,8 +62,8 @@ def candidate_engine(policy_dir, entrypoints=(DEFAULT_ENTRYPOINT,), *, actor: Ac
         check_modules(engine.source.modules)
     except BuiltinRefused as exc:
         record_denial(action="policy.candidate_refused", actor=actor, target=Target("policy_revision", engine.revision),
-                      data={"modules": module_digests(engine), "builtin": exc.builtin, "file": exc.path,
-                            "line": exc.line})
+                      data={"modules": module_digests(engine), "builtin": exc.builtin, "how": exc.verb,
+                            "file": exc.path, "line": exc.line})
         raise Invalid(str(exc), field=f"policy.{exc.path}", code="policy_builtin_refused") from None
     except CheckFailed as exc:
         raise Invalid(f"The candidate policy could not be checked: its parse {exc}.", field="policy",

@@ -6,15 +6,8 @@ normalised: an identifier with whitespace or a control character fails its whole
 pattern with a sentence, and free text is kept as written. Every API serializer uses these.
 """
 
-import re
-
 from django import forms
-from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
-
-DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-DIGEST_SCHEMA = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}  # ECMA-262: "$" ends the value
-
 
 class CharField(serializers.CharField):
     """A JSON string, as sent: DRF would also turn 17 into "17"."""
@@ -50,19 +43,6 @@ class BooleanField(serializers.BooleanField):
         if not isinstance(data, bool):
             self.fail("invalid", input=data)
         return data
-
-
-@extend_schema_field(DIGEST_SCHEMA)
-class DigestField(CharField):
-    """``sha256:`` and 64 lowercase hex digits, the whole value."""
-
-    default_error_messages = {"invalid": "A digest is 'sha256:' followed by 64 lowercase hex digits."}
-
-    def to_internal_value(self, data):
-        value = super().to_internal_value(data)
-        if not DIGEST.fullmatch(value):
-            self.fail("invalid")
-        return value
 
 
 class ModelSerializer(serializers.ModelSerializer):

@@ -113,8 +113,8 @@ def test_the_api_refuses_a_candidate_calling_an_unlisted_builtin_naming_it_and_r
     assert body["fields"] == {"policy.platform/promotion.rego": [body["detail"]]}
     [event] = AuditEvent.objects.using("owner").filter(action="policy.candidate_refused")
     assert (event.actor_name, event.outcome) == (world.a.developer.username, "denied")
-    assert {k: event.data[k] for k in ("builtin", "file", "line")} == {
-        "builtin": "opa.runtime", "file": "platform/promotion.rego", "line": 4}
+    assert {k: event.data[k] for k in ("builtin", "how", "file", "line")} == {
+        "builtin": "opa.runtime", "how": "calls", "file": "platform/promotion.rego", "line": 4}
     assert list(event.data["modules"]) == ["platform/promotion.rego"]
     assert not AuditEvent.objects.using("owner").filter(action="policy.candidate_evaluate").exists()
 

@@ -19,13 +19,14 @@ from tenants.models import Tenant
 
 from .archive import DEFAULT_MAX_MEMBERS, pack_directory
 from .models import ArtifactLayout, Blob
-from .services import DIGEST_RE, artifact_upload, receive_bytes, refuse_unheld_digest
+from .services import artifact_upload, receive_bytes, refuse_unheld_digest
+from .spec import DIGEST
 from .store import get_store
 
 
 def blob_upload(*, actor, tenant: Tenant, digest: str, declared_size: int, stream) -> tuple[Blob, bool]:
     """Receive one file of a model directory; return (blob, created)."""
-    if not DIGEST_RE.fullmatch(digest or ""):
+    if not DIGEST.fullmatch(digest or ""):
         raise Invalid("A digest is 'sha256:' followed by 64 lowercase hex digits.", field="digest")
     with transaction.atomic():
         require(actor, tenant, "develop")
@@ -55,7 +56,7 @@ def _checked_manifest(files) -> dict[PurePosixPath, str]:
         path = PurePosixPath(name) if isinstance(name, str) else None
         if path is None or not name or path.is_absolute() or ".." in path.parts or name != str(path):
             raise Invalid(f"{name!r} is not a plain relative path inside the directory.", field=f"files.{name}")
-        if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
+        if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
             raise Invalid("A digest is 'sha256:' followed by 64 lowercase hex digits.", field=f"files.{name}")
         manifest[path] = digest
     names = set(manifest)

@@ -1,7 +1,7 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tenants import strict
-
 from tenants.errors import Invalid
 
 from .models import (
@@ -18,7 +18,20 @@ from .models import (
     Workflow,
     WorkflowVersion,
 )
+from .spec import DIGEST, DIGEST_PATTERN
 
+
+@extend_schema_field({"type": "string", "pattern": DIGEST_PATTERN})
+class DigestField(strict.CharField):
+    """``sha256:`` and 64 lowercase hex digits, the whole value."""
+
+    default_error_messages = {"invalid": "A digest is 'sha256:' followed by 64 lowercase hex digits."}
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if not DIGEST.fullmatch(value):
+            self.fail("invalid")
+        return value
 
 class WorkflowSerializer(strict.ModelSerializer):
     stages = serializers.SerializerMethodField()
@@ -48,7 +61,7 @@ class VersionSerializer(strict.ModelSerializer):
 
 class VersionRegisterSerializer(serializers.Serializer):
     spec = serializers.JSONField(help_text="The spec: an object, or YAML/JSON text.")
-    artifacts = serializers.ListField(child=strict.DigestField(), required=False,
+    artifacts = serializers.ListField(child=DigestField(), required=False,
                                       default=list, max_length=100)
 
 
@@ -157,7 +170,7 @@ class PromotionRequestSerializer(serializers.Serializer):
     stage = serializers.ChoiceField(choices=Stage.choices)
     kind = serializers.ChoiceField(choices=PromotionKind.choices, default=PromotionKind.PROMOTION)
     justification = strict.CharField(max_length=2000, required=False, allow_blank=True, default="")
-    metrics_artifact = strict.DigestField(required=False, allow_null=True, default=None)
+    metrics_artifact = DigestField(required=False, allow_null=True, default=None)
 
     def validate(self, attrs):
         # Metrics come only from a signed metrics artifact: numbers typed into a request are refused.

@@ -1,7 +1,5 @@
 """Domain functions for workflows and versions."""
 
-import re
-
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
@@ -17,7 +15,7 @@ from .archive import check_archive
 from .digests import version_digest
 from .metrics import check_metrics_file
 from .models import Artifact, ArtifactKind, ArtifactLayout, VersionArtifact, Workflow, WorkflowVersion
-from .spec import SpecInvalid, SpecProblem, parse, uses_images, validate
+from .spec import DIGEST, SpecInvalid, SpecProblem, parse, uses_images, validate
 from .store import UploadRefused, get_store
 
 MAX_ARTIFACTS_PER_VERSION = 100
@@ -138,9 +136,6 @@ def _check_inputs_held(*, actor, tenant: Tenant, document: dict) -> None:
 
 # Artifacts ------------------------------------------------------------------------------
 
-DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")  # fullmatch: the whole value
-
-
 def receive_bytes(stream, *, declared_size: int, digest: str, check=None):
     """Stream bytes into the store; the store's refusals become API errors on ``content``."""
     try:
@@ -161,7 +156,7 @@ def artifact_upload(*, actor, tenant: Tenant, name: str, kind: str, region: str,
     probe = Artifact(tenant=tenant, name=name, kind=kind, region=region, digest=digest, size_bytes=declared_size,
                      created_by=actor, layout=layout)
     clean_or_invalid(probe, exclude=["tenant", "created_by", "digest", "size_bytes"])
-    if not DIGEST_RE.fullmatch(digest or ""):
+    if not DIGEST.fullmatch(digest or ""):
         raise Invalid("A digest is 'sha256:' followed by 64 lowercase hex digits.", field="digest")
     if not region_in_jurisdiction(region, tenant.jurisdiction):
         raise Invalid(f"Region {region} is outside {tenant.slug}'s jurisdiction ({tenant.jurisdiction}).",
@@ -172,9 +167,8 @@ def artifact_upload(*, actor, tenant: Tenant, name: str, kind: str, region: str,
         existing = Artifact.objects.filter(tenant=tenant, name=name, digest=digest, stored_at__isnull=False).first()
     if existing is not None:
         return existing, False
-    check = check_directory_archive if layout == ArtifactLayout.DIRECTORY else None
-    if kind == ArtifactKind.METRICS:
-        check = check_metrics_file
+    check = (check_metrics_file if kind == ArtifactKind.METRICS else
+             check_directory_archive if layout == ArtifactLayout.DIRECTORY else None)
     received = receive_bytes(stream, declared_size=declared_size, digest=digest, check=check)
     with transaction.atomic():
         require(actor, tenant, "develop")

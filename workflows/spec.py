@@ -15,6 +15,7 @@ import yaml
 
 SPEC_MAX_BYTES = 256 * 1024
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+DIGEST = re.compile(DIGEST_PATTERN[1:-1])  # the same, without its anchors: use fullmatch
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9_.-]{0,62}[a-z0-9])?$"
 
 _name = {"type": "string", "pattern": NAME_PATTERN}
