@@ -15,6 +15,8 @@ ACTIONS = {
     "object_permission.revoke": "A platform admin withdrew an explicit permission on a tenant.",
     "gpu_flavor.create": "A platform admin added a GPU flavor.",
     "gpu_flavor.update": "A platform admin changed a GPU flavor's description, billing weight or availability.",
+    "catalogue.jurisdiction_create": "A platform admin added a jurisdiction to the platform's catalogue.",
+    "catalogue.region_create": "A platform admin added a region, with its jurisdiction, to the platform's catalogue.",
     "tenant_quota.set": "A platform admin set a tenant's GPU quota for one flavor.",
     "audit.export": "An auditor or admin downloaded the tenant's verifiable audit export.",
     "audit.evidence_pack": "An auditor or admin downloaded a promotion's evidence pack.",

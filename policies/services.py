@@ -13,7 +13,8 @@ from audit.log import Actor, Target, record
 from tenants.access import actor_for, is_platform_admin, require, require_one_of
 from tenants.db import bind_rls
 from tenants.errors import Conflict, Forbidden, Invalid, clean_or_invalid
-from tenants.models import Tenant, region_in_jurisdiction
+from tenants.catalogue import residency_problem
+from tenants.models import Tenant
 from tenants.stepup import require_person, step_up_verify
 
 from .engines import Decision, PolicyInputError, decide, encode_input
@@ -149,9 +150,9 @@ def tenant_policy_update(*, actor, tenant: Tenant, comment: str = "", **changes)
     }
     cleaned = {field: checks[field](value) for field, value in changes.items()}
     for region in cleaned.get("allowed_regions", []):
-        if not region_in_jurisdiction(region, tenant.jurisdiction):
-            raise Invalid(f"Region {region} is outside the tenant's jurisdiction ({tenant.jurisdiction}).",
-                          field="allowed_regions")
+        problem = residency_problem(region, tenant.jurisdiction, whose="the tenant's")
+        if problem:
+            raise Invalid(problem, field="allowed_regions")
     with transaction.atomic():
         require(actor, tenant, "admin")
         bind_rls(tenant_id=tenant.pk)

@@ -20,7 +20,7 @@ from audit.log import Actor, Target, record
 from tenants.access import actor_for, require
 from tenants.db import PLATFORM_ALIAS, bind_rls
 from tenants.errors import Conflict
-from tenants.models import region_in_jurisdiction
+from tenants.catalogue import region_jurisdictions
 from workflows.models import Artifact
 from workflows.spec import step_order
 
@@ -137,7 +137,8 @@ def input_artifact(lease: Lease, *, name: str, digest: str) -> tuple[Artifact | 
     run, node = lease.run, lease.run.node
     held = list(Artifact.objects.using(PLATFORM_ALIAS)
                 .filter(tenant_id=run.tenant_id, digest=digest, stored_at__isnull=False).order_by("id"))
-    resident = [a for a in held if region_in_jurisdiction(a.region, node.jurisdiction)]
+    where = region_jurisdictions({a.region for a in held}, using=PLATFORM_ALIAS)
+    resident = [a for a in held if where.get(a.region) == node.jurisdiction]
     if resident:
         return resident[0], ""
     if not held:

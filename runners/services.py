@@ -8,7 +8,8 @@ from audit.log import Actor, Target, record
 from tenants.access import actor_for, is_platform_admin, require
 from tenants.db import bind_rls
 from tenants.errors import Forbidden, Invalid, NotFound, clean_or_invalid
-from tenants.models import GpuFlavor, Tenant, region_in_jurisdiction
+from tenants.catalogue import jurisdiction_problem, residency_problem
+from tenants.models import GpuFlavor, Tenant
 from workflows.models import Workflow
 
 from .discovery import Discovery
@@ -22,8 +23,12 @@ def runner_register(*, hostname: str, flavor_name: str, discovery: Discovery, re
     if not discovery.devices:
         raise Invalid(f"No GPU to offer: {discovery.detail or 'nothing was found'}. Set RUNNER_GPU_DEVICES "
                       "on a machine without NVML.", field="devices")
-    if not region_in_jurisdiction(region, jurisdiction):
-        raise Invalid(f"Region {region} is not inside jurisdiction {jurisdiction}.", field="region")
+    problem = jurisdiction_problem(jurisdiction)
+    if problem:
+        raise Invalid(problem, field="jurisdiction")
+    problem = residency_problem(region, jurisdiction, whose="the node's")
+    if problem:
+        raise Invalid(problem, field="region")
     flavor = GpuFlavor.objects.filter(name=flavor_name, is_active=True).first()
     if flavor is None:
         raise Invalid(f"There is no active GPU flavor {flavor_name}.", field="flavor")

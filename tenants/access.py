@@ -26,6 +26,11 @@ def is_platform_admin(user) -> bool:
     return bool(user and user.is_authenticated and user.is_superuser and token_of(user) is None)
 
 
+def require_platform_admin(actor) -> None:
+    if not is_platform_admin(actor):
+        raise Forbidden("Only a platform admin may do this.")
+
+
 def actor_for(user) -> Actor:
     if user is None or not user.is_authenticated:
         return Actor.anonymous()

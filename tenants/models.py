@@ -17,9 +17,40 @@ jurisdiction_validator = RegexValidator(r"\A[a-z]{2}(?:-[a-z0-9]{1,8})?\Z",
                                         "Use a lowercase region code such as eu, us, uk or ch-zh.")
 
 
-def region_in_jurisdiction(region: str, jurisdiction: str) -> bool:
-    """A region belongs to a jurisdiction when it is the jurisdiction or a sub-region of it (eu-west1 in eu)."""
-    return region == jurisdiction or region.startswith(f"{jurisdiction}-")
+region_validator = RegexValidator(r"\A[a-z0-9](?:[a-z0-9-]{0,14}[a-z0-9])?\Z",
+                                  "Use 1 to 16 lowercase letters, digits and inner hyphens, like eu-west1.")
+
+
+class Jurisdiction(models.Model):
+    """A legal area that data must stay inside (eu, us, uk, ch): an entry of the platform's
+    catalogue, managed by platform admins. Tenants and nodes name one exactly."""
+
+    code = models.CharField(max_length=16, unique=True, validators=[jurisdiction_validator])
+    name = models.CharField(max_length=100)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self):
+        return self.code
+
+
+class Region(models.Model):
+    """Where bytes are stored and nodes run. Each region is in exactly one jurisdiction, and
+    that catalogue entry, never the shape of the code, says which."""
+
+    code = models.CharField(max_length=16, unique=True, validators=[region_validator])
+    name = models.CharField(max_length=100)
+    jurisdiction = models.ForeignKey(Jurisdiction, on_delete=models.PROTECT, related_name="regions",
+                                     to_field="code", db_column="jurisdiction")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self):
+        return self.code
 
 
 class Tenant(models.Model):

@@ -4,7 +4,19 @@ from rest_framework import serializers
 
 from tenants import strict
 
-from .models import ApiToken, GpuFlavor, Membership, ServiceAccount, Tenant, TenantQuota, slug_validator
+from .models import (
+    ApiToken,
+    GpuFlavor,
+    Jurisdiction,
+    Membership,
+    Region,
+    ServiceAccount,
+    Tenant,
+    TenantQuota,
+    jurisdiction_validator,
+    region_validator,
+    slug_validator,
+)
 from .roles import SERVICE_ACCOUNT_ROLE_CHOICES, Role
 
 User = get_user_model()
@@ -115,6 +127,25 @@ class GpuFlavorChangeSerializer(strict.ModelSerializer):
         model = GpuFlavor
         fields = ["description", "billing_weight", "is_active"]
         extra_kwargs = {field: {"required": False} for field in fields}
+
+
+class JurisdictionSerializer(strict.ModelSerializer):
+    class Meta:
+        model = Jurisdiction
+        fields = ["code", "name", "created_at"]
+        read_only_fields = ["created_at"]
+        extra_kwargs = {"code": {"validators": [jurisdiction_validator]}}
+
+
+class RegionSerializer(strict.ModelSerializer):
+    jurisdiction = strict.CharField(source="jurisdiction_id", max_length=16,
+                                    help_text="The catalogue jurisdiction this region is in, exactly.")
+
+    class Meta:
+        model = Region
+        fields = ["code", "name", "jurisdiction", "created_at"]
+        read_only_fields = ["created_at"]
+        extra_kwargs = {"code": {"validators": [region_validator]}}
 
 
 class TenantQuotaSerializer(strict.ModelSerializer):

@@ -15,7 +15,8 @@ from guardian.models import UserObjectPermission
 
 from audit.log import Actor, Target, record
 
-from .access import actor_for, is_platform_admin, require, role_in, token_of
+from .access import actor_for, is_platform_admin, require, require_platform_admin, role_in, token_of
+from .catalogue import jurisdiction_problem
 from .db import bind_rls
 from .errors import Conflict, Forbidden, Invalid, NotFound, TenantSuspended, clean_or_invalid
 from .models import (
@@ -40,11 +41,6 @@ DEFAULT_TOKEN_DAYS = 90
 MAX_GPU_HOURS_BUDGET = 10_000_000
 
 
-def _require_platform_admin(actor):
-    if not is_platform_admin(actor):
-        raise Forbidden("Only a platform admin may do this.")
-
-
 def _require_known_role(role, *, field="role", allowed=tuple(Role)):
     if role not in {str(r) for r in allowed}:
         raise Invalid(f"Role must be one of: {', '.join(str(r) for r in allowed)}.", field=field)
@@ -61,7 +57,7 @@ def user_create(*, actor, username: str, password: str, email: str = "", platfor
     """Create a person's account. ``actor`` is a platform admin, or None for a command-line bootstrap."""
     audit_actor = Actor.system("manage.py") if actor is None else actor_for(actor)
     if actor is not None:
-        _require_platform_admin(actor)
+        require_platform_admin(actor)
     with transaction.atomic():
         if User.objects.filter(username=username).exists():
             raise Conflict(f"A user named {username} already exists.", field="username")
@@ -77,9 +73,12 @@ def user_create(*, actor, username: str, password: str, email: str = "", platfor
 
 
 def tenant_create(*, actor, slug: str, name: str, jurisdiction: str) -> Tenant:
-    _require_platform_admin(actor)
+    require_platform_admin(actor)
     tenant = Tenant(slug=slug, name=name, jurisdiction=jurisdiction)
     clean_or_invalid(tenant)
+    problem = jurisdiction_problem(jurisdiction)
+    if problem:
+        raise Invalid(problem, field="jurisdiction")
     with transaction.atomic():
         if Tenant.objects.filter(slug=slug).exists():
             raise Conflict(f"A tenant with slug {slug} already exists.", field="slug")
@@ -90,7 +89,7 @@ def tenant_create(*, actor, slug: str, name: str, jurisdiction: str) -> Tenant:
 
 
 def tenant_set_status(*, actor, tenant: Tenant, status: str) -> Tenant:
-    _require_platform_admin(actor)
+    require_platform_admin(actor)
     if status not in Tenant.Status.values:
         raise Invalid(f"Status must be one of: {', '.join(Tenant.Status.values)}.", field="status")
     with transaction.atomic():
@@ -164,7 +163,7 @@ def membership_revoke(*, actor, tenant: Tenant, user: User) -> None:
 
 def object_permission_grant(*, actor, tenant: Tenant, user: User, action: str) -> None:
     """Grant one explicit permission on one tenant (for example audit access for an external auditor)."""
-    _require_platform_admin(actor)
+    require_platform_admin(actor)
     if action not in ACTIONS:
         raise Invalid(f"Action must be one of: {', '.join(ACTIONS)}.", field="action")
     with transaction.atomic():
@@ -284,7 +283,7 @@ def user_by_username(username: str) -> User:
 
 
 def gpu_flavor_create(*, actor, name: str, memory_gb: int, billing_weight, description: str = "") -> GpuFlavor:
-    _require_platform_admin(actor)
+    require_platform_admin(actor)
     flavor = GpuFlavor(name=name, memory_gb=memory_gb, billing_weight=billing_weight, description=description)
     clean_or_invalid(flavor)
     with transaction.atomic():
@@ -299,7 +298,7 @@ def gpu_flavor_create(*, actor, name: str, memory_gb: int, billing_weight, descr
 def gpu_flavor_update(*, actor, flavor: GpuFlavor, **changes) -> GpuFlavor:
     """Change a flavor's description, billing weight or whether it is offered. Its name and
     memory size are what specs and quotas refer to, so they never change."""
-    _require_platform_admin(actor)
+    require_platform_admin(actor)
     allowed = {"description", "billing_weight", "is_active"}
     if set(changes) - allowed:
         field = sorted(set(changes) - allowed)[0]
@@ -321,7 +320,7 @@ def tenant_quota_set(*, actor, tenant: Tenant, flavor: GpuFlavor, nominal: int, 
     """Set a tenant's quota for one flavor, and its monthly GPU-hour budget (none when
     ``gpu_hours_budget`` is None). Platform admins only: a tenant admin cannot raise their own
     tenant's quota."""
-    _require_platform_admin(actor)
+    require_platform_admin(actor)
     for field, value in (("nominal", nominal), ("borrowing_limit", borrowing_limit)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise Invalid(f"{field} must be a whole number of GPUs, 0 or more.", field=field)

@@ -16,6 +16,8 @@ api_urlpatterns = [
     path("tenants/<slug:tenant>/tokens/<str:token_id>/", views.TokenDetailView.as_view(), name="api-token-detail"),
     path("gpu-flavors/", views.GpuFlavorList.as_view(), name="api-gpu-flavor-list"),
     path("gpu-flavors/<str:flavor>/", views.GpuFlavorDetail.as_view(), name="api-gpu-flavor-detail"),
+    path("jurisdictions/", views.JurisdictionList.as_view(), name="api-jurisdiction-list"),
+    path("regions/", views.RegionList.as_view(), name="api-region-list"),
 ]
 
 console_urlpatterns = [

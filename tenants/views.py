@@ -5,19 +5,21 @@ from rest_framework import generics, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import services
+from . import catalogue, services
 from .access import allowed_tenant_ids
 from .api import TenantScopedAPIView, no_content
 from .db import bind_rls
 from .errors import NotFound
 from .filters import ApiTokenFilter, MembershipFilter
-from .models import ApiToken, GpuFlavor, Membership, ServiceAccount, Tenant
+from .models import ApiToken, GpuFlavor, Jurisdiction, Membership, Region, ServiceAccount, Tenant
 from .serializers import (
     ApiTokenIssueSerializer,
     ApiTokenSerializer,
     GpuFlavorChangeSerializer,
     GpuFlavorSerializer,
     IssuedTokenSerializer,
+    JurisdictionSerializer,
+    RegionSerializer,
     MembershipGrantSerializer,
     MembershipRoleSerializer,
     MembershipSerializer,
@@ -223,3 +225,32 @@ class GpuFlavorDetail(APIView):
         serializer.is_valid(raise_exception=True)
         updated = services.gpu_flavor_update(actor=request.user, flavor=self._flavor(flavor), **serializer.validated_data)
         return Response(GpuFlavorSerializer(updated).data)
+
+
+class JurisdictionList(generics.ListAPIView):
+    """The platform's jurisdictions: exact entries that tenants and nodes name. Platform admins add them."""
+
+    serializer_class = JurisdictionSerializer
+    queryset = Jurisdiction.objects.all()
+
+    def post(self, request):
+        serializer = JurisdictionSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        jurisdiction = catalogue.jurisdiction_create(actor=request.user, **serializer.validated_data)
+        return Response(JurisdictionSerializer(jurisdiction).data, status=status.HTTP_201_CREATED)
+
+
+class RegionList(generics.ListAPIView):
+    """The platform's regions, each with its jurisdiction. Platform admins add them."""
+
+    serializer_class = RegionSerializer
+    queryset = Region.objects.all()
+    filterset_fields = ["jurisdiction"]
+
+    def post(self, request):
+        serializer = RegionSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        region = catalogue.region_create(actor=request.user, code=data["code"], name=data["name"],
+                                         jurisdiction=data["jurisdiction_id"])
+        return Response(RegionSerializer(region).data, status=status.HTTP_201_CREATED)

@@ -91,7 +91,7 @@ def test_a_truncated_upload_is_refused(world, live_server):
 def test_a_region_outside_the_tenants_jurisdiction_is_refused(developer):
     body = assert_error(upload(developer, region="us"), 400, "invalid")
     assert body["fields"] == {"region": ["Region us is outside acme-bank's jurisdiction (eu)."]}
-    assert upload(developer, region="eu-west").status_code == 201
+    assert upload(developer, region="eu-west1").status_code == 201
 
 
 @pytest.mark.parametrize("params, field", [({"digest": "md5:abc"}, "digest"), ({"kind": "weights"}, "kind")])

@@ -43,7 +43,8 @@ GOOD = {
         ],
         "gpus": {"h100": 2},
         "base_model": "mistralai/Mistral-7B",
-        "dataset_regions": ["eu", "eu-west-1"],
+        "dataset_regions": ["eu", "eu-west1"],
+        "dataset_jurisdictions": {"eu": "eu", "eu-west1": "eu"},
     },
     "tenant": {
         "jurisdiction": "eu",
@@ -100,6 +101,11 @@ DECISION_TABLE = [
     ("no allow-list at all", case(tenant__policy__base_model_allowlist=...), False, {"baseline.base_model_allowed"},
      set()),
     ("dataset outside jurisdiction", case(version__dataset_regions=["eu-west-1", "us-east-1"]), False,
+     {"baseline.dataset_residency"}, set()),
+    ("a region that only looks like one of the jurisdiction's", case(version__dataset_regions=["eu-evil"]), False,
+     {"baseline.dataset_residency"}, set()),
+    ("the catalogue, not the code, places a region", case(
+        version__dataset_regions=["eu-west1"], version__dataset_jurisdictions={"eu-west1": "us"}), False,
      {"baseline.dataset_residency"}, set()),
     ("production before staging", case(stages_reached=["development"]), False,
      {"baseline.staging_before_production"}, set()),

@@ -24,6 +24,7 @@ from policies.engines import DEFAULT_ENTRYPOINT, blocking, get_engine
 from policies.models import PRODUCTION_APPROVALS_FLOOR, ROLLBACK_APPROVALS_FLOOR
 from policies.services import active_waivers, input_digest, policy_data_document, policy_decide, tenant_policy_of
 from tenants.access import actor_for, can, require, require_one_of, role_in
+from tenants.catalogue import region_jurisdictions
 from tenants.db import bind_rls
 from tenants.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from tenants.models import Tenant, TenantQuota
@@ -126,6 +127,8 @@ def policy_input(promotion: Promotion, *, moment) -> dict:
             "gpus": gpus_by_flavor(version.spec),
             "base_model": (version.spec.get("base_model") or {}).get("name", ""),
             "dataset_regions": sorted(set(regions)),
+            # The catalogue's jurisdiction of each of those regions; a region not in it is absent.
+            "dataset_jurisdictions": region_jurisdictions(set(regions)),
         },
         "tenant": {"slug": tenant.slug, "jurisdiction": tenant.jurisdiction, "quota": quota,
                    "policy": policy_data_document(tenant_policy_of(tenant))},

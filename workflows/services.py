@@ -9,7 +9,8 @@ from audit.log import Target, record, record_denial
 from tenants.access import actor_for, require
 from tenants.db import bind_rls
 from tenants.errors import Invalid, TooLarge, clean_or_invalid
-from tenants.models import GpuFlavor, Tenant, region_in_jurisdiction
+from tenants.catalogue import region_problem, residency_problem
+from tenants.models import GpuFlavor, Tenant
 
 from .archive import check_archive
 from .digests import version_digest
@@ -120,11 +121,15 @@ def refuse_unheld_digest(*, actor, tenant: Tenant, digest: str, field: str) -> N
 
 
 def _check_inputs_held(*, actor, tenant: Tenant, document: dict) -> None:
-    """Every spec input is an artifact of the tenant: a run copies exactly those bytes."""
+    """Every spec input is an artifact of the tenant (a run copies exactly those bytes), and
+    names a region of the platform's catalogue."""
     inputs = document.get("inputs", [])
     held = held_digests(tenant, [item["digest"] for item in inputs])
     problems = []
     for index, item in enumerate(inputs):
+        problem = region_problem(item["region"])
+        if problem:
+            problems.append(SpecProblem(f"$.inputs[{index}].region", problem))
         if item["digest"] not in held:
             path = f"$.inputs[{index}].digest"
             refuse_unheld_digest(actor=actor, tenant=tenant, digest=item["digest"], field=path)
@@ -158,9 +163,9 @@ def artifact_upload(*, actor, tenant: Tenant, name: str, kind: str, region: str,
     clean_or_invalid(probe, exclude=["tenant", "created_by", "digest", "size_bytes"])
     if not DIGEST.fullmatch(digest or ""):
         raise Invalid("A digest is 'sha256:' followed by 64 lowercase hex digits.", field="digest")
-    if not region_in_jurisdiction(region, tenant.jurisdiction):
-        raise Invalid(f"Region {region} is outside {tenant.slug}'s jurisdiction ({tenant.jurisdiction}).",
-                      field="region")
+    problem = residency_problem(region, tenant.jurisdiction, whose=f"{tenant.slug}'s")
+    if problem:
+        raise Invalid(problem, field="region")
     with transaction.atomic():
         require(actor, tenant, "develop")
         bind_rls(tenant_id=tenant.pk)

@@ -11,9 +11,12 @@ import io
 import os
 import shutil
 import time
+from importlib import import_module
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from django.apps import apps as django_apps
 from django.conf import settings
 from django.core.management import call_command
 from django.db import OperationalError, connections, transaction
@@ -104,6 +107,9 @@ def _truncate(owner, tables, SequencerState, triggers_suspended):
                 for table in tables:
                     cursor.execute(f'DELETE FROM "{table}"')
         SequencerState.objects.using("owner").filter(pk=1).update(tree_size=0, updated_at=None)
+        # A platform starts with its default catalogue of regions, as its migration leaves it.
+        import_module("tenants.migrations.0007_region_catalogue").seed_catalogue(
+            django_apps, SimpleNamespace(connection=owner))
 
 
 def _committed_database(django_db_blocker):

@@ -31,6 +31,8 @@ jurisdiction := object.get(tenant, "jurisdiction", "")
 
 dataset_regions := as_array(object.get(version, "dataset_regions", []))
 
+dataset_jurisdictions := as_object(object.get(version, "dataset_jurisdictions", {}))
+
 base_model := object.get(version, "base_model", "")
 
 allowlist := as_array(object.get(policy_data, "base_model_allowlist", []))
@@ -116,6 +118,7 @@ typed_fields := [
 	["version.artifacts", object.get(version, "artifacts", []), "array"],
 	["version.gpus", object.get(version, "gpus", {}), "object"],
 	["version.dataset_regions", object.get(version, "dataset_regions", []), "array"],
+	["version.dataset_jurisdictions", object.get(version, "dataset_jurisdictions", {}), "object"],
 	["tenant", object.get(input, "tenant", {}), "object"],
 	["tenant.quota", object.get(tenant, "quota", {}), "object"],
 	["tenant.policy", object.get(tenant, "policy", {}), "object"],
@@ -221,9 +224,12 @@ violations contains violation("baseline.base_model_allowed", "soft-mandatory", m
 
 # --- baseline.dataset_residency -------------------------------------------------------
 
-in_jurisdiction(region) if region == jurisdiction
-
-in_jurisdiction(region) if startswith(region, concat("", [as_string(jurisdiction), "-"]))
+# The platform's region catalogue says which jurisdiction a region is in (the input carries
+# the entry of each dataset region); no prefix or pattern of the code decides it.
+in_jurisdiction(region) if {
+	as_string(jurisdiction) != ""
+	object.get(dataset_jurisdictions, region, "") == jurisdiction
+}
 
 violations contains violation("baseline.dataset_residency", "hard-mandatory", msg, false) if {
 	some r in dataset_regions

@@ -14,7 +14,8 @@ good := {
 		],
 		"gpus": {"h100": 2},
 		"base_model": "mistralai/Mistral-7B",
-		"dataset_regions": ["eu", "eu-west-1"],
+		"dataset_regions": ["eu", "eu-west1"],
+		"dataset_jurisdictions": {"eu": "eu", "eu-west1": "eu"},
 	},
 	"tenant": {
 		"jurisdiction": "eu",
