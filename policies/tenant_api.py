@@ -16,7 +16,9 @@ from .models import TenantPolicy, Waiver
 
 
 class TenantPolicySerializer(strict.ModelSerializer):
-    created_by = strict.CharField(source="created_by.username", read_only=True, default=None)
+    # Both null until the tenant's admins first write a revision (the platform's defaults apply).
+    created_by = strict.CharField(source="created_by.username", read_only=True, default=None, allow_null=True)
+    created_at = serializers.DateTimeField(read_only=True, allow_null=True)
 
     class Meta:
         model = TenantPolicy

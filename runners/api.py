@@ -17,6 +17,7 @@ from tenants.db import tenant_reads
 from tenants import services as tenant_services
 from tenants.errors import Forbidden, Invalid, NotFound
 from tenants.models import GpuFlavor, TenantQuota
+from tenants.schema import IDEMPOTENCY_KEY_REUSED
 from tenants.serializers import TenantQuotaSerializer
 from tenants import strict
 from workflows.models import Stage, Workflow
@@ -159,7 +160,7 @@ class RunList(_Runs, generics.ListAPIView):
 
     filterset_fields = ["state", "stage"]
 
-    @extend_schema(request=RunRequestSerializer, responses={201: RunSerializer, 200: RunSerializer})
+    @extend_schema(request=RunRequestSerializer, responses={201: RunSerializer, 200: RunSerializer, **IDEMPOTENCY_KEY_REUSED})
     def post(self, request, tenant):
         serializer = RunRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

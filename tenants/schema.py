@@ -7,6 +7,7 @@ the API to its schema) knows every status before it meets one.
 """
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import OpenApiResponse
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):
     target_class = "tenants.authentication.BearerTokenAuthentication"
@@ -59,4 +60,14 @@ def document_errors(result, generator, request, public):
             responses = operation.setdefault("responses", {})
             for status, description in statuses.items():
                 responses.setdefault(status, {"description": description, "content": error})
+            for status, response in responses.items():
+                if int(status) >= 400 and "content" not in response:  # declared by its view: an Error body
+                    response["content"] = error
     return result
+
+
+# Error statuses that only some operations answer; a view lists them in its responses.
+ATTESTATION_UNAVAILABLE = {503: OpenApiResponse(description=(
+    "The platform's signing keys cannot be read, so the promotion cannot be checked or attested "
+    "now; nothing changed. An operator restores the keys (docs/operators.md)."))}
+IDEMPOTENCY_KEY_REUSED = {422: OpenApiResponse(description="This Idempotency-Key was used for a different request.")}

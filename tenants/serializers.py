@@ -58,6 +58,9 @@ class MeSerializer(strict.ModelSerializer):
     platform_admin = serializers.BooleanField(source="is_superuser", read_only=True)
     token = serializers.SerializerMethodField()
 
+    # Empty when none is on record, so not documented as an address.
+    email = strict.CharField(read_only=True, help_text="The person's email address, or empty.")
+
     class Meta:
         model = User
         fields = ["username", "email", "platform_admin", "memberships", "token"]

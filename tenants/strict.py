@@ -7,7 +7,25 @@ pattern with a sentence, and free text is kept as written. Every API serializer 
 """
 
 from django import forms
+from django.core.exceptions import FieldDoesNotExist
 from rest_framework import serializers
+
+
+def may_be_null(model, source: str) -> bool:
+    """Whether a read of ``source`` ("promotion.metrics_artifact.digest") from ``model`` can
+    give None: some model field on the way is nullable."""
+    for step in source.split("."):
+        try:
+            field = model._meta.get_field(step)
+        except (FieldDoesNotExist, AttributeError):
+            return False  # a property or method: its serializer field says for itself
+        if field.null:
+            return True
+        model = field.related_model
+        if model is None:
+            return False
+    return False
+
 
 class CharField(serializers.CharField):
     """A JSON string, as sent: DRF would also turn 17 into "17"."""
@@ -46,6 +64,16 @@ class BooleanField(serializers.BooleanField):
 
 
 class ModelSerializer(serializers.ModelSerializer):
+    def get_fields(self):
+        """A read-only field over a nullable column or relation is documented as nullable, as
+        it is returned: the schema must say what the API answers."""
+        fields = super().get_fields()
+        for name, field in fields.items():
+            source = field.source or name  # bound (and given its name) only later
+            if field.read_only and not field.allow_null and source != "*" and may_be_null(self.Meta.model, source):
+                field.allow_null = True
+        return fields
+
     def build_standard_field(self, field_name, model_field):
         field_class, kwargs = super().build_standard_field(field_name, model_field)
         if field_class is serializers.CharField:

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from audit.keys import platform_keyring
 from tenants.api import TenantScopedAPIView
 from tenants.errors import Invalid, NotFound
+from tenants.schema import ATTESTATION_UNAVAILABLE
 
 from . import blobs, promotions, services, trust
 from .diff import version_diff
@@ -30,12 +31,17 @@ from .selectors import version_named
 from .serializers import (
     ArtifactSerializer,
     AssembleSerializer,
+    BlobSerializer,
     OverrideRequestSerializer,
     OverrideSerializer,
     PromotionRequestSerializer,
     PromotionSerializer,
-    StepUpSerializer,
+    ReverificationRefusedSerializer,
+    ReverificationSerializer,
+    SignatureAttachedSerializer,
+    SignatureRefusedSerializer,
     SignatureSerializer,
+    StepUpSerializer,
     TrustConfigurationSerializer,
     VerificationSerializer,
     VersionRegisterSerializer,
@@ -146,6 +152,7 @@ class ArtifactUpload(TenantScopedAPIView):
     http_method_names = ["get", "put", "post", "head", "options"]
     model = Artifact
     serializer_class = ArtifactSerializer
+    pagination_class = None  # GET: every stored version of one name, as a plain array
 
     @extend_schema(operation_id="tenants_artifacts_by_name", responses=ArtifactSerializer(many=True))
     def get(self, request, tenant, name):
@@ -156,7 +163,7 @@ class ArtifactUpload(TenantScopedAPIView):
             raise NotFound("No such artifact.")
         return Response(ArtifactSerializer(artifacts, many=True).data)
 
-    @extend_schema(request={"application/octet-stream": bytes}, responses={201: ArtifactSerializer},
+    @extend_schema(request={"application/octet-stream": bytes}, responses={201: ArtifactSerializer, 200: ArtifactSerializer},
                    parameters=[OpenApiParameter("digest", str, required=True), OpenApiParameter("kind", str, required=True),
                                OpenApiParameter("region", str, required=True)])
     def put(self, request, tenant, name):
@@ -171,7 +178,7 @@ class ArtifactUpload(TenantScopedAPIView):
             stream=request._request, layout=ArtifactLayout.DIRECTORY if is_archive else ArtifactLayout.FILE)
         return Response(ArtifactSerializer(artifact).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
-    @extend_schema(request=AssembleSerializer, responses={201: ArtifactSerializer},
+    @extend_schema(request=AssembleSerializer, responses={201: ArtifactSerializer, 200: ArtifactSerializer},
                    parameters=[OpenApiParameter("digest", str, required=True), OpenApiParameter("kind", str, required=True),
                                OpenApiParameter("region", str, required=True)])
     def post(self, request, tenant, name):
@@ -192,7 +199,7 @@ class BlobUpload(TenantScopedAPIView):
 
     http_method_names = ["put", "options"]
 
-    @extend_schema(request={"application/octet-stream": bytes}, responses={201: dict})
+    @extend_schema(request={"application/octet-stream": bytes}, responses={201: BlobSerializer, 200: BlobSerializer})
     def put(self, request, tenant, digest):
         length = request.META.get("CONTENT_LENGTH") or ""
         if not length.isdigit():
@@ -235,6 +242,7 @@ class SignatureList(_OneArtifact):
     bundle and the failed verification are kept on record either way)."""
 
     serializer_class = SignatureSerializer
+    pagination_class = None
 
     def get(self, request, tenant, name, digest):
         with self.tenant_reads():
@@ -242,7 +250,8 @@ class SignatureList(_OneArtifact):
                               .select_related("uploaded_by").prefetch_related("verifications"))
         return Response(SignatureSerializer(signatures, many=True).data)
 
-    @extend_schema(request={"application/json": dict}, responses={201: VerificationSerializer})
+    @extend_schema(request={"application/json": dict},
+                   responses={201: SignatureAttachedSerializer, 422: SignatureRefusedSerializer})
     def post(self, request, tenant, name, digest):
         # Read one byte past the limit, never more: the domain function refuses what is over it.
         bundle = request._request.read(settings.SIGNATURE_BUNDLE_MAX_BYTES + 1)
@@ -256,7 +265,7 @@ class ArtifactVerify(_OneArtifact):
 
     serializer_class = VerificationSerializer
 
-    @extend_schema(request=None, responses={200: VerificationSerializer(many=True)})
+    @extend_schema(request=None, responses={200: ReverificationSerializer, 422: ReverificationRefusedSerializer})
     def post(self, request, tenant, name, digest):
         verifications = trust.artifact_verify(actor=request.user, tenant=self.tenant, artifact=self.artifact())
         body = {"verified": any(v.verified for v in verifications),
@@ -333,7 +342,7 @@ class PromotionList(_Promotions, generics.ListAPIView):
 
     filterset_fields = ["state", "stage", "kind"]
 
-    @extend_schema(request=PromotionRequestSerializer, responses={201: PromotionSerializer})
+    @extend_schema(request=PromotionRequestSerializer, responses={201: PromotionSerializer, **ATTESTATION_UNAVAILABLE})
     def post(self, request, tenant):
         serializer = PromotionRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -355,7 +364,7 @@ class PromotionDetail(_Promotions):
 class _PromotionDecision(_Promotions):
     verdict = ""
 
-    @extend_schema(request=StepUpSerializer, responses={200: PromotionSerializer})
+    @extend_schema(request=StepUpSerializer, responses={200: PromotionSerializer, **ATTESTATION_UNAVAILABLE})
     def post(self, request, tenant, promotion):
         serializer = StepUpSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -391,7 +400,7 @@ class PromotionWithdraw(_Promotions):
 
 
 class PromotionRecheck(_Promotions):
-    @extend_schema(request=None, responses={200: PromotionSerializer})
+    @extend_schema(request=None, responses={200: PromotionSerializer, **ATTESTATION_UNAVAILABLE})
     def post(self, request, tenant, promotion):
         return self.answer(promotions.promotion_recheck(actor=request.user, promotion=self.promotion()))
 
@@ -411,7 +420,7 @@ class PromotionOverrideList(_Promotions):
 class PromotionOverrideConfirm(_Promotions):
     """A second person confirms an override with a fresh one-time password."""
 
-    @extend_schema(request=StepUpSerializer, responses={200: PromotionSerializer})
+    @extend_schema(request=StepUpSerializer, responses={200: PromotionSerializer, **ATTESTATION_UNAVAILABLE})
     def post(self, request, tenant, promotion, override):
         serializer = StepUpSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -92,6 +92,34 @@ class VerificationSerializer(strict.ModelSerializer):
         read_only_fields = fields
 
 
+class BlobSerializer(serializers.Serializer):
+    digest = strict.CharField(read_only=True)
+    size_bytes = serializers.IntegerField(read_only=True)
+
+
+class SignatureAttachedSerializer(serializers.Serializer):
+    verification = VerificationSerializer(read_only=True)
+
+
+class SignatureRefusedSerializer(SignatureAttachedSerializer):
+    """A 422: the bundle is kept on record with its failed verification."""
+
+    code = strict.CharField(read_only=True, help_text="signature_not_verified")
+    detail = strict.CharField(read_only=True, help_text="Why it did not verify, in one sentence.")
+
+
+class ReverificationSerializer(serializers.Serializer):
+    verified = serializers.BooleanField(read_only=True, help_text="Whether any signature verified.")
+    verifications = VerificationSerializer(many=True, read_only=True)
+
+
+class ReverificationRefusedSerializer(ReverificationSerializer):
+    """A 422: no signature verified (or there is none)."""
+
+    code = strict.CharField(read_only=True, help_text="signature_not_verified")
+    detail = strict.CharField(read_only=True, help_text="Why, in one sentence.")
+
+
 class SignatureSerializer(strict.ModelSerializer):
     uploaded_by = strict.CharField(source="uploaded_by.username", read_only=True)
     latest_verification = serializers.SerializerMethodField()
