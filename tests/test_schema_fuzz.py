@@ -36,7 +36,7 @@ from tests.test_cross_tenant import PATH_VALUES, build_scene
 
 # Cases per operation and caller. Small on purpose: the fuzz covers every operation in
 # every run, and more examples per operation found nothing new in longer runs.
-EXAMPLES = {"own": 12, "generated": 6, "foreign": 6}
+EXAMPLES = {"own": 20, "generated": 8, "foreign": 8}
 PLATFORM_OBJECTS = {"flavor", "hostname"}  # path parameters naming platform-wide objects, not a tenant's
 
 

@@ -244,6 +244,7 @@ class SignatureList(_OneArtifact):
     serializer_class = SignatureSerializer
     pagination_class = None
 
+    @extend_schema(responses=SignatureSerializer(many=True))
     def get(self, request, tenant, name, digest):
         with self.tenant_reads():
             signatures = list(Signature.objects.restrict(request.user, "view").filter(artifact=self.artifact())
