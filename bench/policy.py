@@ -319,7 +319,7 @@ def set_up_tenant(versions: int, work: Path):
                                  content_type="application/octet-stream"), (200, 201), f"PUT artifact {name}")
         path = work / f"{name}.bin"
         path.write_bytes(data)
-        bundle = signing.sign_path(path, private_key_pem=private_pem)
+        bundle = signing.sign_path(path, private_key_pem=private_pem, name=name)
         expect(developer.generic("POST", f"{T}/artifacts/{name}/{digest}/signatures/", data=bundle.encode(),
                                  content_type="application/json"), (201,), f"POST signature of {name}")
         digests.append(digest)

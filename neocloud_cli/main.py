@@ -61,6 +61,8 @@ def _add_sign(commands, common) -> None:
     sign = commands.add_parser("sign", parents=[common], help="sign a file or model directory (offline)",
                                description="Sign a file or a model directory into a Sigstore bundle, offline.")
     sign.add_argument("path", metavar="PATH", help="a file or a model directory")
+    sign.add_argument("--name", help="the artifact name the signature describes, which the server requires to be "
+                                     "the name it is uploaded under (default: PATH's final component)")
     _signing_key_options(sign, required=True)
     sign.add_argument("-o", "--output", required=True, metavar="BUNDLE", help="where to write the bundle")
     sign.set_defaults(handler="sign")
@@ -73,6 +75,8 @@ def _add_verify(commands, common) -> None:
                     "Exit 0 only if it verifies; 1 if not, with the reason.")
     verify.add_argument("path", metavar="PATH")
     verify.add_argument("bundle", metavar="BUNDLE")
+    verify.add_argument("--name", help="the artifact name the signature must describe (default: PATH's final "
+                                       "component)")
     verify.add_argument("--public-key", action="append", default=[], metavar="ID=PEMFILE",
                         help="trust this public key, named ID (repeatable)")
     verify.add_argument("--ca-root", action="append", default=[], metavar="PEMFILE",
@@ -112,7 +116,8 @@ def _add_artifact(commands, common) -> None:
                               description="Upload a file, or a model directory as a deterministic tar; "
                                           "with --sign, sign it first and have the server verify the signature.")
     push.add_argument("path", metavar="PATH")
-    push.add_argument("--name", required=True, help="the artifact's name")
+    push.add_argument("--name", required=True, help="the artifact's name (with --sign, the name the signature "
+                                                    "describes too)")
     push.add_argument("--kind", required=True, choices=["model", "dataset", "metrics", "container", "spec", "other"])
     push.add_argument("--region", help="where it is stored (default: the tenant's jurisdiction)")
     push.add_argument("--progress", action="store_true",

@@ -9,7 +9,11 @@ from .output import Output
 
 
 def signed_bundle(path: Path, args) -> str:
-    """Sign `path` (a file or a model directory) with the key options of `args`; the bundle JSON."""
+    """Sign `path` (a file or a model directory) with the key options of `args`; the bundle JSON.
+
+    The statement's subject is named `args.name`, the artifact name: the server refuses a
+    signature that does not name the artifact it is attached to, whatever the local path is called.
+    """
     from workflows.signing import sign_path  # slow to import: only when signing
 
     if args.chain and not args.cert:
@@ -19,7 +23,8 @@ def signed_bundle(path: Path, args) -> str:
     certificate = local_files.certificate_pems([args.cert], "certificate file")[0] if args.cert else None
     chain = local_files.certificate_pems(args.chain, "chain file")
     try:
-        return sign_path(path, private_key_pem=key, certificate_pem=certificate, chain_pem=chain, password=password)
+        return sign_path(path, private_key_pem=key, certificate_pem=certificate, chain_pem=chain, password=password,
+                         name=args.name)
     except (ValueError, TypeError) as exc:
         raise input_error(_first_sentence(exc), code="cannot_sign") from None
     except OSError as exc:
@@ -37,14 +42,17 @@ def mode_of(args) -> str:
 
 
 def sign(args, out: Output) -> int:
+    from workflows.signing import model_name
+
     path = local_files.existing_path(args.path)
     bundle = signed_bundle(path, args)
     try:
         Path(args.output).write_text(bundle, encoding="utf-8")
     except OSError as exc:
         raise input_error(f"Cannot write the bundle to {args.output}: {(exc.strerror or str(exc)).lower()}.") from None
-    out.result({"signed": str(path), "mode": mode_of(args), "bundle": str(args.output)},
-               [f"Signed {path} in {mode_of(args)} mode; the bundle is in {args.output}."])
+    name = model_name(path) if args.name is None else args.name
+    out.result({"signed": str(path), "name": name, "mode": mode_of(args), "bundle": str(args.output)},
+               [f"Signed {path} as {name} in {mode_of(args)} mode; the bundle is in {args.output}."])
     return OK
 
 
@@ -54,7 +62,7 @@ def verify(args, out: Output) -> int:
     trust = trust_from(args)
     path = local_files.existing_path(args.path)
     bundle = local_files.read_bytes(args.bundle, "bundle file")
-    result = verify_path(path, bundle, trust=trust, received_at=datetime.now(UTC))
+    result = verify_path(path, bundle, trust=trust, received_at=datetime.now(UTC), name=args.name)
     data = {"verified": result.verified, "mode": result.mode.value if result.mode else None,
             "identity": result.identity, "reason": result.reason, "digest": result.digest,
             "signed_at": result.signed_at.isoformat() if result.signed_at else None}

@@ -96,7 +96,7 @@ def test_a_file_signed_with_a_key_verifies_offline(weights, keys, tmp_path):
     bundle = tmp_path / "weights.sigstore.json"
     signed = neocloud("sign", weights, "--key", keys["ci"][0], "-o", bundle)
     assert signed.returncode == 0, signed.stderr
-    assert signed.stdout == f"Signed {weights} in key mode; the bundle is in {bundle}.\n"
+    assert signed.stdout == f"Signed {weights} as weights.bin in key mode; the bundle is in {bundle}.\n"
 
     verified = neocloud("verify", weights, bundle, "--public-key", f"ci-2026={keys['ci'][1]}", "--json")
     assert verified.returncode == 0, verified.stdout
@@ -117,6 +117,22 @@ def test_a_model_directory_signed_with_a_key_verifies_offline_and_a_change_does_
     assert tampered.returncode == 1
     assert tampered.stdout == ("Not verified: The artifact does not match its signature: "
                                "tokenizer/extra.bin is not covered by the signature.\n")
+
+
+def test_sign_names_the_subject_and_verify_requires_that_name(weights, keys, tmp_path):
+    bundle = tmp_path / "weights.sigstore.json"
+    signed = neocloud("sign", weights, "--name", "scorer", "--key", keys["ci"][0], "-o", bundle, "--json")
+    assert signed.returncode == 0, signed.stderr
+    assert as_json(signed)["name"] == "scorer"
+    trust = ("--public-key", f"ci={keys['ci'][1]}")
+
+    named = neocloud("verify", weights, bundle, "--name", "scorer", *trust)
+    assert (named.returncode, named.stdout) == (0, "Verified: Signed by key ci over 1 file.\n")
+
+    by_path = neocloud("verify", weights, bundle, *trust)  # the name defaults to the file's, weights.bin
+    assert by_path.returncode == 1
+    assert by_path.stdout == ("Not verified: The signature's subject is named scorer, not weights.bin, "
+                              "the artifact it is attached to.\n")
 
 
 def test_verifying_with_the_wrong_key_exits_1_with_the_reason(weights, keys, tmp_path):
@@ -365,6 +381,8 @@ def trust_public_key(world, key_id, public_key_path):
 
 def test_a_signed_model_directory_is_uploaded_and_verified_by_the_server(world, server, model_dir, keys):
     trust_public_key(world, "ci-2026", keys["ci"][1])
+    # The directory is acme-credit-scorer: the CLI names the signature's subject credit-scorer.
+    assert model_dir.name != "credit-scorer"
 
     result = neocloud("artifact", "push", model_dir, "--name", "credit-scorer", "--kind", "model",
                       "--sign", "--key", keys["ci"][0], "--json", **server)

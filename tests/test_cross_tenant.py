@@ -226,7 +226,8 @@ def build_scene() -> Scene:
 
     private_pem, public_pem = signing.generate_key_pair()
     trust_config_update(actor=on_default(world.a.admin), tenant=tenant, public_keys={"ci": public_pem.decode()})
-    bundle = signing.sign_path(get_store().path_for(artifact.digest), private_key_pem=private_pem)
+    bundle = signing.sign_path(get_store().path_for(artifact.digest), private_key_pem=private_pem,
+                                name=artifact.name)
     assert signature_attach(actor=developer, tenant=tenant, artifact=artifact, bundle=bundle.encode()).verified
     version, _ = workflow_version_register(actor=developer, tenant=tenant, artifact_digests=[artifact.digest], spec={
         "name": "fraud-detector",

@@ -56,7 +56,7 @@ def test_a_directory_uploaded_file_by_file_is_assembled_and_its_signature_verifi
     response = assemble(developer, manifest, digest)
     assert response.status_code == 201, response.content
     assert (response.json()["digest"], response.json()["layout"]) == (digest, "directory")
-    bundle = signing.sign_path(model_dir, private_key_pem=private_pem)
+    bundle = signing.sign_path(model_dir, private_key_pem=private_pem, name="scorer")
     attached = developer.client.generic("POST", f"/api/v1/tenants/acme-bank/artifacts/scorer/{digest}/signatures/",
                                         data=bundle.encode(), content_type="application/json", **developer.headers)
     assert attached.status_code == 201, attached.content

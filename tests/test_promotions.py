@@ -64,7 +64,7 @@ class Gate:
     def sign(self, name, digest, data):
         path = self.tmp / f"{name}-{digest[7:15]}"
         path.write_bytes(data)
-        bundle = signing.sign_path(path, private_key_pem=self.private_pem)
+        bundle = signing.sign_path(path, private_key_pem=self.private_pem, name=name)
         response = self.developer.client.generic(
             "POST", f"{T}/artifacts/{name}/{digest}/signatures/", data=bundle.encode(),
             content_type="application/json", **self.developer.headers)

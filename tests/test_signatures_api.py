@@ -47,6 +47,11 @@ def push(client, path, name="weights"):
     return digest
 
 
+def sign(path, private_pem, name="weights"):
+    """A key bundle whose subject is named as the artifact it will be attached to."""
+    return signing.sign_path(path, private_key_pem=private_pem, name=name)
+
+
 def attach(client, digest, bundle, name="weights"):
     body = bundle if isinstance(bundle, bytes) else bundle.encode()
     return client.client.generic("POST", f"/api/v1/tenants/acme-bank/artifacts/{name}/{digest}/signatures/",
@@ -81,7 +86,7 @@ def test_a_malformed_trust_entry_names_its_field(world, api, body, field):
 @pytest.mark.embedded
 def test_a_signed_file_verifies_and_the_verification_is_stored_and_audited(trusted, developer, keys, model_file):
     digest = push(developer, model_file)
-    bundle = signing.sign_path(model_file, private_key_pem=keys["ci"][0])
+    bundle = sign(model_file, keys["ci"][0])
     response = attach(developer, digest, bundle)
     assert response.status_code == 201, response.content
     verification = response.json()["verification"]
@@ -96,7 +101,7 @@ def test_a_signed_file_verifies_and_the_verification_is_stored_and_audited(trust
 
 def test_the_wrong_key_is_refused_with_its_reason_and_kept_on_record(trusted, developer, keys, model_file):
     digest = push(developer, model_file)
-    response = attach(developer, digest, signing.sign_path(model_file, private_key_pem=keys["other"][0]))
+    response = attach(developer, digest, sign(model_file, keys["other"][0]))
     body = assert_error(response, 422, "signature_not_verified")
     assert body["verification"]["verified"] is False and body["detail"] == body["verification"]["reason"]
     assert not Verification.objects.using("owner").filter(verified=True).exists()
@@ -109,8 +114,43 @@ def test_a_bundle_for_another_digest_is_refused(trusted, developer, keys, model_
     other = tmp_path / "other.bin"
     other.write_bytes(os.urandom(1024))
     digest = push(developer, model_file)
-    response = attach(developer, digest, signing.sign_path(other, private_key_pem=keys["ci"][0]))
-    assert assert_error(response, 422, "signature_not_verified")["verification"]["verified"] is False
+    # Named as the artifact, but signed over other bytes: its subject digest is not the artifact's.
+    response = attach(developer, digest, sign(other, keys["ci"][0]))
+    body = assert_error(response, 422, "signature_not_verified")
+    assert body["verification"]["verified"] is False
+    assert body["detail"] == ("The artifact does not match its signature: "
+                              "the file's content differs from the signed content.")
+
+
+@pytest.mark.parametrize("subject, named", [("scorer-v1", "scorer-v1"), (None, "model.safetensors")])
+def test_a_bundle_whose_subject_names_another_artifact_is_refused_saying_both_names(
+        trusted, developer, keys, model_file, subject, named):
+    # subject None: model-signing's own name for what it hashed, the local file name.
+    digest = push(developer, model_file)
+    bundle = signing.sign_path(model_file, private_key_pem=keys["ci"][0], name=subject)
+    reason = f"The signature's subject is named {named}, not weights, the artifact it is attached to."
+
+    body = assert_error(attach(developer, digest, bundle), 422, "signature_not_verified")
+    assert body["detail"] == body["verification"]["reason"] == reason
+    assert body["verification"]["verified"] is False
+    again = assert_error(developer.post(f"/api/v1/tenants/acme-bank/artifacts/weights/{digest}/verify/"), 422,
+                         "signature_not_verified")
+    assert again["verifications"][0]["reason"] == reason
+    assert not Verification.objects.using("owner").filter(verified=True).exists()
+    events = AuditEvent.objects.using("owner").filter(action="signature.verify")
+    assert [(event.outcome, event.data["reason"]) for event in events] == [("failed", reason)] * 2
+
+
+def test_the_bundle_verifies_on_the_artifact_its_subject_names(trusted, developer, keys, model_file):
+    bundle = sign(model_file, keys["ci"][0], name="scorer-v1")
+    digest = push(developer, model_file)
+    assert_error(attach(developer, digest, bundle), 422, "signature_not_verified")
+
+    # The same bytes registered under the name the signature describes.
+    assert push(developer, model_file, name="scorer-v1") == digest
+    response = attach(developer, digest, bundle, name="scorer-v1")
+    assert response.status_code == 201, response.content
+    assert response.json()["verification"]["reason"] == "Signed by key ci-2026 over 1 file."
 
 
 def test_malformed_bundle_json_is_refused_and_nothing_is_stored(trusted, developer, model_file):
@@ -130,7 +170,7 @@ def test_a_bundle_over_the_size_limit_is_a_413(trusted, developer, model_file, s
 
 def test_reverification_uses_todays_trust_configuration(trusted, world, api, developer, keys, model_file):
     digest = push(developer, model_file)
-    attach(developer, digest, signing.sign_path(model_file, private_key_pem=keys["ci"][0]))
+    attach(developer, digest, sign(model_file, keys["ci"][0]))
     verify_url = f"/api/v1/tenants/acme-bank/artifacts/weights/{digest}/verify/"
     assert developer.post(verify_url).json()["verified"] is True
     api(world.a.admin).put("/api/v1/tenants/acme-bank/trust/", {"public_keys": {}})  # the key is withdrawn
@@ -145,6 +185,6 @@ def test_reverification_uses_todays_trust_configuration(trusted, world, api, dev
 def test_only_developers_attach_signatures(trusted, world, api, keys, developer, model_file):
     digest = push(developer, model_file)
     auditor = api(issue_token(world.a.auditor, world.a.tenant))
-    response = attach(auditor, digest, signing.sign_path(model_file, private_key_pem=keys["ci"][0]))
+    response = attach(auditor, digest, sign(model_file, keys["ci"][0]))
     assert_error(response, 403, "permission_denied")
     assert not Signature.objects.using("owner").exists()

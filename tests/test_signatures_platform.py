@@ -62,7 +62,7 @@ def trust_ca(world, api, root, identities=(SIGNER_EMAIL,)):
 def test_a_signed_model_directory_uploaded_as_an_archive_verifies(world, api, developer, model_dir):
     private_pem, public_pem = signing.generate_key_pair()
     trust_key(world, api, public_pem)
-    bundle = signing.sign_path(model_dir, private_key_pem=private_pem)
+    bundle = signing.sign_path(model_dir, private_key_pem=private_pem, name="scorer")
     response = attach(developer, push_directory(developer, model_dir), bundle)
     assert response.status_code == 201, response.content
     assert response.json()["verification"]["reason"].startswith("Signed by key release over 5 files")
@@ -76,7 +76,7 @@ def test_a_signed_model_directory_uploaded_as_an_archive_verifies(world, api, de
 def test_a_changed_model_directory_is_refused_with_the_file_named(world, api, developer, model_dir, change, reason):
     private_pem, public_pem = signing.generate_key_pair()
     trust_key(world, api, public_pem)
-    bundle = signing.sign_path(model_dir, private_key_pem=private_pem)
+    bundle = signing.sign_path(model_dir, private_key_pem=private_pem, name="scorer")
     if change == "extra":
         (model_dir / "backdoor.py").write_text("import os\n")
     elif change == "removed":
@@ -89,9 +89,26 @@ def test_a_changed_model_directory_is_refused_with_the_file_named(world, api, de
     assert not Verification.objects.using("owner").filter(verified=True).exists()
 
 
+def test_a_directory_signed_under_its_local_name_is_refused_naming_both(world, api, developer, model_dir):
+    # model-signing names the subject after the directory it hashed; the artifact is called scorer.
+    private_pem, public_pem = signing.generate_key_pair()
+    trust_key(world, api, public_pem)
+    digest = push_directory(developer, model_dir)
+
+    unnamed = attach(developer, digest, signing.sign_path(model_dir, private_key_pem=private_pem))
+    body = assert_error(unnamed, 422, "signature_not_verified")
+    assert body["detail"] == ("The signature's subject is named acme-credit-scorer, not scorer, "
+                              "the artifact it is attached to.")
+
+    named = attach(developer, digest, signing.sign_path(model_dir, private_key_pem=private_pem, name="scorer"))
+    assert named.status_code == 201, named.content
+    verifications = Verification.objects.using("owner").order_by("id").values_list("verified", flat=True)
+    assert list(verifications) == [False, True]
+
+
 def sign_with_leaf(path, leaf, intermediate):
     return signing.sign_path(path, private_key_pem=leaf.key_pem, certificate_pem=leaf.pem,
-                             chain_pem=[intermediate.pem])
+                             chain_pem=[intermediate.pem], name="scorer")
 
 
 def test_a_bundle_from_the_enterprise_ca_verifies_with_the_signers_identity(world, api, developer, model_dir, pki):

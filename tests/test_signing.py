@@ -11,14 +11,18 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from google.protobuf import struct_pb2
 from model_signing import hashing as ms_hashing
+from model_signing import signing as ms_signing
 from model_signing import verifying as ms_verifying
+from model_signing._signing import sign_ec_key
 
 from workflows.signing import (
     Mode,
@@ -199,9 +203,10 @@ def test_an_old_signature_still_verifies_after_the_tenant_rotates_to_a_new_key(m
 def test_a_bundle_for_one_file_does_not_verify_another_file(model_dir, ci_key):
     file_a = model_dir / "model-00001-of-00003.safetensors"
     file_b = model_dir / "model-00002-of-00003.safetensors"
-    bundle_for_a = sign_path(file_a, private_key_pem=ci_key[0])
+    bundle_for_a = sign_path(file_a, private_key_pem=ci_key[0], name="weights")
 
-    result = verify_path(file_b, bundle_for_a, trust=key_trust(ci=ci_key[1]), received_at=RECEIVED_AT)
+    # Registered under the name the bundle gives, but other bytes: the subject digest differs.
+    result = verify_path(file_b, bundle_for_a, trust=key_trust(ci=ci_key[1]), received_at=RECEIVED_AT, name="weights")
 
     assert not result.verified
     assert result.reason == ("The artifact does not match its signature: "
@@ -502,6 +507,153 @@ def test_model_signing_alone_accepts_an_expired_certificate_with_an_unknown_iden
 
     result = verify_path(model_dir, bundle_path.read_text(), trust=certificate_trust(root), received_at=RECEIVED_AT)
     assert not result.verified
+
+
+# What a signature must describe ------------------------------------------------------------
+
+
+def statement_of(bundle: str) -> dict:
+    return json.loads(base64.b64decode(json.loads(bundle)["dsseEnvelope"]["payload"]))
+
+
+def key_bundle_over(statement: dict, private_pem: bytes, tmp_path) -> str:
+    """A key bundle over any in-toto statement, signed by model-signing's own EC signer."""
+    key_path = tmp_path / "statement-signer.pem"
+    key_path.write_bytes(private_pem)
+    body = struct_pb2.Struct()
+    body.update(statement)
+    return sign_ec_key.Signer(key_path).sign(SimpleNamespace(statement=SimpleNamespace(pb=body))).bundle.to_json()
+
+
+def test_a_file_bundle_names_the_artifact_and_carries_the_sha256_of_the_files_sha256(model_dir, ci_key):
+    weights = model_dir / "model-00001-of-00003.safetensors"
+    bundle = sign_path(weights, private_key_pem=ci_key[0], name="weights")
+
+    file_sha256 = hashlib.sha256(weights.read_bytes()).digest()
+    assert statement_of(bundle)["subject"] == [{"name": "weights",
+                                                "digest": {"sha256": hashlib.sha256(file_sha256).hexdigest()}}]
+    result = verify_path(weights, bundle, trust=key_trust(ci=ci_key[1]), received_at=RECEIVED_AT, name="weights")
+    assert result.verified, result.reason
+    assert result.digest == file_digest(weights)
+
+
+def test_a_directory_bundle_names_the_artifact_and_carries_the_manifest_digest(model_dir, ci_key):
+    bundle = sign_path(model_dir, private_key_pem=ci_key[0], name="scorer")
+
+    result = verify_path(model_dir, bundle, trust=key_trust(ci=ci_key[1]), received_at=RECEIVED_AT, name="scorer")
+
+    assert result.verified, result.reason
+    assert statement_of(bundle)["subject"] == [{"name": "scorer", "digest": {"sha256": result.digest[7:]}}]
+
+
+def test_without_a_name_the_subject_is_the_paths_final_component_as_model_signing_names_it(model_dir, ci_key):
+    bundle = sign_path(model_dir, private_key_pem=ci_key[0])
+    assert statement_of(bundle)["subject"][0]["name"] == "acme-credit-scorer"
+    assert verify_path(model_dir, bundle, trust=key_trust(ci=ci_key[1]), received_at=RECEIVED_AT).verified
+
+    result = verify_path(model_dir, bundle, trust=key_trust(ci=ci_key[1]), received_at=RECEIVED_AT, name="scorer")
+
+    assert not result.verified
+    assert result.identity == "ci"
+    assert result.reason == ("The signature's subject is named acme-credit-scorer, not scorer, "
+                             "the artifact it is attached to.")
+
+
+def test_model_signings_own_api_names_the_subject_after_the_directory(model_dir, ci_key, tmp_path):
+    # A signer using model-signing directly complies by naming the directory as the artifact.
+    (tmp_path / "key.pem").write_bytes(ci_key[0])
+    config = (ms_signing.Config().use_elliptic_key_signer(private_key=tmp_path / "key.pem")
+              .set_hashing_config(ms_hashing.Config().use_file_serialization(hashing_algorithm="sha256")))
+    scorer = model_dir.rename(model_dir.parent / "scorer")
+    config.sign(scorer, tmp_path / "scorer.sig")
+    bundle = (tmp_path / "scorer.sig").read_text()
+
+    assert verify_path(scorer, bundle, trust=key_trust(ci=ci_key[1]), received_at=RECEIVED_AT, name="scorer").verified
+    other = verify_path(scorer, bundle, trust=key_trust(ci=ci_key[1]), received_at=RECEIVED_AT, name="weights")
+    assert other.reason == "The signature's subject is named scorer, not weights, the artifact it is attached to."
+
+
+@pytest.mark.parametrize("signed_as, shown", [
+    ("Weights", "Weights"),
+    ("weights\n", '"weights\\n"'),
+    ("w" * 300, '"' + "w" * 100 + '"…'),
+])
+def test_the_subject_name_must_be_the_artifacts_name_exactly(model_dir, ci_key, signed_as, shown):
+    weights = model_dir / "model-00001-of-00003.safetensors"
+    bundle = sign_path(weights, private_key_pem=ci_key[0], name=signed_as)
+
+    result = verify_path(weights, bundle, trust=key_trust(ci=ci_key[1]), received_at=RECEIVED_AT, name="weights")
+
+    assert not result.verified
+    assert result.reason == f"The signature's subject is named {shown}, not weights, the artifact it is attached to."
+
+
+def test_the_subject_name_is_checked_in_certificate_mode_too(model_dir, pki):
+    root, intermediate = pki
+    bundle = sign_with_certificate(model_dir, make_leaf(intermediate), intermediate)
+
+    result = verify_path(model_dir, bundle, trust=certificate_trust(root), received_at=RECEIVED_AT, name="scorer")
+
+    assert not result.verified
+    assert (result.mode, result.identity) == (Mode.CERTIFICATE, SIGNER_EMAIL)
+    assert result.reason == ("The signature's subject is named acme-credit-scorer, not scorer, "
+                             "the artifact it is attached to.")
+
+
+def test_a_subject_digest_that_is_not_the_manifest_digest_fails_though_every_file_matches(model_dir, ci_key,
+                                                                                          tmp_path):
+    # Resources listed out of name order, with a subject digest over that order: model-signing
+    # finds the statement consistent and every file matches, but the subject is not the artifact's.
+    statement = statement_of(sign_path(model_dir, private_key_pem=ci_key[0], name="scorer"))
+    expected = statement["subject"][0]["digest"]["sha256"]
+    resources = statement["predicate"]["resources"][::-1]
+    statement["predicate"]["resources"] = resources
+    claimed = hashlib.sha256(b"".join(bytes.fromhex(item["digest"]) for item in resources)).hexdigest()
+    statement["subject"][0]["digest"]["sha256"] = claimed
+
+    result = verify_path(model_dir, key_bundle_over(statement, ci_key[0], tmp_path), trust=key_trust(ci=ci_key[1]),
+                         received_at=RECEIVED_AT, name="scorer")
+
+    assert not result.verified
+    assert result.reason == (f"The signature's subject digest is sha256:{claimed}, not sha256:{expected}, "
+                             "the manifest digest of scorer, the artifact it is attached to.")
+
+
+def test_a_statement_listing_each_file_as_a_subject_is_refused(model_dir, ci_key, tmp_path):
+    # model-signing 0.2's format: one subject per file. model-signing still reads it, files and all.
+    resources = statement_of(sign_path(model_dir, private_key_pem=ci_key[0]))["predicate"]["resources"]
+    statement = {"_type": "https://in-toto.io/Statement/v1", "predicateType": "https://model_signing/Digests/v0.1",
+                 "subject": [{"name": item["name"], "digest": {"sha256": item["digest"]}} for item in resources],
+                 "predicate": {}}
+
+    result = verify_path(model_dir, key_bundle_over(statement, ci_key[0], tmp_path), trust=key_trust(ci=ci_key[1]),
+                         received_at=RECEIVED_AT, name="scorer")
+
+    assert not result.verified
+    assert result.reason == ("The signature's statement has 5 subjects; it must describe exactly one, "
+                             "the artifact it is attached to.")
+
+
+def test_a_current_statement_with_two_subjects_is_refused(model_dir, ci_key, tmp_path):
+    statement = statement_of(sign_path(model_dir, private_key_pem=ci_key[0], name="scorer"))
+    statement["subject"].append({**statement["subject"][0], "name": "weights"})
+
+    result = verify_path(model_dir, key_bundle_over(statement, ci_key[0], tmp_path), trust=key_trust(ci=ci_key[1]),
+                         received_at=RECEIVED_AT, name="scorer")
+
+    assert not result.verified
+    assert result.reason.startswith("The bundle cannot be verified as a model-signing bundle (Expected only one "
+                                    "subject")
+
+
+def test_a_plain_sigstore_bundle_names_nothing_so_only_the_files_sha256_is_bound():
+    # No in-toto statement: the bundle signs the wheel's sha256, under no name.
+    assert "dsseEnvelope" not in json.loads(WHEEL_BUNDLE.read_text())
+
+    result = verify_path(WHEEL, WHEEL_BUNDLE.read_text(), trust=keyless_trust(), received_at=RECEIVED_AT,
+                         name="rfc8785-wheel")
+
+    assert result.verified, result.reason
 
 
 # Malformed input ---------------------------------------------------------------------------

@@ -194,7 +194,7 @@ def trusted_key(world, api):
 def sign_and_attach(client, private_pem, tmp_path):
     model = tmp_path / "model.safetensors"
     model.write_bytes(BLOB)
-    bundle = signing.sign_path(model, private_key_pem=private_pem)
+    bundle = signing.sign_path(model, private_key_pem=private_pem, name="weights")
     return client.client.generic("POST", f"/api/v1/tenants/acme-bank/artifacts/weights/{DIGEST}/signatures/",
                                  data=bundle.encode() if isinstance(bundle, str) else bundle,
                                  content_type="application/json", **client.headers)

@@ -42,7 +42,7 @@ def pipeline_registers_a_version(world, api, tmp_path):
             "PUT", f"/api/v1/tenants/acme-bank/artifacts/{name}/?digest={digest}&kind=model&region=eu",
             data=path.read_bytes(), content_type="application/octet-stream", **pipeline.headers).status_code == 201
         pipeline.client.generic("POST", f"/api/v1/tenants/acme-bank/artifacts/{name}/{digest}/signatures/",
-                                data=signing.sign_path(path, private_key_pem=key).encode(),
+                                data=signing.sign_path(path, private_key_pem=key, name=name).encode(),
                                 content_type="application/json", **pipeline.headers)
         digests.append(digest)
     response = pipeline.post("/api/v1/tenants/acme-bank/workflows/fraud-detector/versions/",

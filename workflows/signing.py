@@ -12,6 +12,13 @@ model-signing manifest: an in-toto statement in DSSE listing every file of the m
 sha256. A single file is a one-entry manifest. KEYLESS verification also accepts plain Sigstore
 bundles over one file's digest (what `sigstore sign` makes).
 
+What a signature must describe. A bundle is attached to an artifact, which the platform knows by
+its name and its bytes, and its in-toto statement must describe exactly that artifact: exactly
+one subject, named as the artifact is registered (model-signing takes the subject name from the
+path it hashes, so `sign_path` sets it explicitly), whose sha256 is model-signing's manifest
+digest of the artifact's bytes. A plain Sigstore bundle has no statement: it binds the file's
+sha256 and names nothing. docs/signing.md states the rule.
+
 What the platform adds to model-signing 1.1.1, whose gaps the design notes list:
 
 - the hashing configuration is always explicit (sha256, one digest per file, no symlinks, no
@@ -109,7 +116,8 @@ class VerificationResult:
 
     `digest` is the sha256 the platform computed: of the file for a single file, and for a
     directory the model-signing manifest digest (sha256 over the sorted per-file sha256
-    digests, the in-toto subject digest). It is "" when the artifact was never hashed.
+    digests, the in-toto subject digest; for a single file the subject digest is that manifest
+    digest too, the sha256 of the file's sha256). It is "" when the artifact was never hashed.
     `signed_at` is a verified signing time: the Rekor integration time for KEYLESS, None for
     KEY and CERTIFICATE bundles, which carry no trusted time.
     """
@@ -120,6 +128,22 @@ class VerificationResult:
     reason: str
     digest: str
     signed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class _Artifact:
+    """What a bundle is attached to: the bytes on disk and the name the artifact is registered under."""
+
+    path: Path
+    name: str
+
+
+@dataclass(frozen=True)
+class _Subject:
+    """The one subject of a signed in-toto statement: what the signer says it signed."""
+
+    name: str
+    digest: str  # sha256:<hex>
 
 
 class _Rejected(Exception):
@@ -161,7 +185,10 @@ def _sha256_of_file(path: Path) -> bytes:
 
 
 def manifest_digest(manifest: manifest_module.Manifest) -> str:
-    """The manifest digest: sha256 over the per-file digests in name order (in-toto subject)."""
+    """The manifest digest: sha256 over the per-file digests in name order (in-toto subject).
+
+    model-signing's subject digest, for a directory and for a single file alike (a one-entry
+    manifest, so the sha256 of the file's sha256)."""
     digest = hashlib.sha256()
     for descriptor in manifest.resource_descriptors():
         digest.update(descriptor.digest.digest_value)
@@ -177,6 +204,21 @@ def _artifact_digest(path: Path, manifest: manifest_module.Manifest) -> str:
 
 def _hash_model(path: Path) -> manifest_module.Manifest:
     return hashing_config().hash(path)
+
+
+def model_name(path: Path | str) -> str:
+    """The subject name model-signing gives what it hashes: the path's final component (of the
+    resolved path for '.' and '..'). A bundle signed without a name carries this one."""
+    path = Path(path)
+    return path.name if path.name not in ("", "..") else path.resolve().name
+
+
+def _named(manifest: manifest_module.Manifest, name: str) -> manifest_module.Manifest:
+    """The same manifest under another model name, which becomes the in-toto subject name."""
+    serialization_type = manifest_module.SerializationType.from_args(manifest.serialization_type)
+    items = [serialization_type.new_item(descriptor.identifier, descriptor.digest)
+             for descriptor in manifest.resource_descriptors()]
+    return manifest_module.Manifest(name, items, serialization_type)
 
 
 # Keys ----------------------------------------------------------------------------------------
@@ -249,8 +291,11 @@ class _CertificateVerifier(sign_certificate.Verifier):
 
 
 def sign_path(path: Path, *, private_key_pem: bytes, certificate_pem: bytes | None = None,
-              chain_pem: Sequence[bytes] = (), password: bytes | None = None) -> str:
+              chain_pem: Sequence[bytes] = (), password: bytes | None = None, name: str | None = None) -> str:
     """Sign a model directory or a single file; return the Sigstore bundle JSON.
+
+    `name` is the statement's subject name: the name the artifact will be registered under,
+    which verification requires. None keeps model-signing's name, `model_name(path)`.
 
     With only a key: KEY mode. With a certificate (and the CA certificates above it):
     CERTIFICATE mode. Works offline. Raises ValueError for an unusable path, key, certificate
@@ -262,7 +307,7 @@ def sign_path(path: Path, *, private_key_pem: bytes, certificate_pem: bytes | No
     if not isinstance(private_key, ec.EllipticCurvePrivateKey):
         raise TypeError("model-signing signs with elliptic-curve keys only (P-256, P-384, P-521).")
     signer = _signer_for(private_key, certificate_pem, chain_pem)
-    payload = signing.Payload(_manifest_to_sign(path))
+    payload = signing.Payload(_manifest_to_sign(path, name))
     return signer.sign(payload).bundle.to_json()
 
 
@@ -275,24 +320,25 @@ def _signer_for(private_key, certificate_pem: bytes | None, chain_pem: Sequence[
     return _CertificateSigner(private_key, leaf, certs.load_pem_certificates(list(chain_pem)))
 
 
-def _manifest_to_sign(path: Path) -> manifest_module.Manifest:
+def _manifest_to_sign(path: Path, name: str | None) -> manifest_module.Manifest:
     if not path.exists():
         raise ValueError(f"Nothing to sign: {path} does not exist.")
     manifest = _hash_model(path)
     if not any(True for _ in manifest.resource_descriptors()):
         raise ValueError(f"Nothing to sign: {path} holds no files.")
-    return manifest
+    return manifest if name is None else _named(manifest, name)
 
 
 def sign_keyless(path: Path, *, identity_token: str | None,
-                 client_trust_config_json: str | None = None) -> str:
+                 client_trust_config_json: str | None = None, name: str | None = None) -> str:
     """Sign a model directory or file keylessly through Sigstore; return the bundle JSON.
 
-    The bundle is a model-signing manifest in DSSE (as `sign_path` makes), signed with an
-    ephemeral key whose certificate Fulcio issues for `identity_token` (an OIDC token, such as
-    a CI job's), and logged in Rekor. `client_trust_config_json` is a Sigstore client trust
-    config (trusted root plus Fulcio/Rekor/TSA URLs) for a private instance; None means the
-    public-good instance, whose configuration is refreshed through TUF.
+    The bundle is a model-signing manifest in DSSE (as `sign_path` makes, subject `name`
+    included), signed with an ephemeral key whose certificate Fulcio issues for
+    `identity_token` (an OIDC token, such as a CI job's), and logged in Rekor.
+    `client_trust_config_json` is a Sigstore client trust config (trusted root plus
+    Fulcio/Rekor/TSA URLs) for a private instance; None means the public-good instance, whose
+    configuration is refreshed through TUF.
 
     This needs the network (Fulcio, Rekor, and TUF for the public-good instance), so the test
     suite only checks that it refuses clearly without a usable token; the token is checked
@@ -302,7 +348,7 @@ def sign_keyless(path: Path, *, identity_token: str | None,
     """
     token = _identity_token(identity_token)
     statement = sigstore_dsse.Statement(
-        json_format.MessageToJson(signing.Payload(_manifest_to_sign(Path(path))).statement.pb).encode())
+        json_format.MessageToJson(signing.Payload(_manifest_to_sign(Path(path), name)).statement.pb).encode())
     trust_config = (ClientTrustConfig.from_json(client_trust_config_json) if client_trust_config_json
                     else ClientTrustConfig.production())
     context = SigningContext.from_trust_config(trust_config)
@@ -324,9 +370,11 @@ def _identity_token(raw: str | None) -> IdentityToken:
 
 
 def verify_path(path: Path, bundle_json: str | bytes, *, trust: TrustConfig, received_at: datetime,
-                max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> VerificationResult:
+                name: str | None = None, max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> VerificationResult:
     """Verify a model directory or file against a bundle, for one tenant's trust. Never raises.
 
+    `name` is the name the artifact is registered under, which the bundle's in-toto subject
+    must carry; None means `model_name(path)`, the name model-signing would give it.
     `received_at` is when the platform first received the bundle (timezone-aware). Certificate
     bundles carry no trusted timestamp, so certificate validity is judged at that time, on
     every re-verification.
@@ -337,7 +385,8 @@ def verify_path(path: Path, bundle_json: str | bytes, *, trust: TrustConfig, rec
         document = _parse_bundle(raw)
         _require_aware(received_at)
         mode = _detect_mode(document, trust)
-        return _VERIFIERS[mode](Path(path), document, raw, trust, received_at)
+        artifact = _Artifact(Path(path), model_name(path) if name is None else name)
+        return _VERIFIERS[mode](artifact, document, raw, trust, received_at)
     except _Rejected as rejection:
         return VerificationResult(False, mode, rejection.identity, rejection.reason, rejection.digest, None)
     except Exception as exc:  # a gate answers; it does not crash on hostile input
@@ -434,7 +483,7 @@ def _signed_manifest(verifier: signing.Verifier, signature: sign_sigstore_pb.Sig
 # KEY mode ------------------------------------------------------------------------------------
 
 
-def _verify_with_key(path: Path, document: dict, raw: bytes, trust: TrustConfig,
+def _verify_with_key(artifact: _Artifact, document: dict, raw: bytes, trust: TrustConfig,
                      received_at: datetime) -> VerificationResult:
     if not trust.public_keys:
         raise _Rejected("The tenant trusts no public keys, so a key-signed bundle cannot verify.")
@@ -446,7 +495,7 @@ def _verify_with_key(path: Path, document: dict, raw: bytes, trust: TrustConfig,
         raise _Rejected("The bundle was not signed by any key this tenant trusts "
                         f"(trusted key ids: {', '.join(sorted(trust.public_keys))}).")
     expected, key_id = _manifest_from_first_key(document, candidates)
-    digest, count = _match_manifest(path, expected, identity=key_id)
+    digest, count = _match_manifest(artifact, document, expected, identity=key_id)
     return VerificationResult(True, Mode.KEY, key_id, f"Signed by key {key_id} over {_files(count)}.",
                               digest, None)
 
@@ -483,7 +532,7 @@ def _manifest_from_first_key(document: dict, candidates) -> tuple[manifest_modul
 # CERTIFICATE mode ----------------------------------------------------------------------------
 
 
-def _verify_with_certificate(path: Path, document: dict, raw: bytes, trust: TrustConfig,
+def _verify_with_certificate(artifact: _Artifact, document: dict, raw: bytes, trust: TrustConfig,
                              received_at: datetime) -> VerificationResult:
     chain = _bundle_certificates(document["verificationMaterial"])
     leaf, intermediates = chain[0], chain[1:]
@@ -494,7 +543,7 @@ def _verify_with_certificate(path: Path, document: dict, raw: bytes, trust: Trus
                         "verifies EC signatures only.", identity=identity)
     expected = _signed_manifest(_CertificateVerifier(roots), _model_signing_signature(document),
                                 f"the certificate for {identity}")
-    digest, count = _match_manifest(path, expected, identity=identity)
+    digest, count = _match_manifest(artifact, document, expected, identity=identity)
     reason = (f"Signed by certificate {identity} (issued by {leaf.issuer.rfc4514_string()}) "
               f"over {_files(count)}.")
     return VerificationResult(True, Mode.CERTIFICATE, identity, reason, digest, None)
@@ -530,7 +579,7 @@ def _check_certificate_policy(leaf, intermediates, roots, trust: TrustConfig, re
 # KEYLESS mode --------------------------------------------------------------------------------
 
 
-def _verify_keyless(path: Path, document: dict, raw: bytes, trust: TrustConfig,
+def _verify_keyless(artifact: _Artifact, document: dict, raw: bytes, trust: TrustConfig,
                     received_at: datetime) -> VerificationResult:
     if not trust.sigstore_identities:
         raise _Rejected("The tenant allows no Sigstore identities, so a keyless bundle cannot verify.")
@@ -541,9 +590,9 @@ def _verify_keyless(path: Path, document: dict, raw: bytes, trust: TrustConfig,
     identity_policy, identity = _allowed_sigstore_policy(bundle.signing_certificate, trust)
     verifier = _sigstore_verifier(trust.trusted_root_json)
     if "dsseEnvelope" in document:
-        digest, what = _verify_keyless_manifest(path, bundle, verifier, identity_policy, identity)
-    else:
-        digest, what = _verify_keyless_file(path, document, bundle, verifier, identity_policy, identity)
+        digest, what = _verify_keyless_manifest(artifact, document, bundle, verifier, identity_policy, identity)
+    else:  # a plain Sigstore bundle: no statement, so it binds the file's sha256 and names nothing
+        digest, what = _verify_keyless_file(artifact.path, document, bundle, verifier, identity_policy, identity)
     signed_at = _integrated_time(document)
     logged = f", logged in Rekor at {signed_at.isoformat()}" if signed_at else ""
     issuer = _fulcio_issuer(bundle.signing_certificate)
@@ -582,7 +631,7 @@ def _verify_keyless_file(path, document, bundle, verifier, identity_policy, iden
     return digest, f"the file {digest}"
 
 
-def _verify_keyless_manifest(path, bundle, verifier, identity_policy, identity) -> tuple[str, str]:
+def _verify_keyless_manifest(artifact, document, bundle, verifier, identity_policy, identity) -> tuple[str, str]:
     payload_type, payload = _sigstore_verify(lambda: verifier.verify_dsse(bundle, identity_policy),
                                              identity, "")
     if payload_type != _IN_TOTO_PAYLOAD_TYPE:
@@ -593,7 +642,7 @@ def _verify_keyless_manifest(path, bundle, verifier, identity_policy, identity) 
     except (ValueError, KeyError, TypeError) as exc:
         raise _Rejected(f"The bundle's signed payload is not a model-signing manifest ({exc}).",
                         identity=identity) from None
-    digest, count = _match_manifest(path, expected, identity=identity)
+    digest, count = _match_manifest(artifact, document, expected, identity=identity)
     return digest, _files(count)
 
 
@@ -657,11 +706,19 @@ def _sigstore_verifier(trusted_root_json: str | None) -> Verifier:
 # Manifest comparison -------------------------------------------------------------------------
 
 
-def _match_manifest(path: Path, expected: manifest_module.Manifest, *, identity: str) -> tuple[str, int]:
-    """Hash the artifact and compare it with the signed manifest; return (digest, file count)."""
+def _match_manifest(artifact: _Artifact, document: dict, expected: manifest_module.Manifest, *,
+                    identity: str) -> tuple[str, int]:
+    """Check that the verified statement describes the artifact: its subject's name, then each
+    file, then the subject's digest. Return (digest, file count)."""
     _require_platform_hashing(expected, identity)
+    path = artifact.path
     if not path.exists():
         raise _Rejected(f"The artifact {path.name} does not exist.", identity=identity)
+    subject = _signed_subject(document, identity)
+    # The name first: refusing a misnamed bundle needs no hashing of a large model.
+    if subject.name != artifact.name:
+        raise _Rejected(f"The signature's subject is named {_shown(subject.name)}, not {artifact.name}, "
+                        "the artifact it is attached to.", identity=identity)
     try:
         actual = _hash_model(path)
     except (ValueError, OSError) as exc:
@@ -673,7 +730,44 @@ def _match_manifest(path: Path, expected: manifest_module.Manifest, *, identity:
         more = f"; and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
         raise _Rejected(f"The artifact does not match its signature: {'; '.join(shown)}{more}.",
                         identity=identity, digest=digest)
+    # Every file matched, but the subject digest is what other documents cite for the artifact.
+    described = manifest_digest(actual)
+    if subject.digest != described:
+        raise _Rejected(f"The signature's subject digest is {_shown(subject.digest)}, not {described}, the "
+                        f"manifest digest of {artifact.name}, the artifact it is attached to.",
+                        identity=identity, digest=digest)
     return digest, sum(1 for _ in expected.resource_descriptors())
+
+
+def _signed_subject(document: dict, identity: str) -> _Subject:
+    """The subject of the bundle's statement, read once its signature has verified.
+
+    The DSSE payload in the document is the one model-signing or sigstore verified. model-signing
+    already refuses a v1.0 statement with other than one subject; v0.2 statements list one
+    subject per file, and are refused here.
+    """
+    try:
+        statement = json.loads(base64.b64decode(document["dsseEnvelope"]["payload"], validate=True))
+        subjects = statement["subject"]
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise _Rejected(f"The bundle's signed statement cannot be read ({exc}).", identity=identity) from None
+    if not isinstance(subjects, list) or len(subjects) != 1:
+        count = len(subjects) if isinstance(subjects, list) else 0
+        raise _Rejected(f"The signature's statement has {count} subjects; it must describe exactly one, "
+                        "the artifact it is attached to.", identity=identity)
+    subject = subjects[0] if isinstance(subjects[0], dict) else {}
+    name, digests = subject.get("name"), subject.get("digest")
+    sha256 = digests.get("sha256") if isinstance(digests, dict) else None
+    if not isinstance(name, str) or not isinstance(sha256, str):
+        raise _Rejected("The signature's subject lacks a name or a sha256 digest.", identity=identity)
+    return _Subject(name, f"sha256:{sha256}")
+
+
+def _shown(text: str, limit: int = 100) -> str:
+    """Signer-supplied text as a reason quotes it: plain when short and printable, else escaped."""
+    if text and text.isprintable() and len(text) <= limit:
+        return text
+    return json.dumps(text[:limit]) + ("…" if len(text) > limit else "")
 
 
 def _require_platform_hashing(expected: manifest_module.Manifest, identity: str) -> None:

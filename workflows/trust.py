@@ -177,7 +177,8 @@ def _artifact_on_disk(artifact: Artifact):
 def _verify_and_record(*, actor, tenant, artifact, signature, config) -> Verification:
     try:
         with _artifact_on_disk(artifact) as path:
-            result = signing.verify_path(path, signature.bundle, trust=_library_trust(config),
+            # The bundle must describe this artifact: its subject named as the artifact is registered.
+            result = signing.verify_path(path, signature.bundle, trust=_library_trust(config), name=artifact.name,
                                          received_at=signature.received_at,
                                          max_bundle_bytes=settings.SIGNATURE_BUNDLE_MAX_BYTES)
     except (ValueError, StoredBytesChanged) as exc:  # an archive it will not unpack, or bytes altered in the store

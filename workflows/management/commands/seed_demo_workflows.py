@@ -94,7 +94,7 @@ class Command(BaseCommand):
         with tempfile.TemporaryDirectory() as scratch:
             path = Path(scratch) / name
             path.write_bytes(data)
-            bundle = signing.sign_path(path, private_key_pem=private_pem)
+            bundle = signing.sign_path(path, private_key_pem=private_pem, name=name)
         verification = signature_attach(actor=developer, tenant=tenant, artifact=artifact, bundle=bundle.encode())
         if not verification.verified:
             raise CommandError(f"The demo signature on {name} did not verify: {verification.reason}")
