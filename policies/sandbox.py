@@ -381,20 +381,48 @@ def run_bounded(module: str, payload: dict, *, seconds: float, memory_bytes: int
     return lines[0]
 
 
-def check_module_sets(module_sets: list[dict[str, str]]) -> list[BuiltinRefused | None]:
-    """The first refusal of each set of modules (None: every call is allowed), found by one
-    bounded child process. Raises CheckFailed when the child does not answer."""
-    answer = run_bounded("policies.sandbox", {"module_sets": module_sets}, seconds=CHECK_SECONDS,
-                         memory_bytes=CHECK_MEMORY_BYTES)
-    return [BuiltinRefused(**found) if found else None for found in answer["refusals"]]
+class CompileFailed(Exception):
+    """The candidate's modules passed the walk but do not compile; the text names file, line
+    and column."""
 
 
-def check_modules(modules: dict[str, str]) -> None:
+def check_module_sets(module_sets: list[dict[str, str]], entrypoints=()) -> list[BuiltinRefused | CompileFailed | None]:
+    """For each set of modules, its first refusal, else why it does not compile for
+    ``entrypoints`` (None: every call is allowed and it compiles), found by one bounded child
+    process, so the web process never parses or compiles a candidate. Raises CheckFailed when
+    the child does not answer."""
+    answer = run_bounded("policies.sandbox", {"module_sets": module_sets, "entrypoints": list(entrypoints)},
+                         seconds=CHECK_SECONDS, memory_bytes=CHECK_MEMORY_BYTES)
+    return [BuiltinRefused(**found["refused"]) if "refused" in found
+            else CompileFailed(found["compile_error"]) if "compile_error" in found else None
+            for found in answer["results"]]
+
+
+def check_modules(modules: dict[str, str], entrypoints=()) -> None:
     """Raise BuiltinRefused for the first call, in path and source order, of a builtin that is
-    not on the allow-list (or CheckFailed)."""
-    [refusal] = check_module_sets([modules])
-    if refusal is not None:
-        raise refusal
+    not on the allow-list; then CompileFailed if the modules do not compile for
+    ``entrypoints`` (or CheckFailed)."""
+    [problem] = check_module_sets([modules], entrypoints)
+    if problem is not None:
+        raise problem
+
+
+def _compile_error(modules: dict[str, str], entrypoints) -> str | None:
+    """Why the modules do not compile for ``entrypoints``, or None; only after the walk."""
+    import regopy
+
+    from .engines import describe_rego_error
+
+    interpreter = regopy.Interpreter()
+    try:
+        for path, text in sorted(modules.items()):
+            interpreter.add_module(path, text)
+        for entrypoint in entrypoints:
+            if not interpreter.build(None, [entrypoint]).ok():
+                return f"the policy did not compile for {entrypoint}"
+    except Exception as exc:
+        return describe_rego_error(str(exc), modules)
+    return None
 
 
 def _evaluate(modules: dict[str, str], queries: list[dict], answer) -> None:
@@ -440,12 +468,16 @@ def main() -> None:
         _evaluate(payload["evaluate"]["modules"], payload["evaluate"]["queries"], answer)
         return
     engine = regopy.Interpreter()  # knows every builtin it implements: none may hide behind a rule's name
-    refusals = []
+    results = []
     for modules in payload["module_sets"]:
         found = _first_refusal(modules, engine)
-        refusals.append(None if found is None else {"builtin": found.builtin, "path": found.path,
-                                                    "line": found.line, "verb": found.verb})
-    json.dump({"refusals": refusals}, answer)
+        if found is not None:
+            results.append({"refused": {"builtin": found.builtin, "path": found.path, "line": found.line,
+                                        "verb": found.verb}})
+            continue
+        problem = _compile_error(modules, payload.get("entrypoints", []))
+        results.append({"compile_error": problem} if problem else {})
+    json.dump({"results": results}, answer)
     answer.close()
 
 

@@ -36,7 +36,7 @@ from .engines import (
     interpret,
 )
 from .models import PolicyDecision
-from .sandbox import BuiltinRefused, CheckFailed, check_modules, evaluate_bounded
+from .sandbox import BuiltinRefused, CheckFailed, CompileFailed, check_modules, evaluate_bounded
 
 MAX_CANDIDATE_FILES = 50
 MAX_CANDIDATE_BYTES = 256 * 1024
@@ -58,22 +58,20 @@ def candidate_engine(policy_dir, entrypoints=(DEFAULT_ENTRYPOINT,), *, actor: Ac
     engine = EmbeddedEngine(policy_dir)
     if not engine.source.modules:
         raise Invalid("The candidate policy holds no .rego modules (*_test.rego files do not count).", field="policy")
+    entrypoints = [check_entrypoint(entrypoint) for entrypoint in entrypoints]
     try:
-        check_modules(engine.source.modules)
+        check_modules(engine.source.modules, entrypoints)
     except BuiltinRefused as exc:
         record_denial(action="policy.candidate_refused", actor=actor, target=Target("policy_revision", engine.revision),
                       data={"modules": module_digests(engine), "builtin": exc.builtin, "how": exc.verb,
                             "file": exc.path, "line": exc.line})
         raise Invalid(str(exc), field=f"policy.{exc.path}", code="policy_builtin_refused") from None
+    except CompileFailed as exc:
+        raise Invalid(f"The candidate policy does not compile: {exc}", field="policy",
+                      code="policy_syntax_error") from None
     except CheckFailed as exc:
         raise Invalid(f"The candidate policy could not be checked: its parse {exc}.", field="policy",
                       code="policy_check_failed") from None
-    try:
-        for entrypoint in entrypoints:
-            engine.compile_check(entrypoint)
-    except RuntimeError as exc:
-        raise Invalid(f"The candidate policy does not compile: {exc}", field="policy",
-                      code="policy_syntax_error") from None
     return engine
 
 
