@@ -159,3 +159,9 @@ def test_console_shows_workflows_versions_digest_and_diff(developer, world, clie
     detail = client.get("/t/acme-bank/workflows/fraud-detector/").content.decode()
     assert "v1" in detail and "v2" in detail
     assert client.get("/t/acme-bank/workflows/fraud-detector/v7/").status_code == 404
+
+
+@pytest.mark.parametrize("spec", [[{"name": "x"}], 17, True])
+def test_a_spec_that_is_neither_a_mapping_nor_text_is_a_400_on_the_spec(developer, spec):
+    body = assert_error(developer.post(VERSIONS, {"spec": spec}), 400, "invalid_spec")
+    assert list(body["fields"]) == ["$"], body

@@ -163,6 +163,9 @@ def parse(raw: bytes | str | dict) -> dict:
     """Parse a spec from JSON or YAML text (or take a parsed object) within the size limit."""
     if isinstance(raw, dict):
         raw = json.dumps(raw)
+    if not isinstance(raw, (str, bytes)):  # a JSON body's list, number, boolean or null
+        raise SpecInvalid([SpecProblem("$", "the spec must be a mapping with a 'name' and a 'steps' list, "
+                                            "or YAML/JSON text of one")])
     data = raw.encode() if isinstance(raw, str) else raw
     if len(data) > SPEC_MAX_BYTES:
         raise SpecInvalid([SpecProblem("$", f"the spec is {len(data)} bytes; the limit is {SPEC_MAX_BYTES}")])
