@@ -118,3 +118,32 @@ def require(user, tenant: Tenant, action: str) -> None:
         raise Forbidden(f"Your role in {tenant.slug} does not allow this.")
     if action in WRITE_ACTIONS and not tenant.is_active:
         raise TenantSuspended(f"Tenant {tenant.slug} is suspended: its members can read but not change anything.")
+
+
+def memberships_of(tenant_id: int) -> dict[int, tuple[str, object]]:
+    """Each member of a tenant as user id -> (role, role_since): one read for many standings."""
+    with transaction.atomic(savepoint=False):
+        bind_rls(tenant_id=tenant_id)
+        return {user_id: (role, since) for user_id, role, since in
+                Membership.objects.filter(tenant_id=tenant_id).values_list("user_id", "role", "role_since")}
+
+
+def standing_lapse(user, tenant_id: int, *, given_at, roles, memberships=None) -> str:
+    """Why a decision ``user`` gave in a tenant at ``given_at`` (an approval, a confirmation)
+    no longer counts, or "" while it stands: its giver is still an active member holding one of
+    ``roles``, taken no later than then. A lapse is final: a membership granted again, or a
+    role changed back, starts after the decision (``Membership.role_since``). ``memberships``
+    (from ``memberships_of``) saves the read when many standings are asked at once."""
+    if not user.is_active:
+        return f"{user.username}'s account is deactivated"
+    if memberships is None:
+        memberships = memberships_of(tenant_id)
+    membership = memberships.get(user.pk)
+    if membership is None:
+        return f"{user.username} is no longer a member of the tenant"
+    role, since = membership
+    if since > given_at:
+        return f"{user.username}'s role changed after they gave it"
+    if role not in roles:
+        return f"{user.username} no longer holds a role that may give it"
+    return ""

@@ -92,6 +92,10 @@ class Membership(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=32, choices=Role.choices)
     created_at = models.DateTimeField(default=timezone.now)
+    # When the member took the role they hold: an approval or a confirmation given before it
+    # no longer counts, so a role changed and changed back, or a membership revoked and
+    # granted again, never revives one.
+    role_since = models.DateTimeField(default=timezone.now)
 
     objects = TenantOwnedQuerySet.as_manager()
 

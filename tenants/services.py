@@ -123,8 +123,8 @@ def membership_grant(*, actor, tenant: Tenant, user: User, role: str) -> Members
             return membership
         if membership.role == Role.TENANT_ADMIN:
             _refuse_last_admin_change(tenant, membership)
-        previous, membership.role = membership.role, role
-        membership.save(update_fields=["role"])
+        previous, membership.role, membership.role_since = membership.role, role, timezone.now()
+        membership.save(update_fields=["role", "role_since"])
         _revoke_tokens(actor=actor, tokens=ApiToken.objects.filter(tenant=tenant, user=user, service_account=None),
                        reason="role changed")
         record(action="membership.role_change", actor=actor_for(actor), tenant=tenant.slug,

@@ -51,8 +51,10 @@ PINNED = {
     ("tenant-audit-events", "session"): 17,
     ("audit-events", "token"): 7,
     ("audit-events", "session"): 9,
-    ("promotions", "token"): 12,  # + 2 prefetches: approvals with their users, overrides with theirs
-    ("promotions", "session"): 17,
+    # + 2 prefetches (approvals with their users, overrides with theirs) and + 2 to read the
+    # tenant's memberships once, which decide whether each approval still counts
+    ("promotions", "token"): 14,
+    ("promotions", "session"): 19,
     ("waivers", "token"): 10,
     ("waivers", "session"): 15,
     ("runs", "token"): 10,

@@ -23,7 +23,7 @@ from audit.log import Actor, Target, record
 from policies.engines import DEFAULT_ENTRYPOINT, blocking, get_engine
 from policies.models import PRODUCTION_APPROVALS_FLOOR, ROLLBACK_APPROVALS_FLOOR
 from policies.services import active_waivers, input_digest, policy_data_document, policy_decide, tenant_policy_of
-from tenants.access import actor_for, can, require, require_one_of, role_in
+from tenants.access import actor_for, can, memberships_of, require, require_one_of, role_in, standing_lapse
 from tenants.catalogue import region_jurisdictions
 from tenants.db import bind_rls
 from tenants.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
@@ -96,11 +96,41 @@ def _stages_reached(version: WorkflowVersion) -> list[str]:
     return sorted(set(reached))
 
 
+def _exceptions_in_force(promotion: Promotion, moment) -> list[tuple[str, str, object, object]]:
+    """The waivers and confirmed overrides that may exempt this promotion, as (rule, source,
+    who asked, who confirmed): an exception counts only while its confirmer still stands as
+    they did when they confirmed, and only if neither of its people requested the promotion
+    or wrote the version (one person never plays two parts on one promotion)."""
+    asked_or_wrote = {promotion.requested_by_id, promotion.version.created_by_id}
+    members = memberships_of(promotion.tenant_id)
+    candidates = [(w.rule, f"waiver:{w.pk}", w.requested_by, w.approved_by, w.approved_at)
+                  for w in active_waivers(promotion.tenant, moment)]
+    candidates += [(o.rule, f"override:{o.pk}", o.requested_by, o.confirmed_by, o.confirmed_at)
+                   for o in promotion.overrides.filter(confirmed_at__isnull=False).select_related(
+                       "requested_by", "confirmed_by")]
+    return [(rule, source, asker, confirmer) for rule, source, asker, confirmer, confirmed_at in candidates
+            if not {asker.pk, confirmer.pk} & asked_or_wrote
+            and not standing_lapse(confirmer, promotion.tenant_id, given_at=confirmed_at, roles=CONFIRMING_ROLES,
+                                   memberships=members)]
+
+
+def _people_behind_exceptions(promotion: Promotion, moment=None) -> set[int]:
+    return {person.pk for _, _, asker, confirmer in _exceptions_in_force(promotion, moment or timezone.now())
+            for person in (asker, confirmer)}
+
+
+def _refuse_a_second_part(actor, promotion: Promotion, what: str) -> None:
+    """One person plays one part on a promotion: whoever asked for it, wrote the version or
+    approved it does not also ask for or confirm an exception to it."""
+    if actor.pk in {promotion.requested_by_id, promotion.version.created_by_id}:
+        raise Forbidden(f"You asked for this promotion or wrote this version; someone else must {what}.",
+                        code="separation_of_duties")
+    if any(approval.user_id == actor.pk for approval in current_approvals(promotion)):
+        raise Forbidden(f"You approved this promotion; someone else must {what}.", code="separation_of_duties")
+
+
 def _exemptions(promotion: Promotion, moment) -> list[dict]:
-    waived = [{"rule": w.rule, "source": f"waiver:{w.pk}"} for w in active_waivers(promotion.tenant, moment)]
-    overridden = [{"rule": o.rule, "source": f"override:{o.pk}"}
-                  for o in promotion.overrides.filter(confirmed_at__isnull=False)]
-    return waived + overridden
+    return [{"rule": rule, "source": source} for rule, source, _, _ in _exceptions_in_force(promotion, moment)]
 
 
 def policy_input(promotion: Promotion, *, moment) -> dict:
@@ -149,16 +179,38 @@ def binding_of(facts: dict) -> str:
     return input_digest({k: v for k, v in facts.items() if k not in ("approvals", "now")})
 
 
+# Who may give which decision. A decision counts only while its giver still holds such a role,
+# unchanged since they gave it (tenants.access.standing_lapse).
+APPROVING_ROLES = (Role.APPROVER,)
+CONFIRMING_ROLES = (Role.TENANT_ADMIN, Role.APPROVER)
+
+
+def approval_void_reason(approval: Approval, promotion: Promotion, *, memberships=None) -> str:
+    """Why an approval does not count towards ``promotion`` as last checked, or "" if it does."""
+    if approval.verdict != Approval.Verdict.APPROVE:
+        return "it is a rejection"
+    if not approval.is_current_for(promotion):
+        return "what it approved has changed since (the version, the reviewed facts or the policy)"
+    lapse = standing_lapse(approval.user, promotion.tenant_id, given_at=approval.created_at, roles=APPROVING_ROLES,
+                           memberships=memberships)
+    if lapse:
+        return lapse
+    if approval.user_id in {promotion.requested_by_id, promotion.version.created_by_id}:
+        return f"{approval.user.username} requested the promotion or wrote the version"
+    return ""
+
+
 def current_approvals(promotion: Promotion) -> list[Approval]:
-    """Approvals bound to the promotion as it stands, by people who still hold the approver role."""
+    """Approvals bound to the promotion as it stands, by approvers whose standing has not lapsed
+    since they approved; never the requester's or the author's."""
+    members = memberships_of(promotion.tenant_id)
     return [a for a in promotion.approvals.select_related("user")
-            if a.verdict == Approval.Verdict.APPROVE and a.is_current_for(promotion)
-            and a.user.is_active and is_approver(a.user, promotion.tenant)]
+            if not approval_void_reason(a, promotion, memberships=members)]
 
 
 def is_approver(user, tenant: Tenant) -> bool:
     """Approvals come from the tenant's approver role (a platform admin is not one)."""
-    return role_in(user, tenant) == Role.APPROVER
+    return role_in(user, tenant) in APPROVING_ROLES
 
 
 def _policy_revision() -> str:
@@ -304,11 +356,13 @@ def _advance(promotion: Promotion, *, actor) -> None:
     promotion.required_approvals = _required_approvals(facts)
     denying = blocking(decision.violations)
     pending = [v for v in decision.violations if v["pending"]]
+    missing = _missing_facts(promotion, facts)
     if decision.error:
         state, reason = PromotionState.REJECTED, f"The policy could not be evaluated, so it denies: {decision.error}"
-    elif any(v["level"] == "hard-mandatory" for v in denying):
+    elif missing or any(v["level"] == "hard-mandatory" for v in denying):
         state = PromotionState.REJECTED
-        reason = "; ".join(f"{v['rule']}: {v['message']}" for v in denying if v["level"] == "hard-mandatory")
+        reason = "; ".join(missing + [f"{v['rule']}: {v['message']}" for v in denying
+                                      if v["level"] == "hard-mandatory"])
     elif denying:
         state, reason = PromotionState.CHECKED, ""
     elif pending or not decision.allow:
@@ -316,7 +370,7 @@ def _advance(promotion: Promotion, *, actor) -> None:
     else:
         state, reason = PromotionState.APPROVED, ""
     if state == PromotionState.APPROVED:
-        state, reason = _final_checks(promotion, facts=facts, approvals=approvals, decision=decision)
+        state, reason = _final_checks(promotion, facts=facts, approvals=approvals, decision=decision, moment=moment)
     # The event states where the check left the request, final checks included: "approved" in
     # the log means the promotion follows in the same transaction (evidence packs rely on it).
     record(action="promotion.check", actor=actor_for(actor), tenant=promotion.tenant.slug, target=_target(promotion),
@@ -334,11 +388,30 @@ def _advance(promotion: Promotion, *, actor) -> None:
         _promote(promotion, actor=actor, decision=decision, approvals=approvals, facts=facts)
 
 
-def _final_checks(promotion: Promotion, *, facts, approvals, decision) -> tuple[str, str]:
+# The stage a version must have reached before it may enter each stage.
+STAGE_BEFORE = {Stage.STAGING: Stage.DEVELOPMENT, Stage.PRODUCTION: Stage.STAGING}
+
+
+def _missing_facts(promotion: Promotion, facts: dict) -> list[str]:
+    """The hard facts the platform checks itself, whatever the policy engine answers: no
+    waiver or override stands in for a missing one (docs/promotions.md)."""
+    missing = []
+    before = STAGE_BEFORE.get(promotion.stage)
+    if before and before not in facts["stages_reached"]:
+        missing.append(f"version {promotion.version.number} has not been promoted to {before}; "
+                       "a version goes through development, then staging, then production")
+    if promotion.stage == Stage.PRODUCTION and not (facts["metrics_artifact"] and facts["metrics_run"]):
+        missing.append("production needs the platform-signed metrics of a successful staging run of this version")
+    return missing
+
+
+def _final_checks(promotion: Promotion, *, facts, approvals, decision, moment) -> tuple[str, str]:
     """Defence in depth before the pointer moves: the policy said allow, and the platform's own
-    rules agree (enough distinct approvers, none the requester or the author; only exemptions
-    the input carried; a rollback still goes to the immediately superseded version)."""
-    people = {a.user_id for a in approvals} - {promotion.requested_by_id, promotion.version.created_by_id}
+    rules agree (enough distinct approvers, none the requester, the author or a person behind an
+    exception in force; only exemptions the input carried; a rollback still goes to the
+    immediately superseded version)."""
+    people = ({a.user_id for a in approvals} - {promotion.requested_by_id, promotion.version.created_by_id}
+              - _people_behind_exceptions(promotion, moment))
     if len(people) < promotion.required_approvals:
         return PromotionState.AWAITING_APPROVAL, ""
     exempted = {e["rule"] for e in facts["exemptions"]}
@@ -472,6 +545,9 @@ def _decide_as_approver(*, actor, promotion: Promotion, otp_token: str, verdict:
                             code="separation_of_duties")
         if not is_approver(actor, promotion.tenant):
             raise Forbidden("Only members with the approver role decide promotions.")
+        if verdict == Approval.Verdict.APPROVE and actor.pk in _people_behind_exceptions(promotion):
+            raise Forbidden("You asked for or confirmed an exception this promotion relies on; someone else must "
+                            "approve it.", code="separation_of_duties")
         facts = policy_input(promotion, moment=timezone.now())
         binding, revision = binding_of(facts), _policy_revision()
         stale = bool(binding_digest) and binding_digest != binding
@@ -567,6 +643,7 @@ def promotion_override_request(*, actor, promotion: Promotion, rule: str, justif
         if promotion.state != PromotionState.CHECKED:
             raise Conflict("Only a promotion held by soft-mandatory violations can be overridden.",
                            code="promotion_not_checked")
+        _refuse_a_second_part(actor, promotion, "ask for an override")
         soft = {v["rule"] for v in promotion.violations if v["level"] == "soft-mandatory" and not v.get("exempt")}
         if rule not in soft:
             hard = {v["rule"] for v in promotion.violations if v["level"] == "hard-mandatory"}
@@ -600,6 +677,7 @@ def promotion_override_confirm(*, actor, override: PromotionOverride, otp_token:
         if override.requested_by_id == actor.pk:
             raise Forbidden("An override needs a second person: someone other than who asked must confirm it.",
                             code="separation_of_duties")
+        _refuse_a_second_part(actor, promotion, "confirm this override")
         if promotion.state != PromotionState.CHECKED:
             raise Conflict(f"This promotion is {promotion.state}; the override no longer applies.",
                            code="promotion_not_checked")

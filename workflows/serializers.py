@@ -2,6 +2,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tenants import strict
+from tenants.access import memberships_of
 from tenants.errors import Invalid
 
 from .models import (
@@ -18,6 +19,7 @@ from .models import (
     Workflow,
     WorkflowVersion,
 )
+from .promotions import approval_void_reason
 from .spec import DIGEST, DIGEST_PATTERN
 
 
@@ -151,15 +153,29 @@ class AssembleSerializer(serializers.Serializer):
 class ApprovalSerializer(strict.ModelSerializer):
     user = strict.CharField(source="user.username", read_only=True)
     current = serializers.SerializerMethodField()
+    void_reason = serializers.SerializerMethodField(
+        help_text="Why the approval does not count (empty while it does): what it approved changed, or its "
+                  "approver's membership was revoked or changed since. A void approval never counts again.")
 
     class Meta:
         model = Approval
         fields = ["user", "verdict", "comment", "via", "version_digest", "binding_digest", "policy_revision",
-                  "otp_device", "created_at", "current"]
+                  "otp_device", "created_at", "current", "void_reason"]
         read_only_fields = fields
 
     def get_current(self, approval) -> bool:
-        return approval.is_current_for(approval.promotion)
+        if approval.verdict != Approval.Verdict.APPROVE:
+            return approval.is_current_for(approval.promotion)
+        return not self.get_void_reason(approval)
+
+    def get_void_reason(self, approval) -> str:
+        if approval.verdict != Approval.Verdict.APPROVE:
+            return ""
+        # One read of the tenant's memberships per answer, however many approvals it shows.
+        members = self.root.__dict__.setdefault("_memberships", {})
+        if approval.tenant_id not in members:
+            members[approval.tenant_id] = memberships_of(approval.tenant_id)
+        return approval_void_reason(approval, approval.promotion, memberships=members[approval.tenant_id])
 
 
 class OverrideSerializer(strict.ModelSerializer):

@@ -1,0 +1,137 @@
+"""Gate integrity: hard facts the platform checks itself, distinct people, final revocation.
+
+The policy engine decides what policy decides; the promotion code checks on its own the facts
+no exception may replace (the stage order, the signed metrics of a successful staging run, the
+approval count, separation of duties), so a policy that allows everything still cannot move a
+version past them. One person plays one part on a promotion, and an approval whose approver's
+membership was revoked or changed never counts again.
+"""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from tests.support.otp import fresh_totp
+from .test_api import assert_error
+from .test_promotions import T, Gate
+
+# A real Rego module in the platform policy's place that allows every promotion: what a
+# broken or subverted policy would answer.
+ALLOW_EVERYTHING = """package neocloud.platform.promotion
+
+import rego.v1
+
+decision := {"allow": true, "violations": []}
+"""
+
+
+@pytest.fixture
+def gate(world, api, tmp_path):
+    return Gate(world, api, tmp_path)
+
+
+@pytest.fixture
+def allow_everything(monkeypatch, tmp_path):
+    root = tmp_path / "rego"
+    (root / "platform").mkdir(parents=True)
+    (root / "platform" / "promotion.rego").write_text(ALLOW_EVERYTHING)
+    monkeypatch.setattr("policies.bundle.REGO_DIR", root)
+
+
+def test_the_platform_checks_its_hard_facts_whatever_the_policy_answers(gate, world, allow_everything):
+    number = gate.version()
+    skipped = gate.request(number, "staging").json()
+    assert skipped["state"] == "rejected", skipped
+    assert "has not been promoted to development" in skipped["close_reason"]
+    assert gate.request(number, "development").json()["state"] == "promoted"
+
+    early = gate.developer.post(f"{T}/promotions/", {"workflow": "fraud-detector", "version": number,
+                                                      "stage": "production"}).json()
+    assert early["state"] == "rejected"
+    assert "has not been promoted to staging" in early["close_reason"]
+    assert "platform-signed metrics of a successful staging run" in early["close_reason"]
+
+    # The policy asks for no approval; the platform's floor still does, from distinct people.
+    staging = gate.request(number, "staging").json()
+    assert (staging["state"], staging["required_approvals"]) == ("awaiting_approval", 1), staging
+    assert_error(gate.approve(staging["id"], world.a.developer), 403, "permission_denied")
+    assert gate.approve(staging["id"], world.a.approver).json()["state"] == "promoted"
+
+    production = gate.request(number, "production").json()  # with a staging run's signed metrics
+    assert (production["state"], production["required_approvals"]) == ("awaiting_approval", 2), production
+    assert gate.approve(production["id"], world.a.approver).json()["state"] == "awaiting_approval"
+    assert gate.approve(production["id"], world.a.approver2).json()["state"] == "promoted"
+
+
+def test_a_waiver_never_stands_in_for_the_staging_runs_metrics(gate, world, api):
+    number = gate.version()
+    gate.promote(number, "development")
+    gate.promote(number, "staging")
+    later = (timezone.now() + timedelta(days=7)).isoformat()
+    waiver = gate.admin.post(f"{T}/waivers/", {"rule": "baseline.metrics_thresholds", "reason": "No eval yet",
+                                               "ticket_url": "https://tickets.example/9", "expires_at": later}).json()
+    approved = api(world.a.admin2).post(f"{T}/waivers/{waiver['id']}/approve/",
+                                        {"otp_token": fresh_totp(world.a.admin2)}).json()
+    assert approved["state"] == "active", approved
+    # No staging run has left signed metrics: the waiver lifts the rule, not the missing fact.
+    body = gate.developer.post(f"{T}/promotions/", {"workflow": "fraud-detector", "version": number,
+                                                     "stage": "production"}).json()
+    assert body["state"] == "rejected", body
+    assert "production needs the platform-signed metrics of a successful staging run" in body["close_reason"]
+
+
+def test_whoever_confirmed_an_exception_does_not_also_approve(gate, world, api):
+    number = gate.version(accuracy=0.5)
+    gate.promote(number, "development")
+    body = gate.request(number, "staging").json()
+    assert body["state"] == "checked"
+    overrides = f"{T}/promotions/{body['id']}/overrides/"
+    override = gate.admin.post(overrides, {"rule": "baseline.metrics_thresholds",
+                                           "justification": "Holdout set is biased; see ticket RISK-12"}).json()
+    confirmed = api(world.a.approver).post(f"{overrides}{override['id']}/confirm/",
+                                           {"otp_token": fresh_totp(world.a.approver)}).json()
+    # The confirmation is not an approval: the request still waits for one.
+    assert (confirmed["state"], confirmed["required_approvals"]) == ("awaiting_approval", 1), confirmed
+    refused = gate.approve(body["id"], world.a.approver)
+    assert "exception" in assert_error(refused, 403, "separation_of_duties")["detail"]
+    assert gate.approve(body["id"], world.a.approver2).json()["state"] == "promoted"
+
+
+def test_whoever_approved_a_waiver_in_force_does_not_also_approve(gate, world, api):
+    number = gate.version(spec_changes={"base_model": {"name": "meta-llama/Llama-3-8B"}})  # not allow-listed
+    later = (timezone.now() + timedelta(days=7)).isoformat()
+    waiver = gate.admin.post(f"{T}/waivers/", {"rule": "baseline.base_model_allowed", "reason": "Pilot of Llama 3",
+                                               "ticket_url": "https://tickets.example/4", "expires_at": later}).json()
+    assert api(world.a.approver2).post(f"{T}/waivers/{waiver['id']}/approve/",
+                                       {"otp_token": fresh_totp(world.a.approver2)}).json()["state"] == "active"
+    assert gate.request(number, "development").json()["state"] == "promoted"
+    body = gate.request(number, "staging").json()
+    assert body["state"] == "awaiting_approval", body
+    assert_error(gate.approve(body["id"], world.a.approver2), 403, "separation_of_duties")
+    assert gate.approve(body["id"], world.a.approver).json()["state"] == "promoted"
+
+
+@pytest.mark.parametrize("lapse", ["role changed and changed back", "membership revoked and granted again"])
+def test_an_approval_is_void_for_good_once_its_approvers_membership_changes(gate, world, api, lapse):
+    number = gate.version()
+    gate.promote(number, "development")
+    gate.promote(number, "staging")
+    body = gate.request(number, "production").json()
+    assert gate.approve(body["id"], world.a.approver).json()["state"] == "awaiting_approval"
+    members = f"{T}/members/"
+    approver = world.a.approver.username
+    if lapse == "role changed and changed back":
+        assert gate.admin.patch(f"{members}{approver}/", {"role": "developer"}).status_code == 200
+        assert gate.admin.patch(f"{members}{approver}/", {"role": "approver"}).status_code == 200
+    else:
+        assert gate.admin.delete(f"{members}{approver}/").status_code == 204
+        assert gate.admin.post(members, {"username": approver, "role": "approver"}).status_code == 201
+    # Shown void at once, with its reason, before anyone acts again.
+    [shown] = gate.developer.get(f"{T}/promotions/{body['id']}/").json()["approvals"]
+    assert shown["current"] is False
+    assert shown["void_reason"] == f"{approver}'s role changed after they gave it"
+    # The second approval does not complete the count: the first no longer counts, and the same
+    # person cannot approve the same facts twice.
+    assert gate.approve(body["id"], world.a.approver2).json()["state"] == "awaiting_approval"
+    assert_error(gate.approve(body["id"], world.a.approver), 409, "already_decided")
