@@ -11,6 +11,7 @@ ACTIONS = {
     "platform.tenant_access": "A platform admin read or acted inside a tenant.",
     "platform_admin.create": "A platform admin account was created.",
     "user.create": "A user account was created.",
+    "user.rename": "An operator gave a person's account a new username (from and to are in the event).",
     "object_permission.grant": "A platform admin granted a user an explicit permission on a tenant.",
     "object_permission.revoke": "A platform admin withdrew an explicit permission on a tenant.",
     "gpu_flavor.create": "A platform admin added a GPU flavor.",

@@ -125,6 +125,8 @@ DB_PLATFORM_ROLE = env("DB_PLATFORM_ROLE", "neocloud_platform")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 INSTALLED_APPS = [
+    # Before django.contrib.auth, so that its createsuperuser (a refusal) replaces Django's.
+    "tenants",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -140,7 +142,6 @@ INSTALLED_APPS = [
     "django_otp.plugins.otp_static",
     "axes",
     "audit",
-    "tenants",
     "policies",
     "workflows",
     "compliance",

@@ -223,3 +223,16 @@ class TenantQuota(models.Model):
 
     def __str__(self):
         return f"{self.tenant} {self.flavor}: {self.nominal}+{self.borrowing_limit}"
+
+
+class PersonName(models.Model):
+    """The identity a person's username claims: its UTS #39 skeleton (as a digest), unique, so
+    that no two accounts have usernames that look alike (tenants/usernames.py). Written with
+    the username by every path that creates or renames a person."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True,
+                                related_name="person_name")
+    skeleton_sha256 = models.CharField(max_length=64, unique=True)
+
+    def __str__(self):
+        return f"{self.user} ({self.skeleton_sha256[:12]})"

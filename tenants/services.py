@@ -9,7 +9,7 @@ from datetime import timedelta
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from guardian.models import UserObjectPermission
 
@@ -24,6 +24,7 @@ from .models import (
     BudgetMode,
     GpuFlavor,
     Membership,
+    PersonName,
     ServiceAccount,
     Tenant,
     TenantQuota,
@@ -31,6 +32,7 @@ from .models import (
     new_token_plaintext,
 )
 from .roles import ACTIONS, SERVICE_ACCOUNT_ROLES, Role, permission_codename
+from .usernames import skeleton_sha256, username_problem
 
 User = get_user_model()
 
@@ -53,19 +55,72 @@ def _platform_marker(actor) -> dict:
 # Users and platform admins -------------------------------------------------------------
 
 
+def _command_line_or_platform_admin(actor) -> Actor:
+    if actor is None:
+        return Actor.system("manage.py")
+    require_platform_admin(actor)
+    return actor_for(actor)
+
+
+def _require_free_username(username: str, *, other_than=None) -> None:
+    problem = username_problem(username)
+    if problem:
+        raise Invalid(problem, field="username")
+    if User.objects.filter(username=username).exclude(pk=getattr(other_than, "pk", None)).exists():
+        raise Conflict(f"A user named {username} already exists.", field="username")
+
+
+def _lookalike(username: str, holder: PersonName | None) -> Conflict:
+    existing = f"the existing account {holder.user.username}" if holder else "an account created just now"
+    return Conflict(f"Username {username} looks the same as {existing} (Unicode TS #39 confusables); "
+                    "choose another username.", field="username")
+
+
+def _claim_name(user) -> None:
+    """Record the skeleton of ``user``'s username, refusing one another person's name already has."""
+    digest = skeleton_sha256(user.username)
+    holders = PersonName.objects.filter(skeleton_sha256=digest).exclude(user=user).select_related("user")
+    holder = holders.first()
+    if holder is not None:
+        raise _lookalike(user.username, holder)
+    try:
+        with transaction.atomic():
+            PersonName.objects.update_or_create(user=user, defaults={"skeleton_sha256": digest})
+    except IntegrityError:  # a lookalike committed after the read above
+        raise _lookalike(user.username, holders.first()) from None
+
+
 def user_create(*, actor, username: str, password: str, email: str = "", platform_admin: bool = False) -> User:
-    """Create a person's account. ``actor`` is a platform admin, or None for a command-line bootstrap."""
-    audit_actor = Actor.system("manage.py") if actor is None else actor_for(actor)
-    if actor is not None:
-        require_platform_admin(actor)
+    """Create a person's account. ``actor`` is a platform admin, or None for a command-line bootstrap.
+    The username must meet the rule of tenants/usernames.py and look like no one else's."""
+    audit_actor = _command_line_or_platform_admin(actor)
     with transaction.atomic():
-        if User.objects.filter(username=username).exists():
-            raise Conflict(f"A user named {username} already exists.", field="username")
+        _require_free_username(username)
         user = User(username=username, email=email, is_superuser=platform_admin, is_staff=platform_admin)
         user.set_password(password)
         user.save()
+        _claim_name(user)
         record(action="platform_admin.create" if platform_admin else "user.create", actor=audit_actor,
                target=Target("user", username), data={"platform_admin": platform_admin})
+    return user
+
+
+def user_rename(*, actor, user: User, username: str) -> User:
+    """Give a person a new username, under the same rule as a new account's. Their memberships,
+    tokens and devices stay theirs; audit events keep the name they were written with."""
+    audit_actor = _command_line_or_platform_admin(actor)
+    previous = user.username
+    if username == previous:
+        raise Invalid(f"User {user.pk} is already named {username}.", field="username")
+    with transaction.atomic():
+        _require_free_username(username, other_than=user)
+        # Conditional: a rename that raced this one leaves nothing to change.
+        if not User.objects.filter(pk=user.pk, username=previous).update(username=username):
+            raise Conflict(f"User {user.pk} is no longer named {previous}; look again.", field="username")
+        user.username = username
+        _claim_name(user)
+        record(action="user.rename", actor=audit_actor, target=Target("user", username),
+               data={"user_id": user.pk, "from": previous, "to": username})
     return user
 
 
