@@ -135,3 +135,18 @@ def test_an_approval_is_void_for_good_once_its_approvers_membership_changes(gate
     # person cannot approve the same facts twice.
     assert gate.approve(body["id"], world.a.approver2).json()["state"] == "awaiting_approval"
     assert_error(gate.approve(body["id"], world.a.approver), 409, "already_decided")
+
+
+def test_an_approval_shows_void_at_once_when_a_signature_is_added_to_what_it_approved(gate, world):
+    number = gate.version()
+    gate.promote(number, "development")
+    gate.promote(number, "staging")
+    body = gate.request(number, "production").json()
+    assert gate.approve(body["id"], world.a.approver).json()["state"] == "awaiting_approval"
+    # A second, valid signature on the model: the signature set the approver reviewed changed.
+    [model] = gate.developer.get(f"{T}/artifacts/?name=scorer").json()["results"]
+    data = gate.developer.get(f"{T}/artifacts/scorer/{model['digest']}/content")
+    gate.sign("scorer", model["digest"], b"".join(data.streaming_content))
+    [shown] = gate.developer.get(f"{T}/promotions/{body['id']}/").json()["approvals"]
+    assert shown["current"] is False
+    assert shown["void_reason"].startswith("what it approved has changed since")

@@ -359,7 +359,13 @@ class PromotionList(_Promotions, generics.ListAPIView):
 
 class PromotionDetail(_Promotions):
     def get(self, request, tenant, promotion):
-        return self.answer(self.promotion())
+        """An open request's approvals are judged against its facts as they are now: one whose
+        facts changed shows void at once, with its reason."""
+        found = self.promotion()
+        with self.tenant_reads():
+            fresh = {found.pk: promotions.fresh_binding(found)} if found.is_open else {}
+            return Response(PromotionSerializer(self.get_queryset().get(pk=found.pk),
+                                                context={"fresh_bindings": fresh}).data)
 
 
 class _PromotionDecision(_Promotions):

@@ -16,6 +16,7 @@ from datetime import UTC, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Prefetch
 from django.utils import timezone
 
 from audit.keys import KeyringError, platform_keyring
@@ -41,6 +42,7 @@ from .models import (
     PromotionKind,
     PromotionOverride,
     PromotionState,
+    Signature,
     Stage,
     StagePointer,
     Workflow,
@@ -69,7 +71,21 @@ def _rfc3339(moment) -> str:
 
 def artifacts_with_status(version: WorkflowVersion) -> list[tuple[Artifact, object]]:
     artifacts = with_verifications(Artifact.objects.filter(version_links__version=version).order_by("name", "digest"))
+    artifacts = artifacts.prefetch_related(Prefetch("signatures", queryset=Signature.objects.only(
+        "id", "artifact_id", "bundle_digest")))
     return [(artifact, signature_status(artifact)) for artifact in artifacts]
+
+
+def signature_set(artifact: Artifact) -> list[dict]:
+    """Every signature of the artifact with its latest verification's signer and result: the
+    complete set an approval binds to, not only whether one of them verifies."""
+    latest = {}
+    for verification in artifact.verifications.all():  # newest first
+        latest.setdefault(verification.signature_id, verification)
+    signatures = [{"bundle_digest": s.bundle_digest,
+                   "identity": latest[s.pk].identity if s.pk in latest else "",
+                   "verified": latest[s.pk].verified if s.pk in latest else False} for s in artifact.signatures.all()]
+    return sorted(signatures, key=lambda s: (s["bundle_digest"], s["identity"], s["verified"]))
 
 
 def metrics_of(artifact: Artifact | None) -> dict:
@@ -153,7 +169,8 @@ def policy_input(promotion: Promotion, *, moment) -> dict:
             "digest": version.digest,
             "author": version.created_by.username,
             "artifacts": [{"digest": a.digest, "name": a.name, "kind": a.kind, "verified": status.verified,
-                           "identity": status.identity if status.verified else ""} for a, status in artifacts],
+                           "identity": status.identity if status.verified else "", "signatures": signature_set(a)}
+                          for a, status in artifacts],
             "gpus": gpus_by_flavor(version.spec),
             "base_model": (version.spec.get("base_model") or {}).get("name", ""),
             "dataset_regions": sorted(set(regions)),
@@ -185,11 +202,19 @@ APPROVING_ROLES = (Role.APPROVER,)
 CONFIRMING_ROLES = (Role.TENANT_ADMIN, Role.APPROVER)
 
 
-def approval_void_reason(approval: Approval, promotion: Promotion, *, memberships=None) -> str:
-    """Why an approval does not count towards ``promotion`` as last checked, or "" if it does."""
+def fresh_binding(promotion: Promotion) -> tuple[str, str]:
+    """The binding digest and policy revision of the promotion's facts read now, for showing
+    an approval void the moment what it approved changes, before anyone checks again."""
+    return binding_of(policy_input(promotion, moment=timezone.now())), _policy_revision()
+
+
+def approval_void_reason(approval: Approval, promotion: Promotion, *, memberships=None, binding=None) -> str:
+    """Why an approval does not count towards ``promotion`` (as last checked, or against
+    ``binding`` from ``fresh_binding``), or "" if it does."""
     if approval.verdict != Approval.Verdict.APPROVE:
         return "it is a rejection"
-    if not approval.is_current_for(promotion):
+    bound_to = (approval.version_digest, approval.binding_digest, approval.policy_revision)
+    if bound_to != (promotion.version.digest, *(binding or (promotion.binding_digest, promotion.policy_revision))):
         return "what it approved has changed since (the version, the reviewed facts or the policy)"
     lapse = standing_lapse(approval.user, promotion.tenant_id, given_at=approval.created_at, roles=APPROVING_ROLES,
                            memberships=memberships)

@@ -175,7 +175,9 @@ class ApprovalSerializer(strict.ModelSerializer):
         members = self.root.__dict__.setdefault("_memberships", {})
         if approval.tenant_id not in members:
             members[approval.tenant_id] = memberships_of(approval.tenant_id)
-        return approval_void_reason(approval, approval.promotion, memberships=members[approval.tenant_id])
+        binding = self.context.get("fresh_bindings", {}).get(approval.promotion_id)
+        return approval_void_reason(approval, approval.promotion, memberships=members[approval.tenant_id],
+                                    binding=binding)
 
 
 class OverrideSerializer(strict.ModelSerializer):
