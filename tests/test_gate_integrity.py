@@ -12,6 +12,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from tests.support.clients import sign_in
 from tests.support.otp import fresh_totp
 from .test_api import assert_error
 from .test_promotions import T, Gate
@@ -113,7 +114,7 @@ def test_whoever_approved_a_waiver_in_force_does_not_also_approve(gate, world, a
 
 
 @pytest.mark.parametrize("lapse", ["role changed and changed back", "membership revoked and granted again"])
-def test_an_approval_is_void_for_good_once_its_approvers_membership_changes(gate, world, api, lapse):
+def test_an_approval_is_void_for_good_once_its_approvers_membership_changes(gate, world, api, client, lapse):
     number = gate.version()
     gate.promote(number, "development")
     gate.promote(number, "staging")
@@ -131,6 +132,9 @@ def test_an_approval_is_void_for_good_once_its_approvers_membership_changes(gate
     [shown] = gate.developer.get(f"{T}/promotions/{body['id']}/").json()["approvals"]
     assert shown["current"] is False
     assert shown["void_reason"] == f"{approver}'s role changed after they gave it"
+    sign_in(client, world.a.developer)
+    page = client.get(f"/t/acme-bank/promotions/{body['id']}/").content.decode()
+    assert f"void: {approver}&#x27;s role changed after they gave it" in page
     # The second approval does not complete the count: the first no longer counts, and the same
     # person cannot approve the same facts twice.
     assert gate.approve(body["id"], world.a.approver2).json()["state"] == "awaiting_approval"

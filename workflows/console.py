@@ -243,7 +243,6 @@ class PromotionPage(TenantConsoleMixin, View):
         pointer = StagePointer.objects.filter(workflow=promotion.workflow, stage=promotion.stage).select_related(
             "version").first()
         current = pointer.version if pointer and pointer.version_id != version.pk else None
-        approvals = list(promotion.approvals.select_related("user"))
         overrides = list(promotion.overrides.select_related("requested_by", "confirmed_by"))
         return render(request, "workflows/promotion.html", {
             "tenant": self.tenant, "promotion": promotion, "version": version,
@@ -251,7 +250,7 @@ class PromotionPage(TenantConsoleMixin, View):
             "artifacts": [(a, signature_status(a)) for a in artifacts],
             "thresholds": thresholds, "metrics_artifact": promotion.metrics_artifact,
             "current": current, "diff": version_diff(current, version) if current else None,
-            "approvals": [(a, a.is_current_for(promotion)) for a in approvals], "overrides": overrides,
+            "approvals": promotions.approvals_with_standing(promotion), "overrides": overrides,
             "can_audit": self.can("audit"),
             "can_approve": self.can("approve") and promotion.state == PromotionState.AWAITING_APPROVAL,
             "can_override": self.can("admin") and promotion.state == PromotionState.CHECKED,

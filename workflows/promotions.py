@@ -225,6 +225,16 @@ def approval_void_reason(approval: Approval, promotion: Promotion, *, membership
     return ""
 
 
+def approvals_with_standing(promotion: Promotion) -> list[tuple[Approval, str]]:
+    """Every verdict on the promotion with why it does not count ("" when it does), judged for
+    an open request against its facts as they are now."""
+    binding = fresh_binding(promotion) if promotion.is_open else None
+    members = memberships_of(promotion.tenant_id)
+    return [(a, "" if a.verdict != Approval.Verdict.APPROVE
+             else approval_void_reason(a, promotion, memberships=members, binding=binding))
+            for a in promotion.approvals.select_related("user")]
+
+
 def current_approvals(promotion: Promotion) -> list[Approval]:
     """Approvals bound to the promotion as it stands, by approvers whose standing has not lapsed
     since they approved; never the requester's or the author's."""
