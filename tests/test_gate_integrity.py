@@ -154,3 +154,20 @@ def test_an_approval_shows_void_at_once_when_a_signature_is_added_to_what_it_app
     [shown] = gate.developer.get(f"{T}/promotions/{body['id']}/").json()["approvals"]
     assert shown["current"] is False
     assert shown["void_reason"].startswith("what it approved has changed since")
+
+
+def test_an_override_is_judged_by_the_facts_now_not_by_the_last_check(gate, world, api):
+    number = gate.version(spec_changes={"base_model": {"name": "meta-llama/Llama-3-8B"}})  # not allow-listed
+    held = gate.request(number, "development").json()
+    assert held["state"] == "checked", held
+    later = (timezone.now() + timedelta(days=7)).isoformat()
+    waiver = gate.admin.post(f"{T}/waivers/", {"rule": "baseline.base_model_allowed", "reason": "Pilot of Llama 3",
+                                               "ticket_url": "https://tickets.example/5", "expires_at": later}).json()
+    assert api(world.a.approver2).post(f"{T}/waivers/{waiver['id']}/approve/",
+                                       {"otp_token": fresh_totp(world.a.approver2)}).json()["state"] == "active"
+    # The stored check still says "checked"; the override request checks again first, and the
+    # waiver now in force has let the request through.
+    refused = api(world.a.admin2).post(f"{T}/promotions/{held['id']}/overrides/",
+                                       {"rule": "baseline.base_model_allowed", "justification": "Pilot"})
+    assert_error(refused, 409, "promotion_not_checked")
+    assert gate.developer.get(f"{T}/promotions/{held['id']}/").json()["state"] == "promoted"

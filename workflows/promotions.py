@@ -666,11 +666,24 @@ def promotion_recheck(*, actor, promotion: Promotion) -> Promotion:
 # Overrides of soft-mandatory violations --------------------------------------------------
 
 
+def _check_afresh(promotion: Promotion, *, actor) -> None:
+    """Check an open request again, in a transaction of its own, before an action that depends
+    on what the last check found: violations stored by an earlier check never decide a later
+    one (the check stands even when the action is then refused)."""
+    with transaction.atomic():
+        bind_rls(tenant_id=promotion.tenant_id)
+        locked = _locked(promotion)
+        if locked.state in (PromotionState.CHECKED, PromotionState.AWAITING_APPROVAL):
+            _advance(locked, actor=actor)
+
+
 def promotion_override_request(*, actor, promotion: Promotion, rule: str, justification: str) -> PromotionOverride:
     """A tenant admin asks to override one soft-mandatory violation; a second person confirms."""
     if not (justification or "").strip():
         raise Invalid("An override needs a justification.", field="justification")
     require_person(actor, "override a policy violation")
+    require(actor, promotion.tenant, "admin")
+    _check_afresh(promotion, actor=actor)
     with transaction.atomic():
         require(actor, promotion.tenant, "admin")
         bind_rls(tenant_id=promotion.tenant_id)

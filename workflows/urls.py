@@ -46,7 +46,7 @@ api_urlpatterns = [
     path(PROMOTION + "reject/", committing(api.PromotionReject), name="api-promotion-reject"),
     path(PROMOTION + "withdraw/", api.PromotionWithdraw.as_view(), name="api-promotion-withdraw"),
     path(PROMOTION + "recheck/", committing(api.PromotionRecheck), name="api-promotion-recheck"),
-    path(PROMOTION + "overrides/", api.PromotionOverrideList.as_view(), name="api-promotion-overrides"),
+    path(PROMOTION + "overrides/", committing(api.PromotionOverrideList), name="api-promotion-overrides"),
     path(PROMOTION + "overrides/<int:override>/confirm/", committing(api.PromotionOverrideConfirm),
          name="api-promotion-override-confirm"),
     path(PROMOTION + "attestation", api.PromotionAttestation.as_view(), name="api-promotion-attestation"),
