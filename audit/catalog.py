@@ -68,6 +68,13 @@ ACTIONS = {
     "policy.candidate_refused": ("A candidate policy called or imported a builtin that is not on the allow-list; it "
                                  "was refused before it compiled, and the event names the builtin, how, file and line."),
     "tenant_policy.update": "A tenant admin wrote a new revision of the tenant's policy data.",
+    "governed_change.propose": ("A tenant admin asked for a change that loosens a governed setting (policy data or "
+                                "trust configuration); it waits for a second tenant admin. The event holds the "
+                                "diff digest, base revision and what loosens."),
+    "governed_change.confirm": ("A second tenant admin confirmed a loosening proposal with a one-time password, "
+                                "against its diff digest and base revision; the setting's next revision was written."),
+    "governed_change.void": ("A loosening proposal became void unconfirmed: its setting changed after it was proposed, "
+                             "or its proposer no longer held the tenant admin role."),
     "waiver.request": "A tenant admin asked for a waiver of one policy rule.",
     "waiver.approve": "A second person approved a waiver, with a one-time password.",
     "waiver.revoke": "A waiver was withdrawn before its expiry.",

@@ -340,6 +340,8 @@ POLICY_TIMEOUT_SECONDS = float(env("POLICY_TIMEOUT_SECONDS", "2"))
 # An open promotion request closes as expired after this many hours without a decision.
 PROMOTION_TTL_HOURS = float(env("PROMOTION_TTL_HOURS", "168"))
 PROMOTION_EXPIRY_INTERVAL_SECONDS = float(env("PROMOTION_EXPIRY_INTERVAL_SECONDS", "60"))
+# A proposal to loosen a governed setting (policy data, trust) lapses unconfirmed after this many hours.
+GOVERNED_PROPOSAL_TTL_HOURS = float(env("GOVERNED_PROPOSAL_TTL_HOURS", "72"))
 
 # Runner nodes (docs/operators.md, "Runner nodes"): what this machine offers when it registers.
 RUNNER_HOSTNAME = env("RUNNER_HOSTNAME", "")  # default: the machine's fully qualified name

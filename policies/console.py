@@ -16,8 +16,16 @@ from tenants.errors import DomainError
 from tenants import strict
 
 from . import services
-from .models import Waiver
+from .models import GovernedChangeProposal, Waiver
 from .rules import RULES
+
+
+def proposed_message(result) -> str:
+    """What the console says when a change was held as a loosening proposal ("" otherwise)."""
+    if not isinstance(result, GovernedChangeProposal):
+        return ""
+    return (f"This change loosens the setting ({'; '.join(result.diff['loosening'])}), so it is not applied yet: "
+            f"proposal {result.pk} waits for a second tenant admin to confirm it with a one-time password.")
 
 
 class PolicyDataForm(strict.ExactValues, forms.Form):
@@ -118,8 +126,8 @@ class PolicyPage(TenantConsoleMixin, View):
         user = request.user
         if action == "data":
             comment = data.pop("comment")
-            services.tenant_policy_update(actor=user, tenant=self.tenant, comment=comment, **data)
-            messages.success(request, "Policy data saved as a new revision.")
+            result = services.tenant_policy_update(actor=user, tenant=self.tenant, comment=comment, **data)
+            messages.success(request, proposed_message(result) or "Policy data saved as a new revision.")
         elif action == "waiver":
             services.waiver_request(actor=user, tenant=self.tenant, **data)
             messages.success(request, "Waiver requested; a second person must approve it.")

@@ -106,3 +106,50 @@ class Waiver(models.Model):
         if self.expires_at <= moment:
             return "expired"
         return "active" if self.approved_at is not None else "requested"
+
+
+class GovernedChangeProposal(models.Model):
+    """A change to a governed setting (the tenant's policy data, its trust configuration) that
+    would loosen it: it does not apply until a second tenant admin confirms it, with a fresh
+    one-time password, against the same diff and the same base revision, before it expires."""
+
+    class Setting(models.TextChoices):
+        POLICY_DATA = "policy_data", "Policy data"
+        TRUST = "trust", "Trust configuration"
+
+    class State(models.TextChoices):
+        PROPOSED = "proposed", "Proposed"
+        APPLIED = "applied", "Applied"
+        VOID = "void", "Void"  # the setting changed after it was proposed
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    setting = models.CharField(max_length=32, choices=Setting.choices)
+    changes = models.JSONField()  # the validated fields to write, as the proposer sent them
+    diff = models.JSONField()  # setting, base revision, each changed field before/after, loosening sentences
+    diff_digest = models.CharField(max_length=71)  # sha256:<hex> over the RFC 8785 JSON of ``diff``
+    base_revision = models.PositiveIntegerField()
+    comment = models.CharField(max_length=500, blank=True, default="")
+    proposed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    proposed_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PROPOSED)
+    confirmed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True,
+                                     blank=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    applied_revision = models.PositiveIntegerField(null=True, blank=True)
+    void_reason = models.CharField(max_length=500, blank=True, default="")
+
+    objects = TenantOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-proposed_at", "-id"]
+        indexes = [models.Index(fields=["tenant", "setting", "state"])]
+
+    def __str__(self):
+        return f"{self.setting} proposal {self.pk} ({self.state})"
+
+    def state_at(self, moment) -> str:
+        """The stored state, or ``expired`` for an open proposal past its expiry."""
+        if self.state == self.State.PROPOSED and self.expires_at <= moment:
+            return "expired"
+        return self.state

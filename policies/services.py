@@ -17,8 +17,10 @@ from tenants.catalogue import residency_problem
 from tenants.models import Tenant
 from tenants.stepup import require_person, step_up_verify
 
+from . import governance, loosening
 from .engines import Decision, PolicyInputError, decide, encode_input
-from .models import PRODUCTION_APPROVALS_FLOOR, ROLLBACK_APPROVALS_FLOOR, PolicyDecision, TenantPolicy, Waiver
+from .models import (PRODUCTION_APPROVALS_FLOOR, ROLLBACK_APPROVALS_FLOOR, GovernedChangeProposal, PolicyDecision,
+                     TenantPolicy, Waiver)
 from .rules import LEVELS, RULES, is_waivable, rank
 
 
@@ -133,9 +135,11 @@ def _rule_levels(value) -> dict:
     return value
 
 
-def tenant_policy_update(*, actor, tenant: Tenant, comment: str = "", **changes) -> TenantPolicy:
+def tenant_policy_update(*, actor, tenant: Tenant, comment: str = "", **changes) -> TenantPolicy | GovernedChangeProposal:
     """Write the next revision of the tenant's policy data (tenant admins); refuse anything that
-    would loosen the platform floor. Fields not given keep their current value."""
+    would loosen the platform floor. Fields not given keep their current value. A change that
+    loosens the tenant's own data is not written: it returns the proposal a second tenant
+    admin must confirm (policies.governance)."""
     unknown = set(changes) - set(POLICY_DATA_FIELDS)
     if unknown:
         raise Invalid(f"Unknown policy data field {sorted(unknown)[0]}.", field=sorted(unknown)[0])
@@ -156,15 +160,35 @@ def tenant_policy_update(*, actor, tenant: Tenant, comment: str = "", **changes)
     with transaction.atomic():
         require(actor, tenant, "admin")
         bind_rls(tenant_id=tenant.pk)
-        Tenant.objects.select_for_update().filter(pk=tenant.pk).first()  # one writer of revisions at a time
-        current = tenant_policy_of(tenant)
-        values = {field: getattr(current, field) for field in POLICY_DATA_FIELDS} | cleaned
-        policy = TenantPolicy.objects.create(tenant=tenant, revision=current.revision + 1, created_by=actor,
-                                             comment=comment[:500], **values)
-        record(action="tenant_policy.update", actor=actor_for(actor), tenant=tenant.slug,
-               target=Target("tenant_policy", f"{tenant.slug}@{policy.revision}"),
-               data={"revision": policy.revision, "changed": sorted(cleaned), "values": values, "comment": comment[:500]})
+        before, revision = _current_policy_data(tenant)
+        proposal = governance.propose_if_loosening(actor=actor, tenant=tenant, setting="policy_data", before=before,
+                                                   changes=cleaned, base_revision=revision, comment=comment)
+        return proposal or _write_policy_data(actor=actor, tenant=tenant, changes=cleaned, comment=comment)
+
+
+def _current_policy_data(tenant: Tenant) -> tuple[dict, int]:
+    Tenant.objects.select_for_update().filter(pk=tenant.pk).first()  # one writer of revisions at a time
+    current = tenant_policy_of(tenant)
+    return {field: getattr(current, field) for field in POLICY_DATA_FIELDS}, current.revision
+
+
+def _write_policy_data(*, actor, tenant: Tenant, changes: dict, comment: str, proposal=None) -> TenantPolicy:
+    """Write the next revision (the tenant's row locked): a tightening at once, or a
+    loosening its second admin confirmed (``proposal``)."""
+    current = tenant_policy_of(tenant)
+    values = {field: getattr(current, field) for field in POLICY_DATA_FIELDS} | changes
+    policy = TenantPolicy.objects.create(tenant=tenant, revision=current.revision + 1, created_by=actor,
+                                         comment=comment[:500], **values)
+    record(action="tenant_policy.update", actor=actor_for(actor), tenant=tenant.slug,
+           target=Target("tenant_policy", f"{tenant.slug}@{policy.revision}"),
+           data={"revision": policy.revision, "changed": sorted(changes), "values": values, "comment": comment[:500],
+                 "proposal": proposal.pk if proposal else None})
+    governance.settle(actor=actor, tenant=tenant, setting="policy_data", revision=policy.revision, applied=proposal)
     return policy
+
+
+GOVERNED_POLICY_DATA = governance.Governed(orders=loosening.POLICY_DATA, current=_current_policy_data,
+                                           write=_write_policy_data, label="policy data")
 
 
 # Waivers --------------------------------------------------------------------------------

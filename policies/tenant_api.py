@@ -11,8 +11,8 @@ from tenants.api import TenantScopedAPIView
 from tenants.errors import NotFound
 from tenants import strict
 
-from . import services
-from .models import TenantPolicy, Waiver
+from . import governance, services
+from .models import GovernedChangeProposal, TenantPolicy, Waiver
 
 
 class TenantPolicySerializer(strict.ModelSerializer):
@@ -42,10 +42,38 @@ class WaiverSerializer(strict.ModelSerializer):
         return waiver.state_at(self.context["now"])
 
 
+class ProposalSerializer(strict.ModelSerializer):
+    proposed_by = strict.CharField(source="proposed_by.username", read_only=True)
+    confirmed_by = strict.CharField(source="confirmed_by.username", read_only=True, default=None)
+    state = serializers.SerializerMethodField(help_text="proposed, applied, void (the setting changed after it was "
+                                                        "proposed) or expired")
+
+    class Meta:
+        model = GovernedChangeProposal
+        fields = ["id", "setting", "diff", "diff_digest", "base_revision", "comment", "proposed_by", "proposed_at",
+                  "expires_at", "state", "confirmed_by", "confirmed_at", "applied_revision", "void_reason"]
+        read_only_fields = fields
+
+    def get_state(self, proposal) -> str:
+        return proposal.state_at(timezone.now())
+
+
+def updated(result, serializer_class) -> Response:
+    """What a PUT of a governed setting answers: the new revision, or 202 with the proposal
+    when the change loosens and waits for a second tenant admin."""
+    if isinstance(result, GovernedChangeProposal):
+        return Response(ProposalSerializer(result).data, status=status.HTTP_202_ACCEPTED)
+    return Response(serializer_class(result).data)
+
+
+PUT_RESPONSES = {200: TenantPolicySerializer, 202: ProposalSerializer}
+
+
 class PolicyDataView(TenantScopedAPIView):
     """The tenant's policy data (thresholds, allow-lists, approvals, regions, rule levels).
     PUT by a tenant admin writes the next revision; fields left out keep their value, and a
-    change that would loosen the platform floor is refused."""
+    change that would loosen the platform floor is refused. A change that loosens the tenant's
+    own data answers 202 with a proposal a second tenant admin confirms."""
 
     serializer_class = TenantPolicySerializer
     http_method_names = ["get", "put", "head", "options"]
@@ -53,13 +81,14 @@ class PolicyDataView(TenantScopedAPIView):
     def get(self, request, tenant):
         return Response(TenantPolicySerializer(services.tenant_policy_of(self.tenant)).data)
 
+    @extend_schema(responses=PUT_RESPONSES)
     def put(self, request, tenant):
         serializer = TenantPolicySerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         changes = {k: v for k, v in request.data.items() if k in services.POLICY_DATA_FIELDS}
-        policy = services.tenant_policy_update(actor=request.user, tenant=self.tenant,
+        result = services.tenant_policy_update(actor=request.user, tenant=self.tenant,
                                                comment=serializer.validated_data.get("comment", ""), **changes)
-        return Response(TenantPolicySerializer(policy).data)
+        return updated(result, TenantPolicySerializer)
 
 
 class WaiverList(TenantScopedAPIView, generics.ListAPIView):
@@ -116,7 +145,52 @@ class WaiverRevoke(_OneWaiver):
         return self.answer(services.waiver_revoke(actor=request.user, waiver=self.waiver()))
 
 
+class _Proposals(TenantScopedAPIView):
+    model = GovernedChangeProposal
+    serializer_class = ProposalSerializer
+
+    def get_queryset(self):
+        return governance.proposals_of(self.request.user, self.tenant)
+
+    def proposal(self) -> GovernedChangeProposal:
+        with self.tenant_reads():  # confirm runs outside the request's transaction
+            proposal = self.get_queryset().filter(pk=self.kwargs["proposal"]).select_related("tenant").first()
+        if proposal is None:
+            raise NotFound("No such proposal.")
+        return proposal
+
+
+class ProposalList(_Proposals, generics.ListAPIView):
+    """Proposals to loosen a governed setting (policy data, trust configuration), newest first."""
+
+    filterset_fields = ["setting", "state"]
+
+
+class ProposalDetail(_Proposals):
+    http_method_names = ["get", "head", "options"]
+
+    def get(self, request, tenant, proposal):
+        return Response(ProposalSerializer(self.proposal()).data)
+
+
+class ProposalConfirm(_Proposals):
+    """A second tenant admin confirms with a fresh one-time password and the diff digest they
+    read; the change is written as the setting's next revision."""
+
+    http_method_names = ["post", "options"]
+
+    @extend_schema(request={"application/json": {"type": "object", "properties": {
+        "otp_token": {"type": "string"}, "diff_digest": {"type": "string"}}}}, responses={200: ProposalSerializer})
+    def post(self, request, tenant, proposal):
+        body = request.data if isinstance(request.data, dict) else {}
+        confirmed = governance.governed_change_confirm(
+            actor=request.user, proposal=self.proposal(), otp_token=str(body.get("otp_token", "")),
+            diff_digest=str(body.get("diff_digest", "")))
+        return Response(ProposalSerializer(confirmed).data)
+
+
 WAIVER = "tenants/<slug:tenant>/waivers/<int:waiver>/"
+PROPOSAL = "tenants/<slug:tenant>/proposals/<int:proposal>/"
 
 api_urlpatterns = [
     path("tenants/<slug:tenant>/policy-data/", PolicyDataView.as_view(), name="api-policy-data"),
@@ -124,4 +198,8 @@ api_urlpatterns = [
     # Non-atomic: the one-time password is spent in a transaction of its own.
     path(WAIVER + "approve/", transaction.non_atomic_requests(WaiverApprove.as_view()), name="api-waiver-approve"),
     path(WAIVER + "revoke/", WaiverRevoke.as_view(), name="api-waiver-revoke"),
+    path("tenants/<slug:tenant>/proposals/", ProposalList.as_view(), name="api-proposal-list"),
+    path(PROPOSAL, ProposalDetail.as_view(), name="api-proposal-detail"),
+    # Non-atomic: the one-time password is spent in a transaction of its own.
+    path(PROPOSAL + "confirm/", transaction.non_atomic_requests(ProposalConfirm.as_view()), name="api-proposal-confirm"),
 ]

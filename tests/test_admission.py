@@ -153,7 +153,7 @@ def test_a_production_run_needs_the_promoted_version_with_a_valid_attestation_an
                                                          "run_policy_denied")["detail"]
     Promotion.objects.using("owner").filter(pk=promotion.pk).update(attestation=good)
     _, other = signing.generate_key_pair()
-    gate.admin.put(f"{T}/trust/", {"public_keys": {"ci-2027": other.decode()}})  # revokes ci-2026
+    gate.put_governed("trust/", {"public_keys": {"ci-2027": other.decode()}})  # revokes ci-2026
     assert "no longer verified" in assert_error(ask(gate, number, "production"), 403, "run_policy_denied")["detail"]
 
 

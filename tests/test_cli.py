@@ -20,6 +20,7 @@ from workflows.signing import file_digest, generate_key_pair
 
 from tests.support.clients import issue_token
 from .test_signing import SIGNER_EMAIL, make_ca, make_leaf
+from tests.support.governance import update_governed
 
 
 NEOCLOUD = Path(sys.executable).parent / "neocloud"
@@ -375,8 +376,8 @@ def test_a_model_directory_with_a_symbolic_link_is_refused_before_any_call(model
 def trust_public_key(world, key_id, public_key_path):
     from workflows.trust import trust_config_update
 
-    trust_config_update(actor=world.a.admin, tenant=world.a.tenant,
-                        public_keys={key_id: public_key_path.read_text()})
+    update_governed(trust_config_update, tenant=world.a.tenant, proposer=world.a.admin, confirmer=world.a.admin2,
+                    public_keys={key_id: public_key_path.read_text()})
 
 
 def test_a_signed_model_directory_is_uploaded_and_verified_by_the_server(world, server, model_dir, keys):

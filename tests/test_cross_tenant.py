@@ -24,6 +24,7 @@ from django.test import Client
 from tests.support.clients import issue_token, sign_in
 from tests.support.people import make_world
 from tests.support.routes import walk_routes
+from tests.support.governance import update_governed
 
 pytestmark = pytest.mark.embedded
 
@@ -100,6 +101,7 @@ PATH_VALUES = {
     "promotion": lambda scene: scene.promotion.public_id,
     "override": lambda scene: scene.override.pk,
     "waiver": lambda scene: scene.waiver.pk,
+    "proposal": lambda scene: scene.proposal.pk,
     "run": lambda scene: scene.run.public_id,
 }
 
@@ -143,6 +145,7 @@ def api_payload(scene, name, method):
         ("api-waiver-list", "POST"): {"rule": "baseline.base_model_allowed", "reason": "intruder",
                                       "ticket_url": "https://tickets.example/1", "expires_at": "2099-01-01T00:00:00Z"},
         ("api-waiver-approve", "POST"): {"otp_token": "123456"},
+        ("api-proposal-confirm", "POST"): {"otp_token": "123456", "diff_digest": scene.proposal.diff_digest},
         ("api-run-list", "POST"): {"workflow": scene.version.workflow.name, "version": scene.version.number,
                                    "stage": "development"},
     }.get((name, method), {})
@@ -176,6 +179,7 @@ class Scene:
     promotion: object  # the promotion of that version to development
     override: object  # an override asked for on it
     waiver: object  # a waiver of world.a
+    proposal: object  # an open proposal to loosen world.a's policy data
     run: object  # a pending run of that version
     own_token: str  # world.a's admin's bearer token (plaintext)
     rows: dict  # tenant_rows() when the scene was built
@@ -225,7 +229,8 @@ def build_scene() -> Scene:
     from workflows.trust import signature_attach, trust_config_update
 
     private_pem, public_pem = signing.generate_key_pair()
-    trust_config_update(actor=on_default(world.a.admin), tenant=tenant, public_keys={"ci": public_pem.decode()})
+    update_governed(trust_config_update, tenant=tenant, proposer=on_default(world.a.admin),
+                    confirmer=on_default(world.a.admin2), public_keys={"ci": public_pem.decode()})
     bundle = signing.sign_path(get_store().path_for(artifact.digest), private_key_pem=private_pem,
                                 name=artifact.name)
     assert signature_attach(actor=developer, tenant=tenant, artifact=artifact, bundle=bundle.encode()).verified
@@ -247,6 +252,9 @@ def build_scene() -> Scene:
     waiver = Waiver.objects.using("owner").create(
         tenant=world.a.tenant, rule="baseline.base_model_allowed", reason="r", ticket_url="https://tickets.example/2",
         expires_at=timezone.now() + timedelta(days=1), requested_by=world.a.admin)
+    from policies.services import tenant_policy_update
+
+    proposal = tenant_policy_update(actor=on_default(world.a.admin), tenant=tenant, base_model_allowlist=["meta/*"])
     from runners.admission import run_request
 
     run, _ = run_request(actor=developer, tenant=tenant, version=version, stage="development")
@@ -254,7 +262,7 @@ def build_scene() -> Scene:
     own_token = issue_token(world.a.admin, world.a.tenant, name="own")
     return Scene(world=world, account=account, token=token, foreign_token=foreign_token, flavor=flavor,
                  version=version, artifact=artifact, promotion=promotion, override=override, waiver=waiver,
-                 run=run, own_token=own_token, rows=tenant_rows())
+                 proposal=proposal, run=run, own_token=own_token, rows=tenant_rows())
 
 
 @pytest.fixture(autouse=True)
@@ -270,14 +278,15 @@ def tenant_rows():
     from tenants.models import ApiToken, Membership, ServiceAccount, Tenant, TenantQuota
     from workflows.models import Artifact, StagePointer, VersionArtifact, Workflow, WorkflowVersion
 
-    from policies.models import PolicyDecision, TenantPolicy, Waiver
+    from policies.models import GovernedChangeProposal, PolicyDecision, TenantPolicy, Waiver
     from runners.models import Run
     from workflows.models import (Approval, Blob, Promotion, PromotionOverride, Signature, TrustConfiguration,
                                   Verification)
 
     models = (Tenant, Membership, ServiceAccount, ApiToken, TenantQuota, Workflow, WorkflowVersion,
               VersionArtifact, Artifact, StagePointer, TrustConfiguration, Signature, Verification, Blob,
-              Promotion, Approval, PromotionOverride, TenantPolicy, Waiver, PolicyDecision, Run)
+              Promotion, Approval, PromotionOverride, TenantPolicy, Waiver, PolicyDecision, Run,
+              GovernedChangeProposal)
     return {model._meta.db_table: list(model.objects.using("owner").order_by("pk").values()) for model in models}
 
 

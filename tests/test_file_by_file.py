@@ -12,6 +12,7 @@ from workflows.models import Artifact, Blob
 
 from tests.support.clients import issue_token
 from .test_api import assert_error
+from tests.support.governance import put_governed
 
 
 
@@ -47,7 +48,7 @@ def developer(world, api):
 @pytest.mark.embedded
 def test_a_directory_uploaded_file_by_file_is_assembled_and_its_signature_verifies(world, api, developer, model_dir):
     private_pem, public_pem = signing.generate_key_pair()
-    api(world.a.admin).put("/api/v1/tenants/acme-bank/trust/", {"public_keys": {"release": public_pem.decode()}})
+    put_governed(api, world.a, "/api/v1/tenants/acme-bank/trust/", {"public_keys": {"release": public_pem.decode()}})
     manifest = {}
     for name, data in files_of(model_dir).items():
         assert put_blob(developer, data).status_code == 201

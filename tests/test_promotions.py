@@ -21,6 +21,7 @@ from tests.support.clients import issue_token
 
 from tests.support.otp import current_totp, fresh_totp
 from .test_api import assert_error
+from tests.support.governance import put_governed
 
 
 T = "/api/v1/tenants/acme-bank"
@@ -45,11 +46,15 @@ class Gate:
                          borrowing_limit=2)
         self.private_pem, public_pem = signing.generate_key_pair()
         self.admin = api(world.a.admin)
-        assert self.admin.put(f"{T}/trust/", {"public_keys": {"ci-2026": public_pem.decode()}}).status_code == 200
-        response = self.admin.put(f"{T}/policy-data/", {"base_model_allowlist": ["mistralai/*"],
-                                                        "metrics_thresholds": {"accuracy": 0.9}})
+        assert self.put_governed("trust/", {"public_keys": {"ci-2026": public_pem.decode()}}).status_code == 200
+        response = self.put_governed("policy-data/", {"base_model_allowlist": ["mistralai/*"],
+                                                      "metrics_thresholds": {"accuracy": 0.9}})
         assert response.status_code == 200, response.content
         self.developer = api(world.a.developer)
+
+    def put_governed(self, setting, body):
+        """Change acme-bank's policy data or trust; a loosening is confirmed by its second admin."""
+        return put_governed(self.api, self.world.a, f"{T}/{setting}", body)
 
     def push(self, name, data: bytes, kind="model", sign=True):
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -512,7 +517,7 @@ def test_removing_a_signer_from_trust_blocks_the_versions_it_signed_until_re_sig
     number = gate.version()
     gate.promote(number, "development")
     _, other_public = signing.generate_key_pair()
-    assert gate.admin.put(f"{T}/trust/", {"public_keys": {"ci-2027": other_public.decode()}}).status_code == 200
+    assert gate.put_governed("trust/", {"public_keys": {"ci-2027": other_public.decode()}}).status_code == 200
     revoked = AuditEvent.objects.using("owner").filter(action="signature.revoke")
     assert revoked.count() == 2  # the model and the metrics artifact
     body = gate.request(number, "staging").json()

@@ -13,6 +13,7 @@ from workflows.models import Signature, TrustConfiguration, Verification
 
 from tests.support.clients import issue_token
 from .test_api import assert_error
+from tests.support.governance import put_governed
 
 
 
@@ -24,8 +25,8 @@ def keys():
 @pytest.fixture
 def trusted(world, api, keys):
     """acme-bank trusts the key 'ci-2026'."""
-    response = api(world.a.admin).put("/api/v1/tenants/acme-bank/trust/",
-                                      {"public_keys": {"ci-2026": keys["ci"][1].decode()}})
+    response = put_governed(api, world.a, "/api/v1/tenants/acme-bank/trust/",
+                            {"public_keys": {"ci-2026": keys["ci"][1].decode()}})
     assert response.status_code == 200, response.content
     return response.json()
 

@@ -14,6 +14,7 @@ from workflows.models import Artifact, Verification
 from tests.support.clients import issue_token
 from .test_api import assert_error
 from .test_signing import SIGNER_EMAIL, make_ca, make_leaf
+from tests.support.governance import put_governed
 
 
 NOW = datetime.now(UTC)
@@ -51,11 +52,11 @@ def attach(client, digest, bundle, name="scorer"):
 
 
 def trust_key(world, api, public_pem):
-    api(world.a.admin).put("/api/v1/tenants/acme-bank/trust/", {"public_keys": {"release": public_pem.decode()}})
+    put_governed(api, world.a, "/api/v1/tenants/acme-bank/trust/", {"public_keys": {"release": public_pem.decode()}})
 
 
 def trust_ca(world, api, root, identities=(SIGNER_EMAIL,)):
-    api(world.a.admin).put("/api/v1/tenants/acme-bank/trust/", {
+    put_governed(api, world.a, "/api/v1/tenants/acme-bank/trust/", {
         "ca_roots": [root.pem.decode()], "allowed_identities": list(identities)})
 
 

@@ -27,6 +27,7 @@ from workflows.store import S3Store, StoredBytesChanged, get_store
 
 from tests.support.clients import issue_token
 from .test_api import assert_error
+from tests.support.governance import put_governed
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,8 +186,8 @@ def test_a_refused_upload_leaves_nothing_in_the_bucket(fake_s3_bucket, developer
 def trusted_key(world, api):
     """acme-bank trusts the key 'ci-2026'; returns its private key."""
     private_pem, public_pem = signing.generate_key_pair()
-    response = api(world.a.admin).put("/api/v1/tenants/acme-bank/trust/",
-                                      {"public_keys": {"ci-2026": public_pem.decode()}})
+    response = put_governed(api, world.a, "/api/v1/tenants/acme-bank/trust/",
+                            {"public_keys": {"ci-2026": public_pem.decode()}})
     assert response.status_code == 200, response.content
     return private_pem
 

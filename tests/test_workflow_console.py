@@ -15,6 +15,7 @@ from tests.support.browser import sign_in_with_password
 from tests.support.clients import issue_token, sign_in
 
 from tests.support.otp import current_totp
+from tests.support.governance import confirm_proposal, put_governed
 
 
 SPEC = """
@@ -31,7 +32,7 @@ def pipeline_registers_a_version(world, api, tmp_path):
     from tenants.services import gpu_flavor_create  # noqa: F401  (spec needs no GPU)
 
     trusted, untrusted = signing.generate_key_pair(), signing.generate_key_pair()
-    api(world.a.admin).put("/api/v1/tenants/acme-bank/trust/", {"public_keys": {"ci-2026": trusted[1].decode()}})
+    put_governed(api, world.a, "/api/v1/tenants/acme-bank/trust/", {"public_keys": {"ci-2026": trusted[1].decode()}})
     pipeline = api(issue_token(world.a.developer, world.a.tenant))
     digests = []
     for name, key in (("weights", trusted[0]), ("tokenizer", untrusted[0])):
@@ -61,11 +62,13 @@ def test_version_page_shows_each_artifacts_signature_status(world, api, client, 
     assert artifacts.count('data-state="verified"') == 1 and artifacts.count('data-state="not_verified"') == 1
 
 
-def test_tenant_admin_adds_and_removes_a_trusted_key_in_the_console(world, client):
+def test_tenant_admin_adds_and_removes_a_trusted_key_in_the_console(world, client, api):
     _, public_pem = signing.generate_key_pair()
     sign_in(client, world.a.admin)
     response = client.post("/t/acme-bank/trust/", {"action": "add-key", "key_id": "release", "public_key": public_pem.decode()})
     assert response.status_code == 302
+    assert "waits for a second tenant admin" in client.get(response.url).content.decode()
+    confirm_proposal(api, world.a)  # adding a key loosens trust: the second admin confirms it
     assert list(TrustConfiguration.objects.using("owner").get().public_keys) == ["release"]
     client.post("/t/acme-bank/trust/", {"action": "remove-key", "key_id": "release"})
     assert TrustConfiguration.objects.using("owner").get().public_keys == {}

@@ -10,6 +10,7 @@ from rest_framework import generics, status
 from rest_framework.response import Response
 
 from audit.keys import platform_keyring
+from policies.tenant_api import ProposalSerializer, updated
 from tenants.api import TenantScopedAPIView
 from tenants.errors import Invalid, NotFound
 from tenants.schema import ATTESTATION_UNAVAILABLE
@@ -285,7 +286,8 @@ def _verification_response(verification, success_status):
 
 
 class TrustConfigurationView(TenantScopedAPIView):
-    """The tenant's trust configuration; tenant admins replace any part of it with PUT."""
+    """The tenant's trust configuration; tenant admins replace any part of it with PUT. A change
+    that trusts anything more answers 202 with a proposal a second tenant admin confirms."""
 
     serializer_class = TrustConfigurationSerializer
     http_method_names = ["get", "put", "head", "options"]
@@ -293,11 +295,12 @@ class TrustConfigurationView(TenantScopedAPIView):
     def get(self, request, tenant):
         return Response(TrustConfigurationSerializer(trust.trust_config_of(self.tenant)).data)
 
+    @extend_schema(responses={200: TrustConfigurationSerializer, 202: ProposalSerializer})
     def put(self, request, tenant):
         serializer = TrustConfigurationSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        config = trust.trust_config_update(actor=request.user, tenant=self.tenant, **serializer.validated_data)
-        return Response(TrustConfigurationSerializer(config).data)
+        result = trust.trust_config_update(actor=request.user, tenant=self.tenant, **serializer.validated_data)
+        return updated(result, TrustConfigurationSerializer)
 
 
 class ArtifactContent(_OneArtifact):

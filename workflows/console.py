@@ -9,6 +9,7 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views import View
 
+from policies.console import proposed_message
 from policies.rules import RULES
 from policies.services import tenant_policy_of
 from tenants.console import TenantConsoleMixin, form_error
@@ -127,6 +128,11 @@ class TrustPage(TenantConsoleMixin, View):
             "lists_form": lists_form or TrustListsForm(initial=initial, auto_id="lists_%s"),
         }, status=status)
 
+    def _update(self, request, **changes):
+        message = proposed_message(trust.trust_config_update(actor=request.user, tenant=self.tenant, **changes))
+        if message:  # a loosening waits for a second tenant admin
+            messages.success(request, message)
+
     def post(self, request, tenant):
         config = trust.trust_config_of(self.tenant)
         action = request.POST.get("action")
@@ -136,16 +142,16 @@ class TrustPage(TenantConsoleMixin, View):
                 key_form = TrustKeyForm(request.POST, auto_id="key_%s")
                 if key_form.is_valid():
                     keys = {**config.public_keys, key_form.cleaned_data["key_id"]: key_form.cleaned_data["public_key"]}
-                    trust.trust_config_update(actor=request.user, tenant=self.tenant, public_keys=keys)
+                    self._update(request, public_keys=keys)
                     return redirect("trust", tenant=self.tenant.slug)
             elif action == "remove-key":
                 keys = {k: v for k, v in config.public_keys.items() if k != request.POST.get("key_id")}
-                trust.trust_config_update(actor=request.user, tenant=self.tenant, public_keys=keys)
+                self._update(request, public_keys=keys)
                 return redirect("trust", tenant=self.tenant.slug)
             else:
                 lists_form = TrustListsForm(request.POST, auto_id="lists_%s")
                 if lists_form.is_valid():
-                    trust.trust_config_update(actor=request.user, tenant=self.tenant, **lists_form.cleaned_data)
+                    self._update(request, **lists_form.cleaned_data)
                     return redirect("trust", tenant=self.tenant.slug)
         except DomainError as exc:
             self.refuse_if_forbidden(exc)

@@ -18,6 +18,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.log import Target, record
+from policies import governance, loosening
+from policies.models import GovernedChangeProposal
 from tenants.access import actor_for, require
 from tenants.db import bind_rls
 from tenants.errors import Invalid, TooLarge
@@ -30,8 +32,7 @@ from .store import StoredBytesChanged, get_store
 MAX_TRUST_ENTRIES = 100
 
 
-def _fingerprint(pem: str) -> str:
-    return "sha256:" + hashlib.sha256(pem.strip().encode()).hexdigest()[:16]
+_fingerprint = loosening.pem_fingerprint
 
 
 def _check_public_keys(public_keys) -> dict[str, str]:
@@ -80,8 +81,10 @@ def trust_config_of(tenant: Tenant) -> TrustConfiguration:
 
 
 def trust_config_update(*, actor, tenant: Tenant, public_keys=None, ca_roots=None, allowed_identities=None,
-                        sigstore_identities=None) -> TrustConfiguration:
-    """Replace the given parts of a tenant's trust configuration (tenant admins)."""
+                        sigstore_identities=None) -> TrustConfiguration | GovernedChangeProposal:
+    """Replace the given parts of a tenant's trust configuration (tenant admins). A change that
+    trusts anything more is not written: it returns the proposal a second tenant admin must
+    confirm (policies.governance)."""
     changes = {}
     if public_keys is not None:
         changes["public_keys"] = _check_public_keys(public_keys)
@@ -94,23 +97,45 @@ def trust_config_update(*, actor, tenant: Tenant, public_keys=None, ca_roots=Non
     with transaction.atomic():
         require(actor, tenant, "admin")
         bind_rls(tenant_id=tenant.pk)
-        config = TrustConfiguration.objects.select_for_update().filter(tenant=tenant).first() \
-            or TrustConfiguration(tenant=tenant)
-        before = _signers(config)
-        for field, value in changes.items():
-            setattr(config, field, value)
-        config.revision += 1
-        config.updated_at = timezone.now()
-        config.save()
-        record(action="trust_config.update", actor=actor_for(actor), tenant=tenant.slug,
-               target=Target("trust_configuration", tenant.slug),
-               data={"revision": config.revision,
-                     "public_keys": {k: _fingerprint(v) for k, v in config.public_keys.items()},
-                     "ca_roots": [_fingerprint(pem) for pem in config.ca_roots],
-                     "allowed_identities": config.allowed_identities,
-                     "sigstore_identities": config.sigstore_identities})
-        _revoke_removed_signers(actor=actor, tenant=tenant, before=before, config=config)
+        before, revision = _current_trust(tenant)
+        proposal = governance.propose_if_loosening(actor=actor, tenant=tenant, setting="trust", before=before,
+                                                   changes=changes, base_revision=revision)
+        return proposal or _write_trust(actor=actor, tenant=tenant, changes=changes)
+
+
+def _current_trust(tenant: Tenant) -> tuple[dict, int]:
+    config = TrustConfiguration.objects.select_for_update().filter(tenant=tenant).first() \
+        or TrustConfiguration(tenant=tenant)
+    return {field: getattr(config, field) for field in TRUST_FIELDS}, config.revision
+
+
+def _write_trust(*, actor, tenant: Tenant, changes: dict, comment: str = "", proposal=None) -> TrustConfiguration:
+    """Write the next revision (the configuration locked): a tightening at once, or a
+    loosening its second admin confirmed (``proposal``)."""
+    config = TrustConfiguration.objects.select_for_update().filter(tenant=tenant).first() \
+        or TrustConfiguration(tenant=tenant)
+    before = _signers(config)
+    for field, value in changes.items():
+        setattr(config, field, value)
+    config.revision += 1
+    config.updated_at = timezone.now()
+    config.save()
+    record(action="trust_config.update", actor=actor_for(actor), tenant=tenant.slug,
+           target=Target("trust_configuration", tenant.slug),
+           data={"revision": config.revision,
+                 "public_keys": {k: _fingerprint(v) for k, v in config.public_keys.items()},
+                 "ca_roots": [_fingerprint(pem) for pem in config.ca_roots],
+                 "allowed_identities": config.allowed_identities,
+                 "sigstore_identities": config.sigstore_identities,
+                 "proposal": proposal.pk if proposal else None})
+    _revoke_removed_signers(actor=actor, tenant=tenant, before=before, config=config)
+    governance.settle(actor=actor, tenant=tenant, setting="trust", revision=config.revision, applied=proposal)
     return config
+
+
+TRUST_FIELDS = ("public_keys", "ca_roots", "allowed_identities", "sigstore_identities")
+GOVERNED_TRUST = governance.Governed(orders=loosening.TRUST, current=_current_trust, write=_write_trust,
+                                     label="trust configuration")
 
 
 def _signers(config: TrustConfiguration) -> dict:

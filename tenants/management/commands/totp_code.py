@@ -20,6 +20,11 @@ class Command(BaseCommand):
         device = TOTPDevice.objects.filter(user__username=username, confirmed=True).first()
         if device is None:
             raise CommandError(f"{username} has no confirmed TOTP device.")
-        totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
-        totp.time = time.time()
-        self.stdout.write(f"{totp.token():0{device.digits}d}")
+        self.stdout.write(current_code(device))
+
+
+def current_code(device: TOTPDevice) -> str:
+    """What the person's authenticator shows now (the demo seed confirms with it too)."""
+    totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
+    totp.time = time.time()
+    return f"{totp.token():0{device.digits}d}"

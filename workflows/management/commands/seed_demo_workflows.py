@@ -12,9 +12,13 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.log import denials_recorded
+from policies.governance import governed_change_confirm
+from policies.models import GovernedChangeProposal
 from policies.services import tenant_policy_of, tenant_policy_update
+from tenants.management.commands.totp_code import current_code
 from tenants.models import GpuFlavor, Tenant
 from tenants.services import gpu_flavor_create, tenant_quota_set
 from workflows import signing
@@ -48,7 +52,8 @@ class Command(BaseCommand):
         if settings.PRODUCTION:
             raise CommandError("The demo seed is for development only; it is refused in production.")
         User = get_user_model()
-        people = {name: User.objects.filter(username=name).first() for name in ("ops-ada", "bank-dev", "bank-admin1")}
+        people = {name: User.objects.filter(username=name).first()
+                  for name in ("ops-ada", "bank-dev", "bank-admin1", "bank-admin2")}
         tenant = Tenant.objects.filter(slug="acme-bank").first()
         if tenant is None or None in people.values():
             raise CommandError("Run `manage.py seed_demo` first: the demo tenants and people are missing.")
@@ -56,19 +61,20 @@ class Command(BaseCommand):
             self.stdout.write("The demo workflow is already there.")
             return
         with denials_recorded():
-            self._seed(tenant, people["ops-ada"], people["bank-dev"], people["bank-admin1"])
+            self._seed(tenant, people["ops-ada"], people["bank-dev"], (people["bank-admin1"], people["bank-admin2"]))
         self.stdout.write("Demo workflow fraud-detector: v1 is in development and waits in staging for an "
                           "approver (sign in as bank-approver1).")
 
-    def _seed(self, tenant, operator, developer, admin):
+    def _seed(self, tenant, operator, developer, admins):
         flavor = GpuFlavor.objects.filter(name="h100-80gb").first() or gpu_flavor_create(
             actor=operator, name="h100-80gb", memory_gb=80, billing_weight="1.0", description="NVIDIA H100 80GB")
         tenant_quota_set(actor=operator, tenant=tenant, flavor=flavor, nominal=4, borrowing_limit=4)
         private_pem, public_pem = signing.generate_key_pair()
-        trust_config_update(actor=admin, tenant=tenant, public_keys={"demo-ci": public_pem.decode()})
+        # Both changes loosen, so each admin proposes one and the other confirms it (one code each).
+        self._governed(trust_config_update, tenant, *admins, public_keys={"demo-ci": public_pem.decode()})
         if tenant_policy_of(tenant).revision == 0:
-            tenant_policy_update(actor=admin, tenant=tenant, base_model_allowlist=["mistralai/*"],
-                                 metrics_thresholds={"accuracy": 0.9, "auc": 0.85}, comment="demo thresholds")
+            self._governed(tenant_policy_update, tenant, *reversed(admins), base_model_allowlist=["mistralai/*"],
+                           metrics_thresholds={"accuracy": 0.9, "auc": 0.85}, comment="demo thresholds")
         digests = [self._signed(tenant, developer, private_pem, "fraud-model", "model", os.urandom(64 * 1024)),
                    self._signed(tenant, developer, private_pem, "fraud-eval", "metrics",
                                 json.dumps({"accuracy": 0.94, "auc": 0.91}).encode())]
@@ -79,6 +85,14 @@ class Command(BaseCommand):
                           justification="First fine-tune of the quarter")
         promotion_request(actor=developer, tenant=tenant, version=version, stage="staging",
                           justification="Evaluation passed on the holdout set")
+
+    @staticmethod
+    def _governed(update, tenant, proposer, confirmer, **changes):
+        result = update(actor=proposer, tenant=tenant, **changes)
+        if isinstance(result, GovernedChangeProposal):
+            device = TOTPDevice.objects.get(user=confirmer, confirmed=True)
+            governed_change_confirm(actor=confirmer, proposal=result, otp_token=current_code(device),
+                                    diff_digest=result.diff_digest)
 
     @staticmethod
     def _upload(tenant, developer, name, kind, data):

@@ -1,0 +1,41 @@
+"""Changing a governed setting (policy data, trust configuration) as set-up: a change that
+loosens it is proposed by one tenant admin and confirmed by the other (admin2) with a fresh
+one-time password, as two people would; a tightening applies at once."""
+
+from tests.support.otp import fresh_totp
+
+
+def put_governed(api, people, path, body, *, proposer=None):
+    """PUT ``body`` to a governed setting's API ``path`` as ``people.admin`` (or ``proposer``);
+    a 202 proposal is confirmed as ``people.admin2``. Returns the setting's response: the PUT's
+    own when it applied at once or was refused, else a GET of the setting after the confirmation."""
+    proposer = proposer or people.admin
+    response = api(proposer).put(path, body)
+    if response.status_code != 202:
+        return response
+    confirm_proposal(api, people, response.json())
+    return api(proposer).get(path)
+
+
+def confirm_proposal(api, people, proposal=None):
+    """Confirm ``proposal`` (its API body), or the tenant's newest one, as ``people.admin2``."""
+    proposals = f"/api/v1/tenants/{people.tenant.slug}/proposals/"
+    proposal = proposal or api(people.admin2).get(proposals).json()["results"][0]
+    confirm = api(people.admin2).post(f"{proposals}{proposal['id']}/confirm/",
+                                      {"otp_token": fresh_totp(people.admin2), "diff_digest": proposal["diff_digest"]})
+    assert confirm.status_code == 200, confirm.content
+    return confirm.json()
+
+
+def update_governed(update, *, tenant, proposer, confirmer, **changes):
+    """Call a governed setting's domain update function (``tenant_policy_update``,
+    ``trust_config_update``); a loosening proposal is confirmed by ``confirmer``. Returns the
+    written revision, or the confirmed proposal."""
+    from policies.governance import governed_change_confirm
+    from policies.models import GovernedChangeProposal
+
+    result = update(actor=proposer, tenant=tenant, **changes)
+    if isinstance(result, GovernedChangeProposal):
+        result = governed_change_confirm(actor=confirmer, proposal=result, otp_token=fresh_totp(confirmer),
+                                         diff_digest=result.diff_digest)
+    return result
