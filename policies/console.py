@@ -15,7 +15,7 @@ from tenants.db import tenant_reads
 from tenants.errors import DomainError
 from tenants import strict
 
-from . import services
+from . import governance, services
 from .models import GovernedChangeProposal, Waiver
 from .rules import RULES
 
@@ -70,6 +70,14 @@ class WaiverApproveForm(strict.ExactValues, forms.Form):
     otp_token = forms.CharField(max_length=8, label="One-time password", required=False)
 
 
+class ProposalConfirmForm(strict.ExactValues, forms.Form):
+    """A second tenant admin confirms exactly the diff shown: its digest travels with the form."""
+
+    proposal = forms.IntegerField(widget=forms.HiddenInput)
+    diff_digest = forms.CharField(max_length=71, widget=forms.HiddenInput)
+    otp_token = forms.CharField(max_length=8, label="One-time password", required=False)
+
+
 class PolicyPage(TenantConsoleMixin, View):
     def get(self, request, tenant, forms=None, status=200):
         forms = forms or {}
@@ -84,17 +92,20 @@ class PolicyPage(TenantConsoleMixin, View):
             now = timezone.now()
             waivers = [(w, w.state_at(now)) for w in Waiver.objects.restrict(request.user, "view").filter(
                 tenant=self.tenant).select_related("requested_by", "approved_by")]
+            proposals = [(p, p.state_at(now)) for p in governance.proposals_of(request.user, self.tenant)]
             return render(request, "policies/policy.html", {
                 "tenant": self.tenant, "policy": policy, "rules": RULES, "waivers": waivers,
                 "is_admin": self.can("admin"), "can_approve_waivers": self.can("admin") or self.can("approve"),
                 "data_form": forms.get("data") or PolicyDataForm(initial=initial, auto_id="data_%s"),
                 "waiver_form": forms.get("waiver") or WaiverForm(auto_id="waiver_%s"),
                 "approve_form": forms.get("approve") or WaiverApproveForm(auto_id="approve_%s"),
+                "proposals": proposals, "confirm_form": forms.get("confirm"),
             }, status=status)
 
     def post(self, request, tenant):
         action = request.POST.get("action")
-        form_class = {"data": PolicyDataForm, "waiver": WaiverForm, "approve": WaiverApproveForm}.get(action)
+        form_class = {"data": PolicyDataForm, "waiver": WaiverForm, "approve": WaiverApproveForm,
+                      "confirm": ProposalConfirmForm}.get(action)
         form = form_class(request.POST, auto_id=f"{action}_%s") if form_class else None
         if form is not None and form.is_valid():
             try:
@@ -136,6 +147,14 @@ class PolicyPage(TenantConsoleMixin, View):
             messages.success(request, "Waiver approved.")
         elif action == "revoke":
             services.waiver_revoke(actor=user, waiver=self._waiver(request))
+        elif action == "confirm":
+            with tenant_reads(user, self.tenant):
+                proposal = governance.proposals_of(user, self.tenant).filter(pk=data["proposal"]).first()
+            if proposal is None:
+                raise DomainError("No such proposal.")
+            governance.governed_change_confirm(actor=user, proposal=proposal, otp_token=data["otp_token"],
+                                               diff_digest=data["diff_digest"])
+            messages.success(request, f"Proposal {proposal.pk} confirmed and applied.")
 
 
 console_urlpatterns = [

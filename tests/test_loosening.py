@@ -206,3 +206,27 @@ def test_replacing_a_trusted_keys_pem_counts_as_loosening(world, api):
     assert api(world.a.admin).get(f"{T}/trust/").json()["public_keys"] == {"ci-2026": PEM_B}
     # Removing the key only trusts less: it applies at once.
     assert api(world.a.admin).put(f"{T}/trust/", {"public_keys": {}}).json()["revision"] == 3
+
+
+# Through the console -------------------------------------------------------------------
+
+
+def test_a_second_admin_sees_the_diff_and_confirms_it_in_the_console(world, api, client, proposal):
+    sign_in(client, world.a.admin)
+    page = client.get("/t/acme-bank/policy/").content.decode()
+    row = page[page.index(f'data-proposal="{proposal["id"]}"'):]
+    row = row[:row.index("</tr>")]
+    assert "adds base-model pattern meta-llama/*" in row and "Confirm" not in row  # not for its proposer
+
+    sign_in(client, world.a.admin2)
+    page = client.get("/t/acme-bank/policy/").content.decode()
+    assert "adds base-model pattern meta-llama/*" in page and proposal["diff_digest"] in page
+    form = {"action": "confirm", "proposal": proposal["id"], "diff_digest": proposal["diff_digest"]}
+    tampered = client.post("/t/acme-bank/policy/", {**form, "diff_digest": "sha256:" + "0" * 64,
+                                                    "otp_token": fresh_totp(world.a.admin2)})
+    assert tampered.status_code == 400 and "diff digest sent is not this proposal" in tampered.content.decode()
+    assert api(world.a.admin).get(f"{T}/policy-data/").json()["revision"] == 0
+    confirmed = client.post("/t/acme-bank/policy/", {**form, "otp_token": fresh_totp(world.a.admin2)})
+    assert confirmed.status_code == 302, confirmed.content.decode()[:500]
+    assert api(world.a.admin).get(f"{T}/policy-data/").json()["base_model_allowlist"] == ["meta-llama/*"]
+    assert "applied" in client.get("/t/acme-bank/policy/").content.decode()
