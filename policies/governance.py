@@ -1,11 +1,14 @@
 """Loosening takes two people (domain functions).
 
-A governed setting (the tenant's policy data, its trust configuration) changes through its
-own update function. A change that only tightens applies at once; a change with any
-loosening part (policies/loosening.py) becomes a proposal instead, which applies only when
-a second tenant admin confirms it with a fresh one-time password, naming the diff digest
-they saw, before it expires and while the setting is still at the revision it was made
-against. Every write of a setting voids the proposals made against an older revision.
+A governed setting (the tenant's policy data, its trust configuration, who its tenant admins
+are) changes through its own update function. A change that only tightens applies at once; a
+change with any loosening part (policies/loosening.py) becomes a proposal instead, which
+applies only when a second person confirms it with a fresh one-time password, naming the
+diff digest they saw, before it expires and while the setting is still at the revision it was
+made against. Every write of a setting voids the proposals made against an older revision.
+
+The second person is another tenant admin, except for making a tenant admin of a tenant with
+fewer than two (policies/admins.py): a platform admin proposes that, and another confirms it.
 """
 
 import hashlib
@@ -21,7 +24,7 @@ from django.utils.module_loading import import_string
 
 from audit.hashing import canonical_json
 from audit.log import Target, record
-from tenants.access import actor_for, memberships_of, require, standing_lapse
+from tenants.access import actor_for, is_platform_admin, memberships_of, require, standing_lapse
 from tenants.db import bind_rls
 from tenants.errors import Conflict, Forbidden
 from tenants.models import Tenant
@@ -32,6 +35,7 @@ from .loosening import loosening
 from .models import GovernedChangeProposal
 
 Proposal = GovernedChangeProposal
+Confirmers = Proposal.Confirmers
 ADMIN_ROLES = (Role.TENANT_ADMIN,)
 
 
@@ -53,6 +57,7 @@ class Governed:
 GOVERNED = {
     Proposal.Setting.POLICY_DATA: "policies.services.GOVERNED_POLICY_DATA",
     Proposal.Setting.TRUST: "workflows.trust.GOVERNED_TRUST",
+    Proposal.Setting.ADMINS: "policies.admins.GOVERNED_ADMINS",
 }
 
 
@@ -64,40 +69,67 @@ def diff_digest(diff: dict) -> str:
     return "sha256:" + hashlib.sha256(canonical_json(diff)).hexdigest()
 
 
+def active_admin_ids(tenant_id: int, memberships=None) -> set[int]:
+    """The tenant's tenant admins whose accounts are active."""
+    memberships = memberships if memberships is not None else memberships_of(tenant_id)
+    admins = [user_id for user_id, (role, _) in memberships.items() if role in ADMIN_ROLES]
+    return set(get_user_model().objects.filter(pk__in=admins, is_active=True).values_list("pk", flat=True))
+
+
 def propose_if_loosening(*, actor, tenant: Tenant, setting: str, before: dict, changes: dict, base_revision: int,
-                         comment: str = "") -> Proposal | None:
+                         comment: str = "", confirmers: str = Confirmers.TENANT_ADMINS) -> Proposal | None:
     """Inside the setting's update transaction, with its lock held: None when ``changes``
-    loosen nothing (the caller writes them at once), else the proposal that holds them."""
+    loosen nothing (the caller writes them at once), else the proposal that holds them, to be
+    confirmed by a second tenant admin or (``confirmers``) a second platform admin. Fields of
+    ``changes`` outside the setting's orders travel with the proposal to its write."""
     after = before | changes
-    sentences = loosening(governed(setting).orders, before, after)
+    orders = governed(setting).orders
+    sentences = loosening(orders, before, after)
     if not sentences:
         return None
     require_person(actor, "loosen a governed setting")
-    memberships = memberships_of(tenant.pk)
-    if memberships.get(actor.pk, (None,))[0] not in ADMIN_ROLES:
-        raise Forbidden(f"Only a tenant admin of {tenant.slug} may propose loosening its settings.",
-                        code="tenant_admin_required")
-    others = [user_id for user_id, (role, _) in memberships.items() if role in ADMIN_ROLES and user_id != actor.pk]
-    if not get_user_model().objects.filter(pk__in=others, is_active=True).exists():
-        raise Conflict(f"This change loosens the {governed(setting).label} ({'; '.join(sentences)}), and loosening "
-                       f"needs a second tenant admin to confirm it: {tenant.slug} has only one. Make a second "
-                       "person a tenant admin first.", code="second_admin_required", field=_first_loosened(
-                           governed(setting).orders, before, after))
+    if confirmers == Confirmers.PLATFORM_ADMINS:
+        _require_platform_admins(actor, tenant, sentences)
+    else:
+        _require_tenant_admins(actor, tenant, setting, sentences, _first_loosened(orders, before, after))
     diff = {"setting": setting, "base_revision": base_revision,
             "fields": {field: {"before": before[field], "after": after[field]}
-                       for field in governed(setting).orders if before[field] != after[field]},
+                       for field in orders if before[field] != after[field]},
             "loosening": sentences}
     now = timezone.now()
     proposal = Proposal.objects.create(
         tenant=tenant, setting=setting, changes=changes, diff=diff, diff_digest=diff_digest(diff),
-        base_revision=base_revision, comment=comment[:500], proposed_by=actor, proposed_at=now,
-        expires_at=now + timedelta(hours=settings.GOVERNED_PROPOSAL_TTL_HOURS))
+        base_revision=base_revision, confirmers=confirmers, comment=comment[:500], proposed_by=actor,
+        proposed_at=now, expires_at=now + timedelta(hours=settings.GOVERNED_PROPOSAL_TTL_HOURS))
     record(action="governed_change.propose", actor=actor_for(actor), tenant=tenant.slug,
            target=Target("governed_change", proposal.pk),
            data={"setting": setting, "base_revision": base_revision, "diff_digest": proposal.diff_digest,
-                 "changed": sorted(diff["fields"]), "loosening": sentences,
+                 "changed": sorted(diff["fields"]), "loosening": sentences, "confirmers": confirmers,
                  "expires_at": proposal.expires_at.isoformat()})
     return proposal
+
+
+def _require_tenant_admins(actor, tenant: Tenant, setting: str, sentences: list[str], field: str) -> None:
+    """The proposer is a tenant admin, and another active one can confirm."""
+    memberships = memberships_of(tenant.pk)
+    if memberships.get(actor.pk, (None,))[0] not in ADMIN_ROLES:
+        raise Forbidden(f"Only a tenant admin of {tenant.slug} may propose loosening its settings.",
+                        code="tenant_admin_required")
+    if not active_admin_ids(tenant.pk, memberships) - {actor.pk}:
+        raise Conflict(f"This change loosens the {governed(setting).label} ({'; '.join(sentences)}), and loosening "
+                       f"needs a second tenant admin to confirm it: {tenant.slug} has only one. Ask the platform "
+                       "admins for a second tenant admin (one proposes it, another confirms it).",
+                       code="second_admin_required", field=field)
+
+
+def _require_platform_admins(actor, tenant: Tenant, sentences: list[str]) -> None:
+    """The proposer is a platform admin, and another active one can confirm."""
+    if not is_platform_admin(actor):
+        raise Forbidden("Only a platform admin may propose this.", code="platform_admin_required")
+    if not get_user_model().objects.filter(is_superuser=True, is_active=True).exclude(pk=actor.pk).exists():
+        raise Conflict(f"This change ({'; '.join(sentences)}) in {tenant.slug} needs a second platform admin to "
+                       "confirm it, and there is only one: create another (manage.py create_platform_admin).",
+                       code="second_platform_admin_required")
 
 
 def _first_loosened(orders: dict, before: dict, after: dict) -> str:
@@ -124,17 +156,24 @@ def _void(*, actor, proposal: Proposal, reason: str) -> None:
 
 def _check_confirmation(*, actor, proposal: Proposal, diff_digest: str) -> None:
     tenant = proposal.tenant
+    by_platform = proposal.confirmers == Confirmers.PLATFORM_ADMINS
     if proposal.proposed_by_id == actor.pk:
-        raise Forbidden("Loosening needs a second person: you proposed it, so another tenant admin must confirm it.",
+        raise Forbidden("Loosening needs a second person: you proposed it, so another "
+                        f"{'platform' if by_platform else 'tenant'} admin must confirm it.",
                         code="separation_of_duties")
-    role, since = memberships_of(tenant.pk).get(actor.pk, (None, None))
-    if role not in ADMIN_ROLES:
-        # A platform admin included: loosening a tenant is for that tenant's own admins.
-        raise Forbidden(f"Only a tenant admin of {tenant.slug} may confirm loosening its settings.",
-                        code="tenant_admin_required")
-    if since > proposal.proposed_at:
-        raise Forbidden("You became a tenant admin after this proposal was made, so you may not confirm it.",
-                        code="role_granted_after_proposal")
+    if by_platform:
+        if not is_platform_admin(actor):
+            raise Forbidden(f"{tenant.slug} had fewer than two tenant admins when this was proposed, so a second "
+                            "platform admin confirms it.", code="platform_admin_required")
+    else:
+        role, since = memberships_of(tenant.pk).get(actor.pk, (None, None))
+        if role not in ADMIN_ROLES:
+            # A platform admin included: loosening a tenant is for that tenant's own admins.
+            raise Forbidden(f"Only a tenant admin of {tenant.slug} may confirm loosening its settings.",
+                            code="tenant_admin_required")
+        if since > proposal.proposed_at:
+            raise Forbidden("You became a tenant admin after this proposal was made, so you may not confirm it.",
+                            code="role_granted_after_proposal")
     state = proposal.state_at(timezone.now())
     if state == "expired":
         raise Conflict(f"This proposal expired at {proposal.expires_at.isoformat()}; propose the change again.",
@@ -149,9 +188,24 @@ def _check_confirmation(*, actor, proposal: Proposal, diff_digest: str) -> None:
                        "actually changes.", code="diff_digest_mismatch", field="diff_digest")
 
 
+def _proposer_lapse(proposal: Proposal) -> str:
+    """Why the proposal no longer stands for its proposer's side ("" while it does). A
+    platform-confirmed one also needs the tenant still short of two tenant admins: once it has
+    two, they decide, and no platform admin confirms in their place."""
+    proposer, tenant = proposal.proposed_by, proposal.tenant
+    if proposal.confirmers == Confirmers.TENANT_ADMINS:
+        return standing_lapse(proposer, tenant.pk, given_at=proposal.proposed_at, roles=ADMIN_ROLES)
+    if not (proposer.is_active and proposer.is_superuser):
+        return f"{proposer.username} is no longer a platform admin"
+    if len(active_admin_ids(tenant.pk)) >= 2:
+        return f"{tenant.slug} has two tenant admins now, so they decide who else becomes one"
+    return ""
+
+
 def governed_change_confirm(*, actor, proposal: Proposal, otp_token: str, diff_digest: str) -> Proposal:
-    """A second tenant admin confirms with a fresh one-time password; the change is written
-    through its setting's update path, against the revision it was proposed on."""
+    """A second tenant admin (or, as the proposal records, a second platform admin) confirms
+    with a fresh one-time password; the change is written through its setting's update path,
+    against the revision it was proposed on."""
     require_person(actor, "confirm loosening")
     tenant = proposal.tenant
     require(actor, tenant, "admin")
@@ -168,7 +222,7 @@ def governed_change_confirm(*, actor, proposal: Proposal, otp_token: str, diff_d
         if revision != proposal.base_revision:
             stale = f"the {setting.label} is at revision {revision}, not {proposal.base_revision} as proposed"
         else:
-            stale = standing_lapse(proposal.proposed_by, tenant.pk, given_at=proposal.proposed_at, roles=ADMIN_ROLES)
+            stale = _proposer_lapse(proposal)
         if stale:
             _void(actor=actor, proposal=proposal, reason=stale)
         else:
@@ -182,6 +236,7 @@ def governed_change_confirm(*, actor, proposal: Proposal, otp_token: str, diff_d
                    data={"setting": proposal.setting, "diff_digest": proposal.diff_digest,
                          "base_revision": proposal.base_revision, "applied_revision": written.revision,
                          "proposed_by": proposal.proposed_by.username, "loosening": proposal.diff["loosening"],
+                         "confirmers": proposal.confirmers,
                          "otp_device": device.persistent_id})
     if stale:  # after the commit, so the proposal stays void
         raise Conflict(f"This proposal is void: {stale}. Propose the change again.", code="proposal_stale")

@@ -120,6 +120,16 @@ TRUST = {
 }
 
 
+# Tenant admins: every added one may loosen every governed setting with another admin; a
+# removed one only takes a voice away.
+
+def admins(before: list, after: list) -> list[str]:
+    return [f"makes {username} a tenant admin" for username in after if username not in before]
+
+
+ADMINS = {"admins": admins}
+
+
 def loosening(orders: dict, before: dict, after: dict) -> list[str]:
     """Every loosening part of changing ``before`` into ``after`` (both hold every field of ``orders``)."""
     return [sentence for field, order in orders.items() for sentence in order(before[field], after[field])]

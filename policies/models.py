@@ -109,13 +109,21 @@ class Waiver(models.Model):
 
 
 class GovernedChangeProposal(models.Model):
-    """A change to a governed setting (the tenant's policy data, its trust configuration) that
-    would loosen it: it does not apply until a second tenant admin confirms it, with a fresh
-    one-time password, against the same diff and the same base revision, before it expires."""
+    """A change to a governed setting (the tenant's policy data, its trust configuration, who
+    its tenant admins are) that would loosen it: it does not apply until a second person
+    confirms it, with a fresh one-time password, against the same diff and the same base
+    revision, before it expires."""
 
     class Setting(models.TextChoices):
         POLICY_DATA = "policy_data", "Policy data"
         TRUST = "trust", "Trust configuration"
+        ADMINS = "admins", "Tenant admins"
+
+    class Confirmers(models.TextChoices):
+        """Who may confirm, decided when it is proposed: a second tenant admin, or (making a
+        tenant admin while the tenant has fewer than two) a second platform admin."""
+        TENANT_ADMINS = "tenant_admins", "A second tenant admin"
+        PLATFORM_ADMINS = "platform_admins", "A second platform admin"
 
     class State(models.TextChoices):
         PROPOSED = "proposed", "Proposed"
@@ -128,6 +136,7 @@ class GovernedChangeProposal(models.Model):
     diff = models.JSONField()  # setting, base revision, each changed field before/after, loosening sentences
     diff_digest = models.CharField(max_length=71)  # sha256:<hex> over the RFC 8785 JSON of ``diff``
     base_revision = models.PositiveIntegerField()
+    confirmers = models.CharField(max_length=16, choices=Confirmers.choices, default=Confirmers.TENANT_ADMINS)
     comment = models.CharField(max_length=500, blank=True, default="")
     proposed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     proposed_at = models.DateTimeField()

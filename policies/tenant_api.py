@@ -10,8 +10,9 @@ from rest_framework.response import Response
 from tenants.api import TenantScopedAPIView
 from tenants.errors import NotFound
 from tenants import strict
+from tenants.services import user_by_username
 
-from . import governance, services
+from . import admins, governance, services
 from .models import GovernedChangeProposal, TenantPolicy, Waiver
 
 
@@ -50,8 +51,9 @@ class ProposalSerializer(strict.ModelSerializer):
 
     class Meta:
         model = GovernedChangeProposal
-        fields = ["id", "setting", "diff", "diff_digest", "base_revision", "comment", "proposed_by", "proposed_at",
-                  "expires_at", "state", "confirmed_by", "confirmed_at", "applied_revision", "void_reason"]
+        fields = ["id", "setting", "diff", "diff_digest", "base_revision", "confirmers", "comment", "proposed_by",
+                  "proposed_at", "expires_at", "state", "confirmed_by", "confirmed_at", "applied_revision",
+                  "void_reason"]
         read_only_fields = fields
 
     def get_state(self, proposal) -> str:
@@ -166,6 +168,28 @@ class ProposalList(_Proposals, generics.ListAPIView):
     filterset_fields = ["setting", "state"]
 
 
+class AdminProposalSerializer(serializers.Serializer):
+    username = strict.CharField(max_length=150)
+    comment = strict.CharField(max_length=500, required=False, allow_blank=True)
+
+
+class AdminProposalCreate(_Proposals):
+    """Propose making a person a tenant admin: 202 with the proposal, which applies once a
+    second tenant admin (a second platform admin, while the tenant has fewer than two tenant
+    admins) confirms it through the proposal's confirm endpoint."""
+
+    http_method_names = ["post", "options"]
+
+    @extend_schema(request=AdminProposalSerializer, responses={202: ProposalSerializer})
+    def post(self, request, tenant):
+        serializer = AdminProposalSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        proposal = admins.tenant_admin_propose(actor=request.user, tenant=self.tenant,
+                                               user=user_by_username(serializer.validated_data["username"]),
+                                               comment=serializer.validated_data.get("comment", ""))
+        return Response(ProposalSerializer(proposal).data, status=status.HTTP_202_ACCEPTED)
+
+
 class ProposalDetail(_Proposals):
     http_method_names = ["get", "head", "options"]
 
@@ -199,6 +223,7 @@ api_urlpatterns = [
     path(WAIVER + "approve/", transaction.non_atomic_requests(WaiverApprove.as_view()), name="api-waiver-approve"),
     path(WAIVER + "revoke/", WaiverRevoke.as_view(), name="api-waiver-revoke"),
     path("tenants/<slug:tenant>/proposals/", ProposalList.as_view(), name="api-proposal-list"),
+    path("tenants/<slug:tenant>/admin-proposals/", AdminProposalCreate.as_view(), name="api-admin-proposal-list"),
     path(PROPOSAL, ProposalDetail.as_view(), name="api-proposal-detail"),
     # Non-atomic: the one-time password is spent in a transaction of its own.
     path(PROPOSAL + "confirm/", transaction.non_atomic_requests(ProposalConfirm.as_view()), name="api-proposal-confirm"),

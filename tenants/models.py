@@ -66,6 +66,8 @@ class Tenant(models.Model):
     # The run priorities this tenant's admins may give its workflows; platform admins set it.
     run_priority_min = models.IntegerField(default=0)
     run_priority_max = models.IntegerField(default=10)
+    # Counts every change of who is a tenant admin: the revision admin proposals are made against.
+    admins_revision = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = TenantQuerySet.as_manager()

@@ -10,6 +10,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 from guardian.models import UserObjectPermission
 
@@ -161,20 +162,29 @@ def tenant_set_status(*, actor, tenant: Tenant, status: str) -> Tenant:
 # Memberships ---------------------------------------------------------------------------
 
 
-def membership_grant(*, actor, tenant: Tenant, user: User, role: str) -> Membership:
-    """Give ``user`` a role in ``tenant``, or change the role they hold there."""
+def membership_grant(*, actor, tenant: Tenant, user: User, role: str, proposal: int | None = None) -> Membership:
+    """Give ``user`` a role in ``tenant``, or change the role they hold there.
+
+    Making someone a tenant admin loosens who governs the tenant, so it takes two people:
+    it is refused here, and proposed instead (policies/admins.py). ``proposal`` is the id of
+    the confirmed proposal, passed only by that proposal's write path."""
     _require_known_role(role)
     with transaction.atomic():
         require(actor, tenant, "admin")
         bind_rls(tenant_id=tenant.pk)
+        _lock_admins(tenant)
         membership = Membership.objects.select_for_update().filter(tenant=tenant, user=user).first()
-        data = {"username": user.username, "role": role, **_platform_marker(actor)}
+        if membership is not None and membership.role == role:
+            return membership
+        if role == Role.TENANT_ADMIN and proposal is None:
+            raise Conflict(_admin_grant_needs_proposal(tenant), code="admin_grant_needs_proposal", field="role")
+        data = {"username": user.username, "role": role, **_platform_marker(actor),
+                **({"proposal": proposal} if proposal is not None else {})}
         if membership is None:
             membership = Membership.objects.create(tenant=tenant, user=user, role=role)
             record(action="membership.grant", actor=actor_for(actor), tenant=tenant.slug,
                    target=Target("membership", user.username), data=data)
-            return membership
-        if membership.role == role:
+            _admins_changed(tenant, role)
             return membership
         if membership.role == Role.TENANT_ADMIN:
             _refuse_last_admin_change(tenant, membership)
@@ -184,7 +194,28 @@ def membership_grant(*, actor, tenant: Tenant, user: User, role: str) -> Members
                        reason="role changed")
         record(action="membership.role_change", actor=actor_for(actor), tenant=tenant.slug,
                target=Target("membership", user.username), data={**data, "from": previous})
+        _admins_changed(tenant, role, previous)
     return membership
+
+
+def _admin_grant_needs_proposal(tenant: Tenant) -> str:
+    return (f"Making someone a tenant admin of {tenant.slug} takes two people, so it is proposed, not granted: "
+            f"POST /api/v1/tenants/{tenant.slug}/admin-proposals/ with their username, then a second tenant admin "
+            "confirms it with a one-time password (on the tenant's Policy page, or through the API). While the "
+            "tenant has fewer than two tenant admins, a platform admin proposes it and a second one confirms it.")
+
+
+def _lock_admins(tenant: Tenant) -> None:
+    """The tenant's row, locked first: who its admins are changes one writer at a time, and in
+    the same order as a confirmed admin proposal takes its locks."""
+    Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+
+
+def _admins_changed(tenant: Tenant, *roles) -> None:
+    """A change that gives or takes the tenant admin role is the next admins revision: an admin
+    proposal made against an earlier one no longer applies."""
+    if Role.TENANT_ADMIN in roles:
+        Tenant.objects.filter(pk=tenant.pk).update(admins_revision=F("admins_revision") + 1)
 
 
 def _refuse_last_admin_change(tenant, membership):
@@ -199,6 +230,7 @@ def membership_revoke(*, actor, tenant: Tenant, user: User) -> None:
     with transaction.atomic():
         require(actor, tenant, "admin")
         bind_rls(tenant_id=tenant.pk)
+        _lock_admins(tenant)
         membership = Membership.objects.select_for_update().filter(tenant=tenant, user=user).first()
         if membership is None:
             raise NotFound(f"{user.username} is not a member of {tenant.slug}.")
@@ -210,6 +242,7 @@ def membership_revoke(*, actor, tenant: Tenant, user: User) -> None:
                            .values_list("name", flat=True))
         ServiceAccount.objects.filter(tenant=tenant, owner=user).update(is_active=False)
         membership.delete()
+        _admins_changed(tenant, membership.role)
         record(action="membership.revoke", actor=actor_for(actor), tenant=tenant.slug,
                target=Target("membership", user.username),
                data={"username": user.username, "role": membership.role,

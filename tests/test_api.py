@@ -209,7 +209,7 @@ def test_revoked_and_expired_tokens_get_401_json(world, api):
 def test_a_token_reaches_only_its_tenant_and_role(world, api):
     from tenants.services import membership_grant
 
-    membership_grant(actor=world.platform_admin, tenant=world.b.tenant, user=world.a.admin, role="tenant_admin")
+    membership_grant(actor=world.platform_admin, tenant=world.b.tenant, user=world.a.admin, role="developer")
     token = issue_token(world.a.admin, world.a.tenant)
     client = api(token)
     assert client.get(members_url(world.a.tenant)).status_code == 200

@@ -146,6 +146,7 @@ def api_payload(scene, name, method):
                                       "ticket_url": "https://tickets.example/1", "expires_at": "2099-01-01T00:00:00Z"},
         ("api-waiver-approve", "POST"): {"otp_token": "123456"},
         ("api-proposal-confirm", "POST"): {"otp_token": "123456", "diff_digest": scene.proposal.diff_digest},
+        ("api-admin-proposal-list", "POST"): {"username": w.b.developer.username},
         ("api-run-list", "POST"): {"workflow": scene.version.workflow.name, "version": scene.version.number,
                                    "stage": "development"},
     }.get((name, method), {})

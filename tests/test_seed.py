@@ -40,7 +40,8 @@ def test_seed_demo_is_idempotent_and_prints_each_sign_in(live_db, capsys):
     assert "neocloud-demo-2026" in first_output
     seeded_actions = AuditEvent.objects.using("owner").exclude(action="audit.checkpoint").values_list("action", flat=True)
     assert set(seeded_actions) == {
-        "platform_admin.create", "user.create", "tenant.create", "membership.grant"}
+        "platform_admin.create", "user.create", "tenant.create", "membership.grant", "governed_change.propose",
+        "governed_change.confirm"}
 
 
 def test_seed_demo_refuses_production(live_db, settings):

@@ -39,3 +39,23 @@ def update_governed(update, *, tenant, proposer, confirmer, **changes):
         result = governed_change_confirm(actor=confirmer, proposal=result, otp_token=fresh_totp(confirmer),
                                          diff_digest=result.diff_digest)
     return result
+
+
+def propose_admin(api, proposer, tenant, username):
+    """``proposer`` proposes making ``username`` a tenant admin of ``tenant``: the API response."""
+    return api(proposer).post(f"/api/v1/tenants/{tenant.slug}/admin-proposals/", {"username": username})
+
+
+def confirm_as(api, confirmer, tenant, proposal, digest=None):
+    """``confirmer`` confirms ``proposal`` (its API body) with a fresh one-time password: the API response."""
+    return api(confirmer).post(f"/api/v1/tenants/{tenant.slug}/proposals/{proposal['id']}/confirm/",
+                               {"otp_token": fresh_totp(confirmer), "diff_digest": digest or proposal["diff_digest"]})
+
+
+def make_admin(api, tenant, username, *, proposer, confirmer):
+    """Make ``username`` a tenant admin as two people would: one proposes, the other confirms."""
+    proposal = propose_admin(api, proposer, tenant, username)
+    assert proposal.status_code == 202, proposal.content
+    confirmed = confirm_as(api, confirmer, tenant, proposal.json())
+    assert confirmed.status_code == 200, confirmed.content
+    return confirmed.json()

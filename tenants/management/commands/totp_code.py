@@ -28,3 +28,13 @@ def current_code(device: TOTPDevice) -> str:
     totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
     totp.time = time.time()
     return f"{totp.token():0{device.digits}d}"
+
+
+def unspent_code(device: TOTPDevice) -> str:
+    """The code of the first period from now that the device has not accepted yet: the current
+    one, or the next when the current one is spent (a device accepts one period ahead). The demo
+    seed confirms with it when one person confirms twice within 30 seconds."""
+    now = int((time.time() - device.t0) // device.step)
+    totp = TOTP(device.bin_key, device.step, device.t0, device.digits, 0)
+    totp.time = device.t0 + max(now, device.last_t + 1) * device.step
+    return f"{totp.token():0{device.digits}d}"
