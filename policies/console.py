@@ -95,7 +95,7 @@ class PolicyPage(TenantConsoleMixin, View):
             proposals = [(p, p.state_at(now)) for p in governance.proposals_of(request.user, self.tenant)]
             return render(request, "policies/policy.html", {
                 "tenant": self.tenant, "policy": policy, "rules": RULES, "waivers": waivers,
-                "is_admin": self.can("admin"), "can_approve_waivers": self.can("admin") or self.can("approve"),
+                "is_admin": self.can("admin"), "can_approve_waivers": self.can("admin"),
                 "data_form": forms.get("data") or PolicyDataForm(initial=initial, auto_id="data_%s"),
                 "waiver_form": forms.get("waiver") or WaiverForm(auto_id="waiver_%s"),
                 "approve_form": forms.get("approve") or WaiverApproveForm(auto_id="approve_%s"),

@@ -106,7 +106,8 @@ class RunPage(TenantConsoleMixin, View):
         found = self._run(request, run)
         steps = [s for s in found.steps.all() if s.fencing_token == found.fencing_token]
         return render(request, "runners/run.html", {"tenant": self.tenant, "run": found, "steps": steps,
-                                                    "can_cancel": self.can("develop") and not found.is_finished})
+                                                    "can_cancel": (self.can("develop") or self.can("admin"))
+                                                                  and not found.is_finished})
 
     def post(self, request, tenant, run):
         found = self._run(request, run)

@@ -130,11 +130,11 @@ def test_a_pack_with_a_waiver_proves_the_waiver(gate, world, api, key, tmp_path)
     waiver = gate.admin.post(f"{T}/waivers/", {
         "rule": "baseline.base_model_allowed", "reason": "Pilot of Llama 3", "ticket_url": "https://tickets.example/2",
         "expires_at": (timezone.now() + timedelta(days=7)).isoformat()}).json()
-    api(world.a.approver).post(f"{T}/waivers/{waiver['id']}/approve/", {"otp_token": fresh_totp(world.a.approver)})
+    api(world.a.admin2).post(f"{T}/waivers/{waiver['id']}/approve/", {"otp_token": fresh_totp(world.a.admin2)})
     assert gate.developer.post(f"{T}/promotions/{body['id']}/recheck/").json()["state"] == "promoted"
     folder = unpack(download(api, world.a.auditor, body["id"]), tmp_path / "pack")
     [shown] = json.loads((folder / "exemptions.json").read_text())["waivers"]
-    assert (shown["id"], shown["approved_by"]) == (waiver["id"], "acme-bank-approver")
+    assert (shown["id"], shown["approved_by"]) == (waiver["id"], "acme-bank-admin2")
     summary = verify_evidence(folder, [key.read_text()])
     assert summary["decisions"] == 2 and summary["approvals"] == 0
 

@@ -156,11 +156,11 @@ def test_a_waiver_is_asked_for_and_approved_in_the_console_by_two_people(gate, w
                                                    "expires_at": in_ten_days})
     assert response.status_code == 302, response.content.decode()[:2000]
     waiver = Waiver.objects.using("owner").get()
-    approver = sign_in(Client(), world.a.approver)
-    response = approver.post("/t/acme-bank/policy/", {"action": "approve", "waiver": waiver.pk, "otp_token": "1"})
+    second_admin = sign_in(Client(), world.a.admin2)
+    response = second_admin.post("/t/acme-bank/policy/", {"action": "approve", "waiver": waiver.pk, "otp_token": "1"})
     assert response.status_code == 400 and 'id="approve_otp_token-error"' in response.content.decode()
-    response = approver.post("/t/acme-bank/policy/", {"action": "approve", "waiver": waiver.pk,
-                                                      "otp_token": fresh_totp(world.a.approver)})
+    response = second_admin.post("/t/acme-bank/policy/", {"action": "approve", "waiver": waiver.pk,
+                                                          "otp_token": fresh_totp(world.a.admin2)})
     assert response.status_code == 302
     waiver.refresh_from_db()
-    assert waiver.approved_by_id == world.a.approver.pk
+    assert waiver.approved_by_id == world.a.admin2.pk

@@ -274,7 +274,7 @@ def test_a_waiver_lifts_a_soft_rule_until_it_expires(gate, world, api):
     assert waiver["state"] == "requested"
     approve = f"{waivers}{waiver['id']}/approve/"
     assert_error(gate.admin.post(approve, {"otp_token": fresh_totp(world.a.admin)}), 403, "separation_of_duties")
-    assert api(world.a.approver).post(approve, {"otp_token": fresh_totp(world.a.approver)}).json()["state"] == "active"
+    assert api(world.a.admin2).post(approve, {"otp_token": fresh_totp(world.a.admin2)}).json()["state"] == "active"
     [open_request] = Promotion.objects.using("owner").filter(state="checked")
     rechecked = gate.developer.post(f"{T}/promotions/{open_request.public_id}/recheck/").json()
     assert rechecked["state"] == "promoted", rechecked
@@ -293,7 +293,7 @@ def test_a_revoked_waiver_stops_lifting_its_rule_at_once_and_the_revocation_is_a
     waiver = gate.admin.post(waivers, {"rule": "baseline.base_model_allowed", "reason": "Pilot of Llama 3",
                                        "ticket_url": "https://tickets.example/3", "expires_at": later}).json()
     approve = f"{waivers}{waiver['id']}/approve/"
-    assert api(world.a.approver).post(approve, {"otp_token": fresh_totp(world.a.approver)}).json()["state"] == "active"
+    assert api(world.a.admin2).post(approve, {"otp_token": fresh_totp(world.a.admin2)}).json()["state"] == "active"
     assert gate.request(number, "development").json()["state"] == "promoted"
     revoke = f"{waivers}{waiver['id']}/revoke/"
     assert_error(gate.developer.post(revoke), 403, "permission_denied")

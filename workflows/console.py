@@ -263,7 +263,7 @@ class PromotionPage(TenantConsoleMixin, View):
             "can_confirm": (self.can("admin") or self.can("approve")) and promotion.state == PromotionState.CHECKED,
             "can_withdraw": promotion.is_open and (request.user.pk == promotion.requested_by_id or self.can("admin")),
             "can_recheck": promotion.state in (PromotionState.CHECKED, PromotionState.AWAITING_APPROVAL)
-                           and (self.can("develop") or self.can("admin")),
+                           and (self.can("develop") or self.can("admin") or self.can("approve")),
             "stepup_form": forms.get("stepup") or StepUpForm(initial={"binding_digest": promotion.binding_digest},
                                                              auto_id="stepup_%s"),
             "override_form": forms.get("override") or OverrideForm(auto_id="override_%s"),

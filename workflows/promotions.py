@@ -119,14 +119,15 @@ def _exceptions_in_force(promotion: Promotion, moment) -> list[tuple[str, str, o
     or wrote the version (one person never plays two parts on one promotion)."""
     asked_or_wrote = {promotion.requested_by_id, promotion.version.created_by_id}
     members = memberships_of(promotion.tenant_id)
-    candidates = [(w.rule, f"waiver:{w.pk}", w.requested_by, w.approved_by, w.approved_at)
+    candidates = [(w.rule, f"waiver:{w.pk}", w.requested_by, w.approved_by, w.approved_at, WAIVER_APPROVING_ROLES)
                   for w in active_waivers(promotion.tenant, moment)]
-    candidates += [(o.rule, f"override:{o.pk}", o.requested_by, o.confirmed_by, o.confirmed_at)
+    candidates += [(o.rule, f"override:{o.pk}", o.requested_by, o.confirmed_by, o.confirmed_at,
+                    OVERRIDE_CONFIRMING_ROLES)
                    for o in promotion.overrides.filter(confirmed_at__isnull=False).select_related(
                        "requested_by", "confirmed_by")]
-    return [(rule, source, asker, confirmer) for rule, source, asker, confirmer, confirmed_at in candidates
+    return [(rule, source, asker, confirmer) for rule, source, asker, confirmer, confirmed_at, roles in candidates
             if not {asker.pk, confirmer.pk} & asked_or_wrote
-            and not standing_lapse(confirmer, promotion.tenant_id, given_at=confirmed_at, roles=CONFIRMING_ROLES,
+            and not standing_lapse(confirmer, promotion.tenant_id, given_at=confirmed_at, roles=roles,
                                    memberships=members)]
 
 
@@ -199,7 +200,8 @@ def binding_of(facts: dict) -> str:
 # Who may give which decision. A decision counts only while its giver still holds such a role,
 # unchanged since they gave it (tenants.access.standing_lapse).
 APPROVING_ROLES = (Role.APPROVER,)
-CONFIRMING_ROLES = (Role.TENANT_ADMIN, Role.APPROVER)
+OVERRIDE_CONFIRMING_ROLES = (Role.TENANT_ADMIN, Role.APPROVER)
+WAIVER_APPROVING_ROLES = (Role.TENANT_ADMIN,)
 
 
 def fresh_binding(promotion: Promotion) -> tuple[str, str]:
@@ -653,7 +655,8 @@ def promotion_recheck(*, actor, promotion: Promotion) -> Promotion:
     """Evaluate again, for example after a waiver was approved or an artifact re-signed."""
     _expire_if_due(promotion)
     with transaction.atomic():
-        require_one_of(actor, promotion.tenant, ("develop", "admin"))
+        # Checking again grants nothing, so anyone who works on or decides promotions may.
+        require_one_of(actor, promotion.tenant, ("develop", "admin", "approve"))
         bind_rls(tenant_id=promotion.tenant_id)
         promotion = _locked(promotion)
         if promotion.state not in (PromotionState.CHECKED, PromotionState.AWAITING_APPROVAL):
