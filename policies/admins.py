@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from tenants.access import is_platform_admin, require
+from tenants.access import is_platform_admin, require_governing
 from tenants.db import bind_rls
 from tenants.errors import Conflict
 from tenants.models import Membership, Tenant
@@ -38,7 +38,7 @@ def tenant_admin_propose(*, actor, tenant: Tenant, user, comment: str = "") -> P
     applies it."""
     require_person(actor, "make a tenant admin")
     with transaction.atomic():
-        require(actor, tenant, "admin")
+        require_governing(actor, tenant, platform_may=True)  # _confirmers says when a platform admin may
         bind_rls(tenant_id=tenant.pk)
         before, revision = _current_admins(tenant)
         if user.username in before["admins"]:

@@ -24,7 +24,7 @@ from django.utils.module_loading import import_string
 
 from audit.hashing import canonical_json
 from audit.log import Target, record
-from tenants.access import actor_for, is_platform_admin, memberships_of, require, standing_lapse
+from tenants.access import actor_for, is_platform_admin, memberships_of, require_governing, standing_lapse
 from tenants.db import bind_rls
 from tenants.errors import Conflict, Forbidden
 from tenants.models import Tenant
@@ -208,12 +208,13 @@ def governed_change_confirm(*, actor, proposal: Proposal, otp_token: str, diff_d
     against the revision it was proposed on."""
     require_person(actor, "confirm loosening")
     tenant = proposal.tenant
-    require(actor, tenant, "admin")
+    platform_may = proposal.confirmers == Proposal.Confirmers.PLATFORM_ADMINS
+    require_governing(actor, tenant, platform_may=platform_may)
     _check_confirmation(actor=actor, proposal=proposal, diff_digest=diff_digest)  # before the code is spent
     device = step_up_verify(user=actor, otp_token=otp_token, purpose="governed_change.confirm")
     stale = ""
     with transaction.atomic():
-        require(actor, tenant, "admin")
+        require_governing(actor, tenant, platform_may=platform_may)
         bind_rls(tenant_id=tenant.pk)
         setting = governed(proposal.setting)
         _, revision = setting.current(tenant)  # the setting's lock: no write lands in between

@@ -40,6 +40,12 @@ def actor_for(user) -> Actor:
     return Actor(type="user", id=str(user.pk), name=user.username)
 
 
+# What a platform admin may do in every tenant: see it, audited. Tenant work (develop, approve,
+# admin) and the tenant's audit trail are for its members and for auditors granted it
+# explicitly (docs/roles.md); a platform admin holds them only through a membership or a grant.
+PLATFORM_READS = frozenset({"view"})
+
+
 def allowed_tenant_ids(user, action: str):
     """Tenant ids where ``user`` may do ``action``; None means every tenant."""
     if user is None or not user.is_authenticated:
@@ -48,8 +54,8 @@ def allowed_tenant_ids(user, action: str):
     if token is not None:
         # A token reaches its own tenant only, with its own role.
         return frozenset({token.tenant_id}) if role_allows(token.role, action) else frozenset()
-    if is_platform_admin(user):
-        return None
+    if is_platform_admin(user) and action in PLATFORM_READS:
+        return None  # every read inside a tenant is recorded as platform.tenant_access
     with transaction.atomic(savepoint=False):  # the context and the read in one transaction
         bind_rls(user_id=user.pk)
         roles = list(Membership.objects.filter(user=user).values_list("tenant_id", "role"))
@@ -118,6 +124,18 @@ def require(user, tenant: Tenant, action: str) -> None:
         raise Forbidden(f"Your role in {tenant.slug} does not allow this.")
     if action in WRITE_ACTIONS and not tenant.is_active:
         raise TenantSuspended(f"Tenant {tenant.slug} is suspended: its members can read but not change anything.")
+
+
+def require_governing(user, tenant: Tenant, *, platform_may: bool) -> None:
+    """Who may change who governs a tenant: its admins, and where ``platform_may`` (a tenant
+    with fewer than two admins, whose next one two platform admins make) a platform admin,
+    who otherwise does no tenant work."""
+    if platform_may and is_platform_admin(user):
+        require(user, tenant, "view")
+        if not tenant.is_active:
+            raise TenantSuspended(f"Tenant {tenant.slug} is suspended: its members can read but not change anything.")
+        return
+    require(user, tenant, "admin")
 
 
 def memberships_of(tenant_id: int) -> dict[int, tuple[str, object]]:

@@ -16,7 +16,7 @@ from guardian.models import UserObjectPermission
 
 from audit.log import Actor, Target, record
 
-from .access import actor_for, is_platform_admin, require, require_platform_admin, role_in, token_of
+from .access import actor_for, is_platform_admin, require, require_governing, require_platform_admin, role_in, token_of
 from .catalogue import jurisdiction_problem
 from .db import bind_rls
 from .errors import Conflict, Forbidden, Invalid, NotFound, TenantSuspended, clean_or_invalid
@@ -170,7 +170,8 @@ def membership_grant(*, actor, tenant: Tenant, user: User, role: str, proposal: 
     the confirmed proposal, passed only by that proposal's write path."""
     _require_known_role(role)
     with transaction.atomic():
-        require(actor, tenant, "admin")
+        # A confirmed proposal was checked for who may propose and confirm it.
+        require_governing(actor, tenant, platform_may=proposal is not None)
         bind_rls(tenant_id=tenant.pk)
         _lock_admins(tenant)
         membership = Membership.objects.select_for_update().filter(tenant=tenant, user=user).first()

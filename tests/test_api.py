@@ -41,7 +41,7 @@ def assert_error(response, status, code):
 def test_me_lists_the_callers_memberships(world, api):
     from tenants.services import membership_grant
 
-    membership_grant(actor=world.platform_admin, tenant=world.b.tenant, user=world.a.developer, role="auditor")
+    membership_grant(actor=world.b.admin, tenant=world.b.tenant, user=world.a.developer, role="auditor")
     body = api(world.a.developer).get("/api/v1/me").json()
     assert body["username"] == world.a.developer.username
     assert sorted((m["tenant"], m["role"]) for m in body["memberships"]) == [
@@ -52,7 +52,7 @@ def test_me_lists_the_callers_memberships(world, api):
 def test_me_with_a_token_shows_only_the_tokens_tenant(world, api):
     from tenants.services import membership_grant
 
-    membership_grant(actor=world.platform_admin, tenant=world.b.tenant, user=world.a.developer, role="auditor")
+    membership_grant(actor=world.b.admin, tenant=world.b.tenant, user=world.a.developer, role="auditor")
     token = issue_token(world.a.developer, world.a.tenant)
     body = api(token).get("/api/v1/me").json()
     assert body["memberships"] == [{"tenant": "acme-bank", "role": "developer"}]
@@ -209,7 +209,7 @@ def test_revoked_and_expired_tokens_get_401_json(world, api):
 def test_a_token_reaches_only_its_tenant_and_role(world, api):
     from tenants.services import membership_grant
 
-    membership_grant(actor=world.platform_admin, tenant=world.b.tenant, user=world.a.admin, role="developer")
+    membership_grant(actor=world.b.admin, tenant=world.b.tenant, user=world.a.admin, role="developer")
     token = issue_token(world.a.admin, world.a.tenant)
     client = api(token)
     assert client.get(members_url(world.a.tenant)).status_code == 200

@@ -68,7 +68,7 @@ class Command(BaseCommand):
         return user, device
 
     def _seed(self):
-        people, operators, wanted_admins = [], [], []
+        people, operators, wanted_admins, wanted_members = [], [], [], []
         with transaction.atomic():
             for username in PLATFORM_ADMINS:
                 user, device = self._person(username, platform_admin=True)
@@ -83,7 +83,7 @@ class Command(BaseCommand):
                         if not Membership.objects.filter(tenant=tenant, user=user, role=role).exists():
                             wanted_admins.append((tenant, user))
                     elif not Membership.objects.filter(tenant=tenant, user=user).exists():
-                        services.membership_grant(actor=operators[0], tenant=tenant, user=user, role=role)
+                        wanted_members.append((tenant, user, role))
                     people.append((user.username, f"{role} in {slug}", device))
             user, device = self._person("outsider")
             people.append((user.username, "no tenant (add them as a member)", device))
@@ -94,4 +94,8 @@ class Command(BaseCommand):
             device = TOTPDevice.objects.get(user=confirmer, confirmed=True)
             governed_change_confirm(actor=confirmer, proposal=proposal, otp_token=unspent_code(device),
                                     diff_digest=proposal.diff_digest)
+        # The other members are the tenant's own admins' to add: platform admins do no tenant work.
+        for tenant, user, role in wanted_members:
+            admin = Membership.objects.filter(tenant=tenant, role=Role.TENANT_ADMIN).select_related("user").first()
+            services.membership_grant(actor=admin.user, tenant=tenant, user=user, role=role)
         return people
