@@ -31,14 +31,20 @@ def base_model_allowlist(before: list, after: list) -> list[str]:
     return [f"adds base-model pattern {p}" for p in after if p not in before]
 
 
-def metrics_thresholds(before: dict, after: dict) -> list[str]:
+def _bounds(field: str, noun: str, before: dict, after: dict, *, looser) -> list[str]:
+    """A map of bounds (a minimum per metric, a cap per flavor): removing one, or moving it the
+    way ``looser(old, new)`` says, loosens."""
     changes = []
-    for metric, minimum in before.items():
-        if metric not in after:
-            changes.append(f"removes the {metric} threshold ({_number(minimum)})")
-        elif after[metric] < minimum:
-            changes.append(f"metrics_thresholds.{metric} {_number(minimum)} → {_number(after[metric])}")
+    for key, bound in before.items():
+        if key not in after:
+            changes.append(f"removes the {key} {noun} ({_number(bound)})")
+        elif looser(bound, after[key]):
+            changes.append(f"{field}.{key} {_number(bound)} → {_number(after[key])}")
     return changes
+
+
+def metrics_thresholds(before: dict, after: dict) -> list[str]:
+    return _bounds("metrics_thresholds", "threshold", before, after, looser=lambda old, new: new < old)
 
 
 def allowed_regions(before: list, after: list) -> list[str]:
@@ -50,13 +56,7 @@ def allowed_regions(before: list, after: list) -> list[str]:
 
 
 def max_gpus(before: dict, after: dict) -> list[str]:
-    changes = []
-    for flavor, most in before.items():
-        if flavor not in after:
-            changes.append(f"removes the {flavor} cap ({most})")
-        elif after[flavor] > most:
-            changes.append(f"max_gpus.{flavor} {most} → {after[flavor]}")
-    return changes
+    return _bounds("max_gpus", "cap", before, after, looser=lambda old, new: new > old)
 
 
 def rule_levels(before: dict, after: dict) -> list[str]:
