@@ -62,6 +62,9 @@ ACTIONS = {
     "policy.decide": "A policy was evaluated and its decision stored (outcome: success allow, denied deny, failed engine error).",
     "signature.verify": "A signature was verified against the tenant's trust configuration (outcome says how).",
     "signature.revoke": "A signer left the tenant's trust configuration, so a verification it backed no longer counts.",
+    "policy.baseline_propose": "A platform admin proposed the platform baseline revision now running for acceptance.",
+    "policy.baseline_accept": ("A second platform admin accepted a platform baseline revision with a fresh one-time "
+                               "password; promotions may be decided under it from then on."),
     "policy.replay": "An operator re-evaluated stored decisions under a candidate policy (nothing was changed).",
     "policy.candidate_evaluate": ("A member dry-ran a candidate policy through the what-if API; the event holds its "
                                   "module digests and the outcome, and nothing else was stored."),

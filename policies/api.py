@@ -8,7 +8,7 @@ from django.http import HttpResponse
 from django.utils.cache import parse_etags
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 
 from tenants import strict
@@ -21,8 +21,10 @@ from tenants.access import is_platform_admin
 from tenants.authentication import BearerTokenAuthentication, VerifiedSessionAuthentication
 from tenants.errors import Forbidden
 
+from . import baseline
 from .bundle import PolicySource, build_bundle
 from .engines import DEFAULT_ENTRYPOINT
+from .models import BaselineRevision
 from .whatif import policy_evaluate
 
 BUNDLE_PULL = "policy-bundle-token"  # request.auth of an OPA server that showed POLICY_BUNDLE_TOKEN
@@ -102,3 +104,53 @@ class PolicyEvaluateView(APIView):
         serializer.is_valid(raise_exception=True)
         decision = policy_evaluate(actor=request.user, **serializer.validated_data)
         return Response({**decision.as_dict(), "stored": False})
+
+
+class BaselineAcceptSerializer(serializers.Serializer):
+    revision = strict.CharField(max_length=80)
+    otp_token = strict.CharField(max_length=8)
+
+
+class BaselineRevisionSerializer(serializers.ModelSerializer):
+    proposed_by = strict.CharField(source="proposed_by.username", read_only=True, allow_null=True, default=None)
+    accepted_by = strict.CharField(source="accepted_by.username", read_only=True, allow_null=True, default=None)
+
+    class Meta:
+        model = BaselineRevision
+        fields = ["revision", "proposed_by", "proposed_at", "accepted_by", "accepted_at"]
+        read_only_fields = fields
+
+
+class BaselineView(APIView):
+    """Platform admins: the baseline revision running now, whether two platform admins have
+    accepted it (promotions are decided only under an accepted one), and every revision on
+    record. POST proposes the running revision; a second platform admin accepts it."""
+
+    serializer_class = BaselineRevisionSerializer
+
+    @extend_schema(responses=inline_serializer("Baseline", {
+        "revision": strict.CharField(), "accepted": serializers.BooleanField(),
+        "revisions": BaselineRevisionSerializer(many=True)}))
+    def get(self, request):
+        if not is_platform_admin(request.user):
+            raise Forbidden("Only a platform admin manages the platform baseline.")
+        revision = baseline.running_revision()
+        revisions = BaselineRevision.objects.select_related("proposed_by", "accepted_by")
+        return Response({"revision": revision, "accepted": baseline.is_accepted(revision),
+                         "revisions": BaselineRevisionSerializer(revisions, many=True).data})
+
+    @extend_schema(request=None, responses={201: BaselineRevisionSerializer})
+    def post(self, request):
+        proposal = baseline.baseline_propose(actor=request.user)
+        return Response(BaselineRevisionSerializer(proposal).data, status=201)
+
+
+class BaselineAcceptView(APIView):
+    serializer_class = BaselineRevisionSerializer
+
+    @extend_schema(request=BaselineAcceptSerializer, responses={200: BaselineRevisionSerializer})
+    def post(self, request):
+        serializer = BaselineAcceptSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        accepted = baseline.baseline_accept(actor=request.user, **serializer.validated_data)
+        return Response(BaselineRevisionSerializer(accepted).data)

@@ -4,6 +4,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from tenants.models import Tenant
 from tenants.querysets import TenantOwnedQuerySet
@@ -162,3 +163,24 @@ class GovernedChangeProposal(models.Model):
         if self.state == self.State.PROPOSED and self.expires_at <= moment:
             return "expired"
         return self.state
+
+
+class BaselineRevision(models.Model):
+    """A revision of the platform baseline (the sha256 over its Rego modules) and who accepted
+    it. Whether a change to Rego loosens cannot be decided, so every revision the platform
+    enforces needs two platform admins: one proposes it, another accepts it with a fresh
+    one-time password. The revision a platform is installed with is accepted by the install."""
+
+    revision = models.CharField(max_length=80, unique=True)
+    proposed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True,
+                                    blank=True)  # none: the revision the platform was installed with
+    proposed_at = models.DateTimeField(default=timezone.now)
+    accepted_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True,
+                                    blank=True)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-proposed_at", "-id"]
+
+    def __str__(self):
+        return self.revision

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from tests.support.clients import sign_in
 from tests.support.otp import fresh_totp
+from tests.support.baseline import accept_running_baseline
 from .test_api import assert_error
 from .test_promotions import T, Gate
 
@@ -33,11 +34,13 @@ def gate(world, api, tmp_path):
 
 
 @pytest.fixture
-def allow_everything(monkeypatch, tmp_path):
+def allow_everything(world, monkeypatch, tmp_path):
+    """The policy in force, accepted by two platform admins as every baseline revision must be."""
     root = tmp_path / "rego"
     (root / "platform").mkdir(parents=True)
     (root / "platform" / "promotion.rego").write_text(ALLOW_EVERYTHING)
     monkeypatch.setattr("policies.bundle.REGO_DIR", root)
+    accept_running_baseline(world)
 
 
 def test_the_platform_checks_its_hard_facts_whatever_the_policy_answers(gate, world, allow_everything):

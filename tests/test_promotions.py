@@ -17,6 +17,7 @@ from workflows import signing
 from workflows.attestations import AttestationInvalid, verify_attestation
 from workflows.models import Approval, Promotion, StagePointer
 
+from tests.support.baseline import accept_running_baseline
 from tests.support.clients import issue_token
 
 from tests.support.otp import current_totp, fresh_totp
@@ -639,6 +640,7 @@ def test_a_new_policy_revision_voids_earlier_approvals(gate, world, in_productio
     with open(candidate / "platform" / "promotion.rego", "a") as rego:
         rego.write("\n# a reviewed change: the revision moves\n")
     monkeypatch.setattr(bundle, "REGO_DIR", candidate)
+    accept_running_baseline(world)  # two platform admins take the new revision on
     after = gate.approve(in_production, world.a.approver2).json()
     assert after["policy_revision"] != first["policy_revision"]
     assert after["state"] == "awaiting_approval"

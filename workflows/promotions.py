@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from audit.keys import KeyringError, platform_keyring
 from audit.log import Actor, Target, record
+from policies.baseline import is_accepted as baseline_accepted
 from policies.engines import DEFAULT_ENTRYPOINT, blocking, get_engine
 from policies.models import PRODUCTION_APPROVALS_FLOOR, ROLLBACK_APPROVALS_FLOOR
 from policies.services import active_waivers, input_digest, policy_data_document, policy_decide, tenant_policy_of
@@ -393,7 +394,7 @@ def _advance(promotion: Promotion, *, actor) -> None:
     promotion.required_approvals = _required_approvals(facts)
     denying = blocking(decision.violations)
     pending = [v for v in decision.violations if v["pending"]]
-    missing = _missing_facts(promotion, facts)
+    missing = _missing_facts(promotion, facts, revision=decision.policy_revision)
     if decision.error:
         state, reason = PromotionState.REJECTED, f"The policy could not be evaluated, so it denies: {decision.error}"
     elif missing or any(v["level"] == "hard-mandatory" for v in denying):
@@ -429,10 +430,13 @@ def _advance(promotion: Promotion, *, actor) -> None:
 STAGE_BEFORE = {Stage.STAGING: Stage.DEVELOPMENT, Stage.PRODUCTION: Stage.STAGING}
 
 
-def _missing_facts(promotion: Promotion, facts: dict) -> list[str]:
+def _missing_facts(promotion: Promotion, facts: dict, *, revision: str) -> list[str]:
     """The hard facts the platform checks itself, whatever the policy engine answers: no
     waiver or override stands in for a missing one (docs/promotions.md)."""
     missing = []
+    if revision and not baseline_accepted(revision):
+        missing.append(f"the platform baseline revision {revision} has not been accepted by two platform admins, "
+                       "so nothing is promoted under it (docs/policies.md)")
     before = STAGE_BEFORE.get(promotion.stage)
     if before and before not in facts["stages_reached"]:
         missing.append(f"version {promotion.version.number} has not been promoted to {before}; "

@@ -107,9 +107,11 @@ def _truncate(owner, tables, SequencerState, triggers_suspended):
                 for table in tables:
                     cursor.execute(f'DELETE FROM "{table}"')
         SequencerState.objects.using("owner").filter(pk=1).update(tree_size=0, updated_at=None)
-        # A platform starts with its default catalogue of regions, as its migration leaves it.
-        import_module("tenants.migrations.0007_region_catalogue").seed_catalogue(
-            django_apps, SimpleNamespace(connection=owner))
+        # A platform starts with its default catalogue of regions and its installed baseline
+        # accepted, as its migrations leave it.
+        for migration, seed in (("tenants.migrations.0007_region_catalogue", "seed_catalogue"),
+                                ("policies.migrations.0007_baseline_revisions", "accept_installed_baseline")):
+            getattr(import_module(migration), seed)(django_apps, SimpleNamespace(connection=owner))
 
 
 def _committed_database(django_db_blocker):

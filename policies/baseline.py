@@ -1,0 +1,66 @@
+"""The platform baseline follows the two-person rule.
+
+Whether a change to Rego loosens cannot be decided, so every revision of the baseline counts as
+loosening: promotions are decided under a revision only once two platform admins have taken it
+on, one proposing it and another accepting it with a fresh one-time password. The revision the
+platform was installed with is accepted by the install (policies migration 0007).
+"""
+
+from django.db import transaction
+from django.utils import timezone
+
+from audit.log import Target, record
+from tenants.access import actor_for, require_platform_admin
+from tenants.errors import Conflict, Forbidden, NotFound
+from tenants.stepup import require_person, step_up_verify
+
+from .engines import get_engine
+from .models import BaselineRevision
+
+
+def running_revision() -> str:
+    return get_engine().revision
+
+
+def is_accepted(revision: str) -> bool:
+    return BaselineRevision.objects.filter(revision=revision, accepted_at__isnull=False).exists()
+
+
+def baseline_propose(*, actor) -> BaselineRevision:
+    """A platform admin proposes the revision running now; another one accepts it."""
+    require_person(actor, "propose a platform baseline")
+    require_platform_admin(actor)
+    revision = running_revision()
+    with transaction.atomic():
+        found = BaselineRevision.objects.select_for_update().filter(revision=revision).first()
+        if found is not None and found.accepted_at is not None:
+            raise Conflict(f"The baseline revision {revision} is already accepted.", code="baseline_accepted")
+        if found is not None:
+            raise Conflict(f"The baseline revision {revision} was already proposed by "
+                           f"{found.proposed_by.username}; a second platform admin accepts it.",
+                           code="baseline_proposed")
+        proposal = BaselineRevision.objects.create(revision=revision, proposed_by=actor)
+        record(action="policy.baseline_propose", actor=actor_for(actor), target=Target("policy_revision", revision))
+    return proposal
+
+
+def baseline_accept(*, actor, revision: str, otp_token: str) -> BaselineRevision:
+    """A second platform admin, not the proposer, accepts a proposed revision."""
+    require_person(actor, "accept a platform baseline")
+    require_platform_admin(actor)
+    proposal = BaselineRevision.objects.filter(revision=revision).select_related("proposed_by").first()
+    if proposal is None:
+        raise NotFound(f"No proposal of the baseline revision {revision}.")
+    if proposal.proposed_by_id == actor.pk:
+        raise Forbidden("A baseline revision needs a second platform admin: you proposed it, so another one must "
+                        "accept it.", code="separation_of_duties")
+    device = step_up_verify(user=actor, otp_token=otp_token, purpose="policy.baseline_accept")
+    with transaction.atomic():
+        proposal = BaselineRevision.objects.select_for_update().get(pk=proposal.pk)
+        if proposal.accepted_at is not None:
+            raise Conflict(f"The baseline revision {revision} is already accepted.", code="baseline_accepted")
+        proposal.accepted_by, proposal.accepted_at = actor, timezone.now()
+        proposal.save(update_fields=["accepted_by", "accepted_at"])
+        record(action="policy.baseline_accept", actor=actor_for(actor), target=Target("policy_revision", revision),
+               data={"proposed_by": proposal.proposed_by.username, "otp_device": device.persistent_id})
+    return proposal
