@@ -176,3 +176,26 @@ def test_an_override_is_judged_by_the_facts_now_not_by_the_last_check(gate, worl
                                        {"rule": "baseline.base_model_allowed", "justification": "Pilot"})
     assert_error(refused, 409, "promotion_not_checked")
     assert gate.developer.get(f"{T}/promotions/{held['id']}/").json()["state"] == "promoted"
+
+
+# In the console, where people act --------------------------------------------------------
+
+
+def test_the_console_shows_a_missing_fact_and_refuses_a_second_part(gate, world, api, client):
+    number = gate.version(accuracy=0.5)
+    skipped = gate.request(number, "staging").json()
+    page = sign_in(client, world.a.approver).get(f"/t/acme-bank/promotions/{skipped['id']}/").content.decode()
+    assert "has not been promoted to development" in page[page.index('id="close-reason"'):]
+
+    gate.promote(number, "development")
+    body = gate.request(number, "staging").json()
+    overrides = f"{T}/promotions/{body['id']}/overrides/"
+    override = gate.admin.post(overrides, {"rule": "baseline.metrics_thresholds", "justification": "RISK-12"}).json()
+    assert api(world.a.approver).post(f"{overrides}{override['id']}/confirm/",
+                                      {"otp_token": fresh_totp(world.a.approver)}).json()["state"] == "awaiting_approval"
+    # The approver who confirmed the override tries to approve it too, in the console.
+    refused = client.post(f"/t/acme-bank/promotions/{body['id']}/",
+                          {"action": "approve", "otp_token": fresh_totp(world.a.approver), "comment": ""})
+    assert refused.status_code == 403
+    assert "asked for or confirmed an exception" in refused.content.decode().replace("&#x27;", "'")
+    assert gate.developer.get(f"{T}/promotions/{body['id']}/").json()["state"] == "awaiting_approval"
