@@ -130,7 +130,10 @@ def require_governing(user, tenant: Tenant, *, platform_may: bool) -> None:
     """Who may change who governs a tenant: its admins, and where ``platform_may`` (a tenant
     with fewer than two admins, whose next one two platform admins make) a platform admin,
     who otherwise does no tenant work."""
-    if platform_may and is_platform_admin(user):
+    if is_platform_admin(user) and token_of(user) is None:
+        if not platform_may:
+            raise Forbidden(f"Only a tenant admin of {tenant.slug} may do this: its admins govern it.",
+                            code="tenant_admin_required")
         require(user, tenant, "view")
         if not tenant.is_active:
             raise TenantSuspended(f"Tenant {tenant.slug} is suspended: its members can read but not change anything.")

@@ -186,6 +186,16 @@ def member_add_username(s):
     assert response.json()["tenant"] == "acme-bank"
 
 
+def admin_proposal_username(s):
+    """Proposing st-mary's developer as acme-bank's admin proposes an acme-bank membership, and
+    touches nothing of st-mary's (checked by the test's unchanged rows)."""
+    response = s["api"](s["world"].a.admin).post("/api/v1/tenants/acme-bank/admin-proposals/", {
+        "username": s["world"].b.developer.username})
+    assert response.status_code == 202, response.content
+    assert response.json()["diff"]["fields"]["admins"]["after"] == sorted(
+        [s["world"].a.admin.username, s["world"].a.admin2.username, s["world"].b.developer.username])
+
+
 def audit_filters(path):
     def check(s):
         world = s["world"]
@@ -209,6 +219,7 @@ CASES = {
     ("GET", f"{T}/tokens/", "owner"): token_owner_filter,
     ("GET", f"{T}/members/", "username"): member_username_filter,
     ("POST", f"{T}/members/", "username"): member_add_username,
+    ("POST", f"{T}/admin-proposals/", "username"): admin_proposal_username,
     **{("GET", f"{T}/audit/events/", field): audit_filters("/api/v1/tenants/acme-bank/audit/events/")
        for field in ("actor", "target", "tenant")},
     **{("GET", "/api/v1/audit/events/", field): audit_filters("/api/v1/audit/events/")

@@ -16,6 +16,7 @@ from audit.log import denials_recorded
 from policies.admins import tenant_admin_propose
 from policies.governance import governed_change_confirm
 from tenants import services
+from tenants.db import bind_rls
 from tenants.management.commands.totp_code import unspent_code
 from tenants.models import Membership, Tenant
 from tenants.roles import Role
@@ -77,6 +78,7 @@ class Command(BaseCommand):
             for slug, name, jurisdiction, prefix in TENANTS:
                 tenant = Tenant.objects.filter(slug=slug).first() or services.tenant_create(
                     actor=operators[0], slug=slug, name=name, jurisdiction=jurisdiction)
+                bind_rls(tenant_id=tenant.pk)  # its memberships are read under its row-level security
                 for suffix, role in ROLES:
                     user, device = self._person(f"{prefix}-{suffix}")
                     if role == Role.TENANT_ADMIN:
@@ -96,6 +98,8 @@ class Command(BaseCommand):
                                     diff_digest=proposal.diff_digest)
         # The other members are the tenant's own admins' to add: platform admins do no tenant work.
         for tenant, user, role in wanted_members:
-            admin = Membership.objects.filter(tenant=tenant, role=Role.TENANT_ADMIN).select_related("user").first()
+            with transaction.atomic():
+                bind_rls(tenant_id=tenant.pk)  # the tenant's rows are read under its row-level security
+                admin = Membership.objects.filter(tenant=tenant, role=Role.TENANT_ADMIN).select_related("user").first()
             services.membership_grant(actor=admin.user, tenant=tenant, user=user, role=role)
         return people
