@@ -16,6 +16,7 @@ from tests.support.clients import sign_in
 from tests.support.otp import fresh_totp
 from tests.support.baseline import accept_running_baseline
 from .test_api import assert_error
+from .test_policies import bundle_url, opa_double  # noqa: F401 (fixtures)
 from .test_promotions import T, Gate
 
 # A real Rego module in the platform policy's place that allows every promotion: what a
@@ -43,7 +44,15 @@ def allow_everything(world, monkeypatch, tmp_path):
     accept_running_baseline(world)
 
 
-def test_the_platform_checks_its_hard_facts_whatever_the_policy_answers(gate, world, allow_everything):
+@pytest.mark.parametrize("engine", ["embedded", "opa"])
+def test_the_platform_checks_its_hard_facts_whatever_the_policy_answers(gate, world, allow_everything, engine,
+                                                                        request, settings, monkeypatch):
+    if engine == "opa":  # an OPA server (a test double on OPA's REST API) that pulled the same policy
+        from policies import engines
+
+        double = request.getfixturevalue("opa_double")
+        settings.POLICY_ENGINE, settings.OPA_URL = "opa", double.url
+        monkeypatch.setattr(engines, "_engines", {})
     number = gate.version()
     skipped = gate.request(number, "staging").json()
     assert skipped["state"] == "rejected", skipped
@@ -66,6 +75,9 @@ def test_the_platform_checks_its_hard_facts_whatever_the_policy_answers(gate, wo
     assert (production["state"], production["required_approvals"]) == ("awaiting_approval", 2), production
     assert gate.approve(production["id"], world.a.approver).json()["state"] == "awaiting_approval"
     assert gate.approve(production["id"], world.a.approver2).json()["state"] == "promoted"
+    from policies.models import PolicyDecision
+
+    assert set(PolicyDecision.objects.using("owner").values_list("engine", flat=True)) == {engine}
 
 
 def test_a_waiver_never_stands_in_for_the_staging_runs_metrics(gate, world, api):
