@@ -38,6 +38,7 @@ def test_the_installed_baseline_is_accepted(world, api):
     assert_error(api(world.a.admin).get(BASELINE), 403, "permission_denied")
 
 
+@pytest.mark.embedded  # its select_for_update must run on SQLite too
 def test_a_new_baseline_decides_nothing_until_a_second_platform_admin_accepts_it(gate, world, api, changed_baseline):
     number = gate.version()
     held = gate.request(number, "development").json()
