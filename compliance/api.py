@@ -60,7 +60,7 @@ class TenantAuditEventList(TenantScopedMixin, generics.ListAPIView):
 
 
 class AuditEventList(generics.ListAPIView):
-    """Every audit event the caller may read (platform admins: all of them)."""
+    """Every audit event the caller may read (platform admins: the platform-scope ones)."""
 
     serializer_class = AuditEventSerializer
     pagination_class = AuditEventPagination

@@ -1,8 +1,9 @@
 """What each viewer may read of the audit log, and how it is paged.
 
 Audit events name their tenant by slug (the log outlives tenants), so visibility is the
-set of slugs of tenants where the viewer holds ``audit``; platform admins see everything,
-including platform-scope events.
+set of slugs of tenants where the viewer holds ``audit``. Platform admins see the
+platform-scope events (blank tenant), and a tenant's only through a membership or an explicit
+grant, as any auditor (docs/roles.md).
 
 Pages are keyset pages on the event id (newest first): a page at any depth costs one indexed
 range read, where an offset would scan everything before it and a count would scan it all.
@@ -10,8 +11,10 @@ range read, where an offset would scan everything before it and a count would sc
 
 from dataclasses import dataclass
 
+from django.db.models import Q
+
 from audit.models import AuditEvent
-from tenants.access import allowed_tenant_ids
+from tenants.access import allowed_tenant_ids, is_platform_admin
 from tenants.models import Tenant
 
 PAGE_SIZE = 50
@@ -24,8 +27,10 @@ def events_visible_to(user, *, tenant: Tenant | None = None):
     allowed = allowed_tenant_ids(user, "audit")
     if allowed is None:
         return events
-    slugs = Tenant.objects.filter(pk__in=allowed).values_list("slug", flat=True)
-    return events.filter(tenant__in=slugs)
+    visible = Q(tenant__in=Tenant.objects.filter(pk__in=allowed).values_list("slug", flat=True))
+    if is_platform_admin(user):
+        visible |= Q(tenant="")  # the platform's own events; a tenant's are for its auditors
+    return events.filter(visible)
 
 
 @dataclass(frozen=True)

@@ -341,3 +341,14 @@ def test_an_explicit_audit_grant_lets_an_external_auditor_read_one_tenants_trail
     assert_error(regulator.get("/api/v1/tenants/st-mary-hospital/audit/events/"), 404, "not_found")
     [grant] = AuditEvent.objects.using("owner").filter(action="object_permission.grant")
     assert (grant.tenant, grant.target_id, grant.data) == ("acme-bank", "outsider", {"action": "audit"})
+
+
+def test_a_platform_admin_reads_the_platform_events_and_no_tenants_trail(world, api):
+    admin = api(world.platform_admin)
+    assert admin.post("/api/v1/regions/", {"code": "eu-x1", "name": "X1", "jurisdiction": "eu"}).status_code == 201
+    assert api(world.a.admin).post(f"/api/v1/tenants/{world.a.tenant.slug}/tokens/",
+                                   {"name": "laptop", "expires_in_days": 7}).status_code == 201  # a tenant event
+    events = admin.get("/api/v1/audit/events/").json()["results"]
+    assert "catalogue.region_create" in {e["action"] for e in events}
+    assert {e["tenant"] for e in events} == {""}
+    assert_error(admin.get(f"/api/v1/tenants/{world.a.tenant.slug}/audit/events/"), 403, "permission_denied")
