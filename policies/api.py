@@ -132,11 +132,8 @@ class BaselineView(APIView):
         "revision": strict.CharField(), "accepted": serializers.BooleanField(),
         "revisions": BaselineRevisionSerializer(many=True)}))
     def get(self, request):
-        if not is_platform_admin(request.user):
-            raise Forbidden("Only a platform admin manages the platform baseline.")
-        revision = baseline.running_revision()
-        revisions = BaselineRevision.objects.select_related("proposed_by", "accepted_by")
-        return Response({"revision": revision, "accepted": baseline.is_accepted(revision),
+        revision, accepted, revisions = baseline.baseline_status(actor=request.user)
+        return Response({"revision": revision, "accepted": accepted,
                          "revisions": BaselineRevisionSerializer(revisions, many=True).data})
 
     @extend_schema(request=None, responses={201: BaselineRevisionSerializer})

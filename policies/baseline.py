@@ -26,6 +26,14 @@ def is_accepted(revision: str) -> bool:
     return BaselineRevision.objects.filter(revision=revision, accepted_at__isnull=False).exists()
 
 
+def baseline_status(*, actor) -> tuple[str, bool, list[BaselineRevision]]:
+    """For a platform admin: the revision running now, whether it is accepted, every revision on record."""
+    require_platform_admin(actor)
+    revision = running_revision()
+    return revision, is_accepted(revision), list(BaselineRevision.objects.select_related("proposed_by",
+                                                                                          "accepted_by"))
+
+
 def baseline_propose(*, actor) -> BaselineRevision:
     """A platform admin proposes the revision running now; another one accepts it."""
     require_person(actor, "propose a platform baseline")

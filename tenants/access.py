@@ -122,7 +122,12 @@ def require(user, tenant: Tenant, action: str) -> None:
         if visible is not None and tenant.pk not in visible:
             raise NotFound("No such tenant.")
         raise Forbidden(f"Your role in {tenant.slug} does not allow this.")
-    if action in WRITE_ACTIONS and not tenant.is_active:
+    if action in WRITE_ACTIONS:
+        _refuse_if_suspended(tenant)
+
+
+def _refuse_if_suspended(tenant: Tenant) -> None:
+    if not tenant.is_active:
         raise TenantSuspended(f"Tenant {tenant.slug} is suspended: its members can read but not change anything.")
 
 
@@ -135,8 +140,7 @@ def require_governing(user, tenant: Tenant, *, platform_may: bool) -> None:
             raise Forbidden(f"Only a tenant admin of {tenant.slug} may do this: its admins govern it.",
                             code="tenant_admin_required")
         require(user, tenant, "view")
-        if not tenant.is_active:
-            raise TenantSuspended(f"Tenant {tenant.slug} is suspended: its members can read but not change anything.")
+        _refuse_if_suspended(tenant)
         return
     require(user, tenant, "admin")
 

@@ -334,10 +334,13 @@ class _Promotions(TenantScopedAPIView):
             return promotions.promotion_by_id(actor=self.request.user, tenant=self.tenant,
                                               public_id=self.kwargs["promotion"])
 
-    def answer(self, promotion, status_code=status.HTTP_200_OK):
+    def answer(self, promotion, status_code=status.HTTP_200_OK, *, judged_now=False):
+        """The promotion as stored; with ``judged_now``, an open request's approvals are judged
+        against its facts as they are now, so one whose facts changed shows void at once."""
         with self.tenant_reads():
+            bindings = {promotion.pk: promotions.fresh_binding(promotion)} if judged_now and promotion.is_open else {}
             fresh = self.get_queryset().get(pk=promotion.pk)
-            return Response(PromotionSerializer(fresh).data, status=status_code)
+            return Response(PromotionSerializer(fresh, context={"fresh_bindings": bindings}).data, status=status_code)
 
 
 class PromotionList(_Promotions, generics.ListAPIView):
@@ -362,13 +365,7 @@ class PromotionList(_Promotions, generics.ListAPIView):
 
 class PromotionDetail(_Promotions):
     def get(self, request, tenant, promotion):
-        """An open request's approvals are judged against its facts as they are now: one whose
-        facts changed shows void at once, with its reason."""
-        found = self.promotion()
-        with self.tenant_reads():
-            fresh = {found.pk: promotions.fresh_binding(found)} if found.is_open else {}
-            return Response(PromotionSerializer(self.get_queryset().get(pk=found.pk),
-                                                context={"fresh_bindings": fresh}).data)
+        return self.answer(self.promotion(), judged_now=True)
 
 
 class _PromotionDecision(_Promotions):
