@@ -17,8 +17,10 @@ ACTIONS = {
     "gpu_flavor.create": "A platform admin added a GPU flavor.",
     "gpu_flavor.update": "A platform admin changed a GPU flavor's description, billing weight or availability.",
     "catalogue.jurisdiction_create": "A platform admin added a jurisdiction to the platform's catalogue.",
-    "catalogue.region_create": "A platform admin added a region, with its jurisdiction, to the platform's catalogue.",
-    "tenant_quota.set": "A platform admin set a tenant's GPU quota for one flavor.",
+    "catalogue.region_create": "A platform admin proposed a region, with its jurisdiction, for the platform's catalogue.",
+    "catalogue.region_accept": "A second platform admin accepted a proposed region: it is in force from now.",
+    "tenant_quota.set": "A tenant's GPU quota for one flavor was set: a cut by a platform admin, a raise once a "
+                        "second platform admin confirmed it.",
     "audit.export": "An auditor or admin downloaded the tenant's verifiable audit export.",
     "audit.evidence_pack": "An auditor or admin downloaded a promotion's evidence pack.",
     "audit.checkpoint": "The platform signed a checkpoint of the audit tree, with a head per tenant.",

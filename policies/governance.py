@@ -8,7 +8,8 @@ diff digest they saw, before it expires and while the setting is still at the re
 made against. Every write of a setting voids the proposals made against an older revision.
 
 The second person is another tenant admin, except for making a tenant admin of a tenant with
-fewer than two (policies/admins.py): a platform admin proposes that, and another confirms it.
+fewer than two (policies/admins.py) and for the tenant's GPU quotas (policies/quotas.py): a
+platform admin proposes those, and another confirms them.
 """
 
 import hashlib
@@ -58,6 +59,7 @@ GOVERNED = {
     Proposal.Setting.POLICY_DATA: "policies.services.GOVERNED_POLICY_DATA",
     Proposal.Setting.TRUST: "workflows.trust.GOVERNED_TRUST",
     Proposal.Setting.ADMINS: "policies.admins.GOVERNED_ADMINS",
+    Proposal.Setting.QUOTAS: "policies.quotas.GOVERNED_QUOTAS",
 }
 
 
@@ -163,8 +165,8 @@ def _check_confirmation(*, actor, proposal: Proposal, diff_digest: str) -> None:
                         code="separation_of_duties")
     if by_platform:
         if not is_platform_admin(actor):
-            raise Forbidden(f"{tenant.slug} had fewer than two tenant admins when this was proposed, so a second "
-                            "platform admin confirms it.", code="platform_admin_required")
+            raise Forbidden(f"A second platform admin confirms this proposal: {_why_platform_admins(proposal)}.",
+                            code="platform_admin_required")
     else:
         role, since = memberships_of(tenant.pk).get(actor.pk, (None, None))
         if role not in ADMIN_ROLES:
@@ -188,6 +190,12 @@ def _check_confirmation(*, actor, proposal: Proposal, diff_digest: str) -> None:
                        "actually changes.", code="diff_digest_mismatch", field="diff_digest")
 
 
+def _why_platform_admins(proposal: Proposal) -> str:
+    if proposal.setting == Proposal.Setting.ADMINS:
+        return f"{proposal.tenant.slug} had fewer than two tenant admins when it was proposed"
+    return f"the platform admins set the {governed(proposal.setting).label}, never the tenant's own admins"
+
+
 def _proposer_lapse(proposal: Proposal) -> str:
     """Why the proposal no longer stands for its proposer's side ("" while it does). A
     platform-confirmed one also needs the tenant still short of two tenant admins: once it has
@@ -197,7 +205,7 @@ def _proposer_lapse(proposal: Proposal) -> str:
         return standing_lapse(proposer, tenant.pk, given_at=proposal.proposed_at, roles=ADMIN_ROLES)
     if not (proposer.is_active and proposer.is_superuser):
         return f"{proposer.username} is no longer a platform admin"
-    if len(active_admin_ids(tenant.pk)) >= 2:
+    if proposal.setting == Proposal.Setting.ADMINS and len(active_admin_ids(tenant.pk)) >= 2:
         return f"{tenant.slug} has two tenant admins now, so they decide who else becomes one"
     return ""
 

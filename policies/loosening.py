@@ -130,6 +130,32 @@ def admins(before: list, after: list) -> list[str]:
 ADMINS = {"admins": admins}
 
 
+# GPU quotas, per flavor: more GPUs of the tenant's own or to borrow, a larger monthly budget
+# or none, or a hard budget made soft admits a run that was held and passes baseline.gpu_quota
+# for a version that failed it. A flavor without a quota allows nothing.
+
+NO_QUOTA = {"nominal": 0, "borrowing_limit": 0, "gpu_hours_budget": 0, "budget_mode": "hard"}
+
+
+def gpu_quotas(before: dict, after: dict) -> list[str]:
+    changes = []
+    for flavor, new in after.items():
+        old = before.get(flavor, NO_QUOTA)
+        for field in ("nominal", "borrowing_limit"):
+            if new[field] > old[field]:
+                changes.append(f"{flavor}.{field} {old[field]} → {new[field]}")
+        budget_before, budget_after = old["gpu_hours_budget"], new["gpu_hours_budget"]
+        if budget_before is not None and (budget_after is None or budget_after > budget_before):
+            changes.append(f"{flavor}.gpu_hours_budget {budget_before} → "
+                           f"{'none' if budget_after is None else budget_after}")
+        if budget_after is not None and old["budget_mode"] == "hard" and new["budget_mode"] != "hard":
+            changes.append(f"{flavor}.budget_mode hard → {new['budget_mode']}")
+    return changes
+
+
+QUOTAS = {"quotas": gpu_quotas}
+
+
 def loosening(orders: dict, before: dict, after: dict) -> list[str]:
     """Every loosening part of changing ``before`` into ``after`` (both hold every field of ``orders``)."""
     return [sentence for field, order in orders.items() for sentence in order(before[field], after[field])]

@@ -119,6 +119,7 @@ class GovernedChangeProposal(models.Model):
         POLICY_DATA = "policy_data", "Policy data"
         TRUST = "trust", "Trust configuration"
         ADMINS = "admins", "Tenant admins"
+        QUOTAS = "quotas", "GPU quotas"
 
     class Confirmers(models.TextChoices):
         """Who may confirm, decided when it is proposed: a second tenant admin, or (making a

@@ -11,10 +11,12 @@ from rest_framework import generics, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from policies import quotas
+from policies.models import GovernedChangeProposal
+from policies.tenant_api import ProposalSerializer
 from tenants.access import is_platform_admin
 from tenants.api import TenantScopedAPIView
 from tenants.db import tenant_reads
-from tenants import services as tenant_services
 from tenants.errors import Forbidden, Invalid, NotFound
 from tenants.models import GpuFlavor, TenantQuota
 from tenants.schema import IDEMPOTENCY_KEY_REUSED
@@ -299,15 +301,18 @@ class QuotaDetail(TenantScopedAPIView):
     def get(self, request, tenant, flavor):
         return Response(QuotaUsageSerializer(self._quota(flavor)).data)
 
-    @extend_schema(request=TenantQuotaSerializer, responses=QuotaUsageSerializer)
+    @extend_schema(request=TenantQuotaSerializer, responses={200: QuotaUsageSerializer, 202: ProposalSerializer})
     def put(self, request, tenant, flavor):
+        """A cut applies at once; a raise answers 202 with a proposal a second platform admin confirms."""
         serializer = TenantQuotaSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         gpu_flavor = GpuFlavor.objects.filter(name=flavor).first()
         if gpu_flavor is None:
             raise NotFound("No such GPU flavor.")
-        tenant_services.tenant_quota_set(actor=request.user, tenant=self.tenant, flavor=gpu_flavor,
+        result = quotas.tenant_quota_set(actor=request.user, tenant=self.tenant, flavor=gpu_flavor,
                                          **serializer.validated_data)
+        if isinstance(result, GovernedChangeProposal):
+            return Response(ProposalSerializer(result).data, status=202)
         return Response(QuotaUsageSerializer(self._quota(flavor)).data)
 
 

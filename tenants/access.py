@@ -13,7 +13,7 @@ from audit.log import Actor, Target, record
 from .db import bind_rls
 from .errors import Forbidden, NotFound, TenantSuspended
 from .models import Membership, Tenant
-from .roles import ACTIONS, WRITE_ACTIONS, permission_codename, role_allows
+from .roles import GRANTABLE_ACTIONS, WRITE_ACTIONS, permission_codename, role_allows
 
 
 def token_of(user):
@@ -60,8 +60,11 @@ def allowed_tenant_ids(user, action: str):
         bind_rls(user_id=user.pk)
         roles = list(Membership.objects.filter(user=user).values_list("tenant_id", "role"))
     by_role = {tenant_id for tenant_id, role in roles if role_allows(role, action)}
+    if action not in GRANTABLE_ACTIONS:
+        return frozenset(by_role)  # a grant never reaches a write, whatever rows say
     # Any explicit grant on a tenant lets its holder see that tenant.
-    codenames = [permission_codename(a) for a in ACTIONS] if action == "view" else [permission_codename(action)]
+    codenames = [permission_codename(a) for a in GRANTABLE_ACTIONS] if action == "view" \
+        else [permission_codename(action)]
     granted = UserObjectPermission.objects.filter(
         user=user,
         permission__codename__in=codenames,

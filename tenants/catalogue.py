@@ -3,18 +3,22 @@
 Membership is an exact lookup: a value is an entry or it is refused with a sentence. No prefix
 or pattern says which jurisdiction a region is in ("eu-evil" is not in eu because it starts
 with "eu-"); only the region's catalogue entry does. Platform admins add entries; entries are
-never renamed or removed, because artifacts, nodes and tenants refer to them.
+never renamed or removed, because artifacts, nodes and tenants refer to them. A new region is
+loosening (data and work may go where they could not), so it counts only once a second platform
+admin has accepted it with a fresh one-time password.
 """
 
 import unicodedata
 
 from django.db import transaction
+from django.utils import timezone
 
 from audit.log import Target, record
 
 from .access import actor_for, require_platform_admin
-from .errors import Conflict, Invalid, clean_or_invalid
+from .errors import Conflict, Forbidden, Invalid, NotFound, clean_or_invalid
 from .models import Jurisdiction, Region
+from .stepup import require_person, step_up_verify
 
 
 def exact_entry_problem(kind: str, value, entries) -> str | None:
@@ -32,26 +36,26 @@ def exact_entry_problem(kind: str, value, entries) -> str | None:
     return f"{kind.capitalize()} {value!r} is not in the platform's catalogue."
 
 
-def _codes(model, using: str, **filters) -> set[str]:
-    return set(model.objects.using(using).filter(**filters).values_list("code", flat=True))
+def _codes(queryset) -> set[str]:
+    return set(queryset.values_list("code", flat=True))
 
 
 def jurisdiction_problem(code, *, using: str = "default") -> str | None:
-    return exact_entry_problem("jurisdiction", code, _codes(Jurisdiction, using))
+    return exact_entry_problem("jurisdiction", code, _codes(Jurisdiction.objects.using(using)))
 
 
 def region_problem(code, *, using: str = "default") -> str | None:
-    return exact_entry_problem("region", code, _codes(Region, using))
+    return exact_entry_problem("region", code, _codes(Region.objects.using(using).in_force()))
 
 
 def region_jurisdictions(codes, *, using: str = "default") -> dict[str, str]:
     """Each catalogue region among ``codes`` with its jurisdiction; codes not in the catalogue are absent."""
-    return dict(Region.objects.using(using).filter(code__in=list(codes)).values_list("code", "jurisdiction_id"))
+    return dict(Region.objects.using(using).in_force().filter(code__in=list(codes)).values_list("code", "jurisdiction_id"))
 
 
 def region_in_jurisdiction(region: str, jurisdiction: str, *, using: str = "default") -> bool:
     """Whether the catalogue puts ``region`` in ``jurisdiction``: exact entries, nothing else."""
-    return Region.objects.using(using).filter(code=region, jurisdiction_id=jurisdiction).exists()
+    return Region.objects.using(using).in_force().filter(code=region, jurisdiction_id=jurisdiction).exists()
 
 
 def residency_problem(region, jurisdiction: str, *, whose: str) -> str | None:
@@ -78,16 +82,41 @@ def jurisdiction_create(*, actor, code: str, name: str) -> Jurisdiction:
 
 
 def region_create(*, actor, code: str, name: str, jurisdiction: str) -> Region:
+    """A platform admin proposes a region; it is in force once another one accepts it."""
+    require_person(actor, "add a region")
     require_platform_admin(actor)
     problem = jurisdiction_problem(jurisdiction)
     if problem:
         raise Invalid(problem, field="jurisdiction")
-    region = Region(code=code, name=name, jurisdiction_id=jurisdiction)
-    clean_or_invalid(region, exclude=["jurisdiction"])
+    region = Region(code=code, name=name, jurisdiction_id=jurisdiction, proposed_by=actor)
+    clean_or_invalid(region, exclude=["jurisdiction", "proposed_by", "accepted_by"])
     with transaction.atomic():
         if Region.objects.filter(code=code).exists():
             raise Conflict(f"The catalogue already has region {code}.", field="code")
         region.save()
         record(action="catalogue.region_create", actor=actor_for(actor), target=Target("region", code),
                data={"name": name, "jurisdiction": jurisdiction})
+    return region
+
+
+def region_accept(*, actor, code: str, otp_token: str) -> Region:
+    """A second platform admin, not the proposer, puts a proposed region in force."""
+    require_person(actor, "accept a region")
+    require_platform_admin(actor)
+    region = Region.objects.filter(code=code).select_related("proposed_by").first()
+    if region is None:
+        raise NotFound(f"No region {code} in the catalogue.")
+    if region.proposed_by_id == actor.pk:
+        raise Forbidden("A new region needs a second platform admin: you proposed it, so another one must accept it.",
+                        code="separation_of_duties")
+    device = step_up_verify(user=actor, otp_token=otp_token, purpose="catalogue.region_accept")
+    with transaction.atomic():
+        region = Region.objects.select_for_update().get(pk=region.pk)
+        if region.accepted_at is not None:
+            raise Conflict(f"Region {code} is already in force.", code="region_accepted")
+        region.accepted_by, region.accepted_at = actor, timezone.now()
+        region.save(update_fields=["accepted_by", "accepted_at"])
+        record(action="catalogue.region_accept", actor=actor_for(actor), target=Target("region", code),
+               data={"jurisdiction": region.jurisdiction_id, "proposed_by": region.proposed_by.username,
+                     "otp_device": device.persistent_id})
     return region

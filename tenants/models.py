@@ -36,15 +36,29 @@ class Jurisdiction(models.Model):
         return self.code
 
 
+class RegionQuerySet(models.QuerySet):
+    def in_force(self):
+        return self.filter(accepted_at__isnull=False)
+
+
 class Region(models.Model):
     """Where bytes are stored and nodes run. Each region is in exactly one jurisdiction, and
-    that catalogue entry, never the shape of the code, says which."""
+    that catalogue entry, never the shape of the code, says which. A new region lets data and
+    work into its jurisdiction, so it is in force only once a second platform admin accepted
+    it (tenants/catalogue.py); the regions a platform is installed with are accepted by the install."""
 
     code = models.CharField(max_length=16, unique=True, validators=[region_validator])
     name = models.CharField(max_length=100)
     jurisdiction = models.ForeignKey(Jurisdiction, on_delete=models.PROTECT, related_name="regions",
                                      to_field="code", db_column="jurisdiction")
     created_at = models.DateTimeField(default=timezone.now)
+    proposed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True,
+                                    blank=True)  # none: a region the platform was installed with
+    accepted_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True,
+                                    blank=True)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = RegionQuerySet.as_manager()
 
     class Meta:
         ordering = ["code"]
@@ -68,6 +82,7 @@ class Tenant(models.Model):
     run_priority_max = models.IntegerField(default=10)
     # Counts every change of who is a tenant admin: the revision admin proposals are made against.
     admins_revision = models.PositiveIntegerField(default=0)
+    quotas_revision = models.PositiveIntegerField(default=0)  # of its GPU quotas, a governed setting
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = TenantQuerySet.as_manager()

@@ -18,6 +18,9 @@ class Role(models.TextChoices):
 # promotions; audit: read the audit trail; admin: members, tokens of others, tenant data.
 ACTIONS = ("view", "develop", "approve", "audit", "admin")
 WRITE_ACTIONS = frozenset({"develop", "approve", "admin"})
+# An explicit grant (a platform admin's, alone) only ever lets someone read a tenant: the power
+# to change one comes from a membership, which the tenant's own admins govern.
+GRANTABLE_ACTIONS = ("view", "audit")
 
 ROLE_ACTIONS = {
     Role.DEVELOPER: frozenset({"view", "develop"}),

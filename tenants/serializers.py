@@ -144,11 +144,23 @@ class RegionSerializer(strict.ModelSerializer):
     jurisdiction = strict.CharField(source="jurisdiction_id", max_length=16,
                                     help_text="The catalogue jurisdiction this region is in, exactly.")
 
+    in_force = serializers.SerializerMethodField(
+        help_text="Whether the region counts: a second platform admin accepted it (or the install put it there).")
+    proposed_by = strict.CharField(source="proposed_by.username", read_only=True, allow_null=True, default=None)
+    accepted_by = strict.CharField(source="accepted_by.username", read_only=True, allow_null=True, default=None)
+
     class Meta:
         model = Region
-        fields = ["code", "name", "jurisdiction", "created_at"]
-        read_only_fields = ["created_at"]
+        fields = ["code", "name", "jurisdiction", "created_at", "in_force", "proposed_by", "accepted_by", "accepted_at"]
+        read_only_fields = ["created_at", "accepted_at"]
         extra_kwargs = {"code": {"validators": [region_validator]}}
+
+    def get_in_force(self, region) -> bool:
+        return region.accepted_at is not None
+
+
+class RegionAcceptSerializer(serializers.Serializer):
+    otp_token = strict.CharField(max_length=8, help_text="A fresh one-time password from your own device.")
 
 
 class TenantQuotaSerializer(strict.ModelSerializer):

@@ -22,17 +22,15 @@ from .db import bind_rls
 from .errors import Conflict, Forbidden, Invalid, NotFound, TenantSuspended, clean_or_invalid
 from .models import (
     ApiToken,
-    BudgetMode,
     GpuFlavor,
     Membership,
     PersonName,
     ServiceAccount,
     Tenant,
-    TenantQuota,
     hash_token_secret,
     new_token_plaintext,
 )
-from .roles import ACTIONS, SERVICE_ACCOUNT_ROLES, Role, permission_codename
+from .roles import GRANTABLE_ACTIONS, SERVICE_ACCOUNT_ROLES, Role, permission_codename
 from .usernames import skeleton_sha256, username_problem
 
 User = get_user_model()
@@ -41,7 +39,6 @@ MAX_TOKEN_DAYS = 365
 DEFAULT_TOKEN_DAYS = 90
 
 
-MAX_GPU_HOURS_BUDGET = 10_000_000
 
 
 def _require_known_role(role, *, field="role", allowed=tuple(Role)):
@@ -251,10 +248,13 @@ def membership_revoke(*, actor, tenant: Tenant, user: User) -> None:
 
 
 def object_permission_grant(*, actor, tenant: Tenant, user: User, action: str) -> None:
-    """Grant one explicit permission on one tenant (for example audit access for an external auditor)."""
+    """Grant one explicit read permission on one tenant (for example audit access for an
+    external auditor). One platform admin grants it, so it never reaches a write: developing,
+    deciding and administering come only from a membership (docs/roles.md)."""
     require_platform_admin(actor)
-    if action not in ACTIONS:
-        raise Invalid(f"Action must be one of: {', '.join(ACTIONS)}.", field="action")
+    if action not in GRANTABLE_ACTIONS:
+        raise Invalid(f"An explicit grant is one of: {', '.join(GRANTABLE_ACTIONS)}; the power to change a tenant "
+                      "comes from a membership, which its tenant admins give.", field="action")
     with transaction.atomic():
         permission = Permission.objects.get(codename=permission_codename(action),
                                             content_type=ContentType.objects.get_for_model(Tenant))
@@ -368,7 +368,7 @@ def user_by_username(username: str) -> User:
 
 
 
-# GPU flavors and quotas (platform admins only; tenants read their own quotas) -----------
+# GPU flavors (platform admins only; quotas are a governed setting: policies/quotas.py) ----
 
 
 def gpu_flavor_create(*, actor, name: str, memory_gb: int, billing_weight, description: str = "") -> GpuFlavor:
@@ -402,35 +402,3 @@ def gpu_flavor_update(*, actor, flavor: GpuFlavor, **changes) -> GpuFlavor:
         record(action="gpu_flavor.update", actor=actor_for(actor), target=Target("gpu_flavor", flavor.name),
                data={"from": before, "to": {key: str(value) for key, value in changes.items()}})
     return flavor
-
-
-def tenant_quota_set(*, actor, tenant: Tenant, flavor: GpuFlavor, nominal: int, borrowing_limit: int = 0,
-                     gpu_hours_budget: int | None = None, budget_mode: str = BudgetMode.HARD) -> TenantQuota:
-    """Set a tenant's quota for one flavor, and its monthly GPU-hour budget (none when
-    ``gpu_hours_budget`` is None). Platform admins only: a tenant admin cannot raise their own
-    tenant's quota."""
-    require_platform_admin(actor)
-    for field, value in (("nominal", nominal), ("borrowing_limit", borrowing_limit)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise Invalid(f"{field} must be a whole number of GPUs, 0 or more.", field=field)
-    if gpu_hours_budget is not None and (not isinstance(gpu_hours_budget, int) or isinstance(gpu_hours_budget, bool)
-                                         or not 0 <= gpu_hours_budget <= MAX_GPU_HOURS_BUDGET):
-        raise Invalid(f"gpu_hours_budget is a whole number of GPU-hours per month, 0 to {MAX_GPU_HOURS_BUDGET}, "
-                      "or null for no budget.", field="gpu_hours_budget")
-    if budget_mode not in BudgetMode.values:
-        raise Invalid(f"budget_mode is one of {', '.join(BudgetMode.values)}.", field="budget_mode")
-    wanted = {"nominal": nominal, "borrowing_limit": borrowing_limit, "gpu_hours_budget": gpu_hours_budget,
-              "budget_mode": budget_mode}
-    with transaction.atomic():
-        bind_rls(tenant_id=tenant.pk)
-        quota = TenantQuota.objects.select_for_update().filter(tenant=tenant, flavor=flavor).first()
-        before = None if quota is None else {field: getattr(quota, field) for field in wanted}
-        if quota is None:
-            quota = TenantQuota(tenant=tenant, flavor=flavor)
-        for field, value in wanted.items():
-            setattr(quota, field, value)
-        quota.updated_at = timezone.now()
-        quota.save()
-        record(action="tenant_quota.set", actor=actor_for(actor), tenant=tenant.slug,
-               target=Target("tenant_quota", flavor.name), data={"from": before, "to": wanted})
-    return quota

@@ -1,3 +1,4 @@
+from django.db import transaction
 from django.urls import path
 
 from . import console, views
@@ -18,6 +19,8 @@ api_urlpatterns = [
     path("gpu-flavors/<str:flavor>/", views.GpuFlavorDetail.as_view(), name="api-gpu-flavor-detail"),
     path("jurisdictions/", views.JurisdictionList.as_view(), name="api-jurisdiction-list"),
     path("regions/", views.RegionList.as_view(), name="api-region-list"),
+    path("regions/<str:code>/accept/", transaction.non_atomic_requests(views.RegionAccept.as_view()),
+         name="api-region-accept"),
 ]
 
 console_urlpatterns = [

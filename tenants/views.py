@@ -19,6 +19,7 @@ from .serializers import (
     GpuFlavorSerializer,
     IssuedTokenSerializer,
     JurisdictionSerializer,
+    RegionAcceptSerializer,
     RegionSerializer,
     MembershipGrantSerializer,
     MembershipRoleSerializer,
@@ -241,10 +242,11 @@ class JurisdictionList(generics.ListAPIView):
 
 
 class RegionList(generics.ListAPIView):
-    """The platform's regions, each with its jurisdiction. Platform admins add them."""
+    """The platform's regions, each with its jurisdiction. A platform admin proposes one with
+    POST; it is in force once a second platform admin accepts it."""
 
     serializer_class = RegionSerializer
-    queryset = Region.objects.all()
+    queryset = Region.objects.select_related("proposed_by", "accepted_by")
     filterset_fields = ["jurisdiction"]
 
     def post(self, request):
@@ -254,3 +256,16 @@ class RegionList(generics.ListAPIView):
         region = catalogue.region_create(actor=request.user, code=data["code"], name=data["name"],
                                          jurisdiction=data["jurisdiction_id"])
         return Response(RegionSerializer(region).data, status=status.HTTP_201_CREATED)
+
+
+class RegionAccept(APIView):
+    """A second platform admin (not its proposer) puts a proposed region in force, with a fresh one-time password."""
+
+    serializer_class = RegionSerializer
+
+    @extend_schema(request=RegionAcceptSerializer, responses={200: RegionSerializer})
+    def post(self, request, code):
+        serializer = RegionAcceptSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        region = catalogue.region_accept(actor=request.user, code=code, **serializer.validated_data)
+        return Response(RegionSerializer(region).data)

@@ -13,10 +13,10 @@ from runners.discovery import Discovery, parse_declared
 from runners.models import HOLDING_STATES, Run
 from runners.services import runner_register
 from tenants.models import GpuFlavor
-from tenants.services import tenant_quota_set
 from workflows.models import WorkflowVersion
 
 from tests.support.processes import wait_for
+from tests.support.governance import set_quota
 from .test_api import assert_error
 from .test_promotions import SPEC, T, Gate
 
@@ -273,8 +273,7 @@ def test_no_over_admission_with_16_concurrent_submitters_and_cycles(gate, world,
     assert_no_device_handed_out_twice(held, 4)
     assert Run.objects.using("owner").filter(state="queued").count() == 14
 
-    tenant_quota_set(actor=world.platform_admin, tenant=world.a.tenant, flavor=GpuFlavor.objects.get(name="h100-80gb"),
-                     nominal=16, borrowing_limit=16)
+    set_quota(world, world.a.tenant, GpuFlavor.objects.get(name="h100-80gb"), nominal=16, borrowing_limit=16)
     assert not all_at_once(16, lambda index: admission_cycle())
     held = held_runs()
     assert len(held) == 4 and sum(r.gpus for r in held) == 8  # every device of both nodes, and no more

@@ -343,6 +343,31 @@ def test_an_explicit_audit_grant_lets_an_external_auditor_read_one_tenants_trail
     assert (grant.tenant, grant.target_id, grant.data) == ("acme-bank", "outsider", {"action": "audit"})
 
 
+@pytest.mark.parametrize("action", ["develop", "approve", "admin"])
+def test_an_explicit_grant_reads_and_never_reaches_a_write(world, api, action):
+    """One platform admin gives a grant alone, so it gives reading only: a grant of a write
+    would let an operator hand a tenant's work, decisions or members to anyone, unseconded."""
+    from django.contrib.auth.models import Permission
+    from guardian.models import UserObjectPermission
+
+    from tenants.errors import Invalid
+    from tenants.roles import permission_codename
+    from tenants.services import object_permission_grant
+
+    with pytest.raises(Invalid, match="comes from a membership"):
+        object_permission_grant(actor=world.platform_admin, tenant=world.a.tenant, user=world.outsider, action=action)
+    # A row of such a grant, however it got there, gives nothing either.
+    permission = Permission.objects.using("owner").get(codename=permission_codename(action))
+    UserObjectPermission.objects.using("owner").create(user=world.outsider, permission=permission,
+                                                       content_type=permission.content_type,
+                                                       object_pk=str(world.a.tenant.pk))
+    outsider = api(world.outsider)
+    assert outsider.get("/api/v1/tenants/").json()["results"] == []
+    assert_error(outsider.post(members_url(world.a.tenant), {"username": "outsider", "role": "developer"}),
+                 404, "not_found")
+    assert not Membership.objects.using("owner").filter(user=world.outsider).exists()
+
+
 def test_a_platform_admin_reads_the_platform_events_and_no_tenants_trail(world, api):
     admin = api(world.platform_admin)
     assert admin.post("/api/v1/regions/", {"code": "eu-x1", "name": "X1", "jurisdiction": "eu"}).status_code == 201

@@ -14,6 +14,8 @@ from tenants.errors import Invalid
 from tenants.services import gpu_flavor_create
 
 from tests.support.clients import issue_token
+from tests.support.governance import second_platform_admin
+from tests.support.otp import fresh_totp
 from .test_api import assert_error
 from .test_artifacts import DIGEST, upload
 from .test_workflows import SPEC, VERSIONS
@@ -25,14 +27,26 @@ def add_region(admin, code, jurisdiction):
     return admin.post("/api/v1/regions/", {"code": code, "name": code, "jurisdiction": jurisdiction})
 
 
+def accept_region(api, who, code, otp_token=None):
+    return api(who).post(f"/api/v1/regions/{code}/accept/", {"otp_token": otp_token or fresh_totp(who)})
+
+
+def region_in_force(api, world, code, jurisdiction):
+    """world.platform_admin proposes the region and a second platform admin accepts it."""
+    assert add_region(api(world.platform_admin), code, jurisdiction).status_code == 201
+    accepted = accept_region(api, second_platform_admin(), code)
+    assert accepted.status_code == 200 and accepted.json()["in_force"], accepted.content
+
+
 def test_platform_admins_manage_the_catalogue_and_members_read_it(world, api):
     admin = api(world.platform_admin)
     created = admin.post("/api/v1/jurisdictions/", {"code": "no", "name": "Norway"})
     assert created.status_code == 201, created.content
     region = add_region(admin, "no-osl1", "no")
     assert region.status_code == 201, region.content
-    assert {key: region.json()[key] for key in ("code", "name", "jurisdiction")} == {
-        "code": "no-osl1", "name": "no-osl1", "jurisdiction": "no"}
+    assert {key: region.json()[key] for key in ("code", "name", "jurisdiction", "in_force", "proposed_by")} == {
+        "code": "no-osl1", "name": "no-osl1", "jurisdiction": "no", "in_force": False, "proposed_by": "ops-admin"}
+    assert accept_region(api, second_platform_admin(), "no-osl1").json()["accepted_by"] == "ops-second"
     assert assert_error(add_region(admin, "no-osl1", "no"), 409, "conflict")["fields"] == {
         "code": ["The catalogue already has region no-osl1."]}
     assert assert_error(add_region(admin, "no-osl2", "NO"), 400, "invalid")["fields"] == {
@@ -68,8 +82,7 @@ def test_an_artifact_region_is_an_exact_entry(world, api, bad):
 
 
 def test_a_region_is_in_the_jurisdiction_its_entry_names_never_the_one_its_prefix_suggests(world, api):
-    admin = api(world.platform_admin)
-    assert add_region(admin, "eu-shadow", "us").status_code == 201  # looks European; the catalogue says us
+    region_in_force(api, world, "eu-shadow", "us")  # looks European; the catalogue says us
     developer = api(issue_token(world.a.developer, world.a.tenant))  # acme-bank is in eu
     assert assert_error(upload(developer, region="eu-shadow"), 400, "invalid")["fields"] == {
         "region": ["Region eu-shadow is outside acme-bank's jurisdiction (eu)."]}
@@ -125,3 +138,26 @@ def test_a_stage_is_an_exact_entry(world, api, stage):
     response = developer.post("/api/v1/tenants/acme-bank/promotions/",
                               {"workflow": "fraud-detector", "version": 1, "stage": stage})
     assert list(assert_error(response, 400, "invalid")["fields"]) == ["stage"]
+
+
+def test_a_new_region_counts_only_once_a_second_platform_admin_accepts_it(world, api):
+    """A region lets data and work into its jurisdiction, so adding one is loosening: one
+    platform admin proposes it and another accepts it with a fresh one-time password."""
+    second = second_platform_admin()
+    assert add_region(api(world.platform_admin), "eu-south1", "eu").status_code == 201
+    developer = api(issue_token(world.a.developer, world.a.tenant))
+    assert assert_error(upload(developer, region="eu-south1"), 400, "invalid")["fields"] == {
+        "region": ["Region 'eu-south1' is not in the platform's catalogue."]}
+    policy = api(world.a.admin).put("/api/v1/tenants/acme-bank/policy-data/", {"allowed_regions": ["eu-south1"]})
+    assert "allowed_regions" in assert_error(policy, 400, "invalid")["fields"]
+
+    assert_error(accept_region(api, world.platform_admin, "eu-south1"), 403, "separation_of_duties")
+    assert_error(accept_region(api, world.a.admin, "eu-south1"), 403, "permission_denied")
+    assert_error(accept_region(api, second, "eu-nowhere"), 404, "not_found")
+    accepted = accept_region(api, second, "eu-south1")
+    assert accepted.status_code == 200 and accepted.json()["in_force"], accepted.content
+    assert_error(accept_region(api, second, "eu-south1"), 409, "region_accepted")
+    assert upload(developer, region="eu-south1").status_code == 201
+    [event] = AuditEvent.objects.using("owner").filter(action="catalogue.region_accept")
+    assert (event.actor_name, event.target_id, event.data["proposed_by"]) == ("ops-second", "eu-south1", "ops-admin")
+

@@ -210,12 +210,13 @@ def build_scene() -> Scene:
     token, _ = token_issue(actor=developer, tenant=tenant, name="pipeline",
                            expires_in_days=30, service_account=account)
     issue_token(world.a.admin, world.a.tenant, name="a-admin-laptop")
-    from tenants.services import gpu_flavor_create, tenant_quota_set
+    from tenants.services import gpu_flavor_create
+    from tests.support.governance import set_quota
     from workflows.services import workflow_version_register
 
     admin = on_default(world.platform_admin)
     flavor = gpu_flavor_create(actor=admin, name="h100-80gb", memory_gb=80, billing_weight="1.0")
-    tenant_quota_set(actor=admin, tenant=tenant, flavor=flavor, nominal=8, borrowing_limit=4)
+    set_quota(world, tenant, flavor, nominal=8, borrowing_limit=4)
     import hashlib
     import io
 

@@ -13,11 +13,11 @@ from runners.admission import admission_cycle, run_request
 from runners.models import Run, UsageEntry
 from runners.services import workflow_run_priority_set
 from tenants.models import GpuFlavor
-from tenants.services import tenant_quota_set
 from workflows.models import WorkflowVersion
 from workflows.services import workflow_version_register
 
 from tests.support.people import make_tenant_people
+from tests.support.governance import set_quota
 from .test_admission import RUNS, ask, gate, gpus_step, node, state_of  # noqa: F401 (gate is a fixture)
 from .test_api import assert_error
 from .test_promotions import T
@@ -78,7 +78,7 @@ def _eu_neighbour(world):
     """A second EU tenant with a version of its own, sharing acme-bank's pool."""
     people = make_tenant_people("euro-insure", "eu")
     flavor = GpuFlavor.objects.get(name="h100-80gb")
-    tenant_quota_set(actor=world.platform_admin, tenant=people.tenant, flavor=flavor, nominal=2, borrowing_limit=2)
+    set_quota(world, people.tenant, flavor, nominal=2, borrowing_limit=2)
     version, _ = workflow_version_register(actor=people.developer, tenant=people.tenant, spec={
         "name": "claims",
         "steps": [{"name": "score", "command": ["true"], "gpu": {"flavor": "h100-80gb", "count": 2}}]})
@@ -129,7 +129,7 @@ def test_usage_decays_by_its_half_life_and_counts_against_the_tenants_share(gate
     half_life = timedelta(hours=settings.FAIR_SHARE_HALF_LIFE_HOURS)
     neighbour, version = _eu_neighbour(world)  # share 2
     flavor = GpuFlavor.objects.get(name="h100-80gb")
-    tenant_quota_set(actor=world.platform_admin, tenant=world.a.tenant, flavor=flavor, nominal=8, borrowing_limit=0)
+    set_quota(world, world.a.tenant, flavor, nominal=8, borrowing_limit=0)
     mine = _fraud_detector(gate.version())
     now = timezone.now()
     _used(tenant=world.a.tenant, requester=world.a.developer, version=mine, gpu_seconds=14400, at=now - 2 * half_life)
@@ -144,8 +144,7 @@ def test_usage_decays_by_its_half_life_and_counts_against_the_tenants_share(gate
 
 
 def test_a_large_run_is_passed_by_runs_that_fit_until_it_has_waited_too_long(gate, world, settings):
-    tenant_quota_set(actor=world.platform_admin, tenant=world.a.tenant, flavor=GpuFlavor.objects.get(name="h100-80gb"),
-                     nominal=8, borrowing_limit=0)
+    set_quota(world, world.a.tenant, GpuFlavor.objects.get(name="h100-80gb"), nominal=8, borrowing_limit=0)
     node("gpu-eu-1", "0,1,2,3")
     holder = ask(gate, gate.version(spec_changes=gpus_step(2))).json()["id"]
     admission_cycle()

@@ -5,6 +5,8 @@ import pytest
 from audit.models import AuditEvent
 from tenants.models import GpuFlavor, TenantQuota
 
+from tests.support.governance import confirm_as, second_platform_admin
+
 from .test_api import assert_error
 
 
@@ -14,6 +16,21 @@ MIG = {"name": "h100-1g.10gb", "memory_gb": 10, "billing_weight": "0.143", "desc
 
 def actions():
     return list(AuditEvent.objects.using("owner").order_by("id").values_list("action", flat=True))
+
+
+QUOTA = "/api/v1/tenants/acme-bank/quota/h100-80gb/"
+
+
+def put_quota(api, world, body):
+    """PUT a quota as world.platform_admin; a raise (202, a proposal) is confirmed by a second
+    platform admin. Returns the PUT's own answer, or a GET of the quota after the confirmation."""
+    confirmer = second_platform_admin()
+    response = api(world.platform_admin).put(QUOTA, body)
+    if response.status_code != 202:
+        return response
+    confirmed = confirm_as(api, confirmer, world.a.tenant, response.json())
+    assert confirmed.status_code == 200, confirmed.content
+    return api(world.platform_admin).get(QUOTA)
 
 
 @pytest.fixture
@@ -55,24 +72,92 @@ def test_changing_a_flavor_is_audited_and_its_name_and_memory_stay(flavors):
 
 
 @pytest.mark.embedded
-def test_platform_admin_sets_a_quota_and_the_tenant_reads_it(flavors, world, api):
-    response = flavors.put("/api/v1/tenants/acme-bank/quota/h100-80gb/", {"nominal": 8, "borrowing_limit": 4})
+def test_platform_admins_set_a_quota_and_the_tenant_reads_it(flavors, world, api):
+    response = put_quota(api, world, {"nominal": 8, "borrowing_limit": 4})
     assert response.status_code == 200, response.content
-    flavors.put("/api/v1/tenants/acme-bank/quota/h100-80gb/", {"nominal": 16, "borrowing_limit": 0})
+    cut = flavors.put(QUOTA, {"nominal": 6, "borrowing_limit": 0})  # a cut applies at once
+    assert cut.status_code == 200 and (cut.json()["nominal"], cut.json()["borrowing_limit"]) == (6, 0)
     quotas = api(world.a.developer).get("/api/v1/tenants/acme-bank/quota/").json()["results"]
-    assert [(q["flavor"], q["nominal"], q["borrowing_limit"]) for q in quotas] == [("h100-80gb", 16, 0)]
+    assert [(q["flavor"], q["nominal"], q["borrowing_limit"]) for q in quotas] == [("h100-80gb", 6, 0)]
     events = AuditEvent.objects.using("owner").filter(action="tenant_quota.set").order_by("id")
     first = {"nominal": 8, "borrowing_limit": 4, "gpu_hours_budget": None, "budget_mode": "hard"}
+    [proposal] = AuditEvent.objects.using("owner").filter(action="governed_change.confirm")
     assert [e.data for e in events] == [
-        {"from": None, "to": first},
-        {"from": first, "to": {**first, "nominal": 16, "borrowing_limit": 0}}]
+        {"from": None, "to": first, "proposal": int(proposal.target_id)},
+        {"from": first, "to": {**first, "nominal": 6, "borrowing_limit": 0}, "proposal": None}]
+    assert [e.actor_name for e in events] == ["ops-second", "ops-admin"]  # the confirmer writes a raise
     assert {e.tenant for e in events} == {"acme-bank"}
     assert api(world.b.developer).get("/api/v1/tenants/st-mary-hospital/quota/").json()["count"] == 0
 
 
+@pytest.mark.embedded
+def test_a_quota_raise_waits_for_a_second_platform_admin(flavors, world, api):
+    """A quota decides baseline.gpu_quota and admission, so a raise lets through what was refused
+    or held: one platform admin proposes it, another confirms it; neither the proposer nor the
+    tenant's own admins may."""
+    put_quota(api, world, {"nominal": 2})
+    response = flavors.put(QUOTA, {"nominal": 16, "borrowing_limit": 4, "budget_mode": "soft"})
+    assert response.status_code == 202, response.content
+    proposal = response.json()
+    assert (proposal["setting"], proposal["state"]) == ("quotas", "proposed")
+    assert proposal["diff"]["loosening"] == ["h100-80gb.nominal 2 → 16", "h100-80gb.borrowing_limit 0 → 4"]
+    assert TenantQuota.objects.using("owner").get().nominal == 2
+
+    assert_error(confirm_as(api, world.platform_admin, world.a.tenant, proposal), 403, "separation_of_duties")
+    for tenant_admin in (world.a.admin, world.a.admin2):
+        assert_error(confirm_as(api, tenant_admin, world.a.tenant, proposal), 403, "platform_admin_required")
+    assert TenantQuota.objects.using("owner").get().nominal == 2
+    confirmed = confirm_as(api, second_platform_admin(), world.a.tenant, proposal)
+    assert confirmed.status_code == 200 and confirmed.json()["state"] == "applied", confirmed.content
+    quota = TenantQuota.objects.using("owner").get()
+    assert (quota.nominal, quota.borrowing_limit, quota.budget_mode) == (16, 4, "soft")
+
+
+@pytest.mark.embedded
+def test_a_quota_proposal_is_void_once_the_quota_changes_under_it(flavors, world, api):
+    put_quota(api, world, {"nominal": 8})
+    proposal = flavors.put(QUOTA, {"nominal": 12}).json()
+    assert flavors.put(QUOTA, {"nominal": 4}).status_code == 200  # a cut lands in between
+    assert_error(confirm_as(api, second_platform_admin(), world.a.tenant, proposal), 409, "proposal_stale")
+    assert TenantQuota.objects.using("owner").get().nominal == 4
+
+
+def test_a_quota_raise_needs_a_second_platform_admin_to_exist(flavors, world, api):
+    assert not second_platform_admin_exists()
+    body = assert_error(flavors.put(QUOTA, {"nominal": 4}), 409, "second_platform_admin_required")
+    assert "needs a second platform admin" in body["detail"]
+    assert not TenantQuota.objects.using("owner").exists()
+
+
+@pytest.mark.parametrize("before, after, loosens", [
+    ({}, {"nominal": 1}, ["x.nominal 0 → 1", "x.gpu_hours_budget 0 → none"]),  # no quota allows nothing
+    ({"nominal": 4}, {"nominal": 4, "borrowing_limit": 1}, ["x.borrowing_limit 0 → 1"]),
+    ({"nominal": 4, "gpu_hours_budget": 10}, {"nominal": 4, "gpu_hours_budget": 11}, ["x.gpu_hours_budget 10 → 11"]),
+    ({"nominal": 4, "gpu_hours_budget": 10}, {"nominal": 4}, ["x.gpu_hours_budget 10 → none"]),
+    ({"nominal": 4, "gpu_hours_budget": 10}, {"nominal": 4, "gpu_hours_budget": 10, "budget_mode": "soft"},
+     ["x.budget_mode hard → soft"]),
+    ({"nominal": 4}, {"nominal": 3}, []),
+    ({"nominal": 4}, {"nominal": 4, "gpu_hours_budget": 5}, []),  # a budget where there was none
+    ({"nominal": 4, "budget_mode": "soft"}, {"nominal": 4}, []),
+])
+def test_which_quota_changes_loosen(before, after, loosens):
+    from policies.loosening import QUOTAS, loosening
+
+    def quota(values):
+        return {"nominal": 0, "borrowing_limit": 0, "gpu_hours_budget": None, "budget_mode": "hard"} | values
+    old = {"x": quota(before)} if before else {}
+    assert loosening(QUOTAS, {"quotas": old}, {"quotas": {"x": quota(after)}}) == loosens
+
+
+def second_platform_admin_exists():
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.using("owner").filter(is_superuser=True).count() > 1
+
+
 def test_a_tenant_admin_cannot_raise_their_own_quota(flavors, world, api):
-    flavors.put("/api/v1/tenants/acme-bank/quota/h100-80gb/", {"nominal": 2})
-    response = api(world.a.admin).put("/api/v1/tenants/acme-bank/quota/h100-80gb/", {"nominal": 64})
+    put_quota(api, world, {"nominal": 2})
+    response = api(world.a.admin).put(QUOTA, {"nominal": 64})
     assert_error(response, 403, "permission_denied")
     assert TenantQuota.objects.using("owner").get().nominal == 2
 
@@ -80,7 +165,7 @@ def test_a_tenant_admin_cannot_raise_their_own_quota(flavors, world, api):
 @pytest.mark.parametrize("body, field", [({"nominal": -1}, "nominal"), ({"nominal": 1.5}, "nominal"),
                                          ({"nominal": 1, "borrowing_limit": -2}, "borrowing_limit")])
 def test_a_quota_is_a_whole_number_of_gpus(flavors, body, field):
-    response = flavors.put("/api/v1/tenants/acme-bank/quota/h100-80gb/", body)
+    response = flavors.put(QUOTA, body)
     assert field in assert_error(response, 400, "invalid")["fields"]
 
 
@@ -90,20 +175,18 @@ def test_a_quota_for_an_unknown_flavor_is_404(flavors):
 
 @pytest.mark.embedded
 def test_a_monthly_gpu_hour_budget_is_set_with_its_mode_and_audited(flavors, world, api):
-    response = flavors.put("/api/v1/tenants/acme-bank/quota/h100-80gb/",
-                           {"nominal": 4, "gpu_hours_budget": 2000, "budget_mode": "soft"})
+    response = put_quota(api, world, {"nominal": 4, "gpu_hours_budget": 2000, "budget_mode": "soft"})
     assert response.status_code == 200, response.content
     [quota] = api(world.a.developer).get("/api/v1/tenants/acme-bank/quota/").json()["results"]
     assert (quota["gpu_hours_budget"], quota["budget_mode"]) == (2000, "soft")
     event = AuditEvent.objects.using("owner").get(action="tenant_quota.set")
     assert event.data["to"] == {"nominal": 4, "borrowing_limit": 0, "gpu_hours_budget": 2000, "budget_mode": "soft"}
-    assert_error(api(world.a.admin).put("/api/v1/tenants/acme-bank/quota/h100-80gb/",
-                                        {"nominal": 4, "gpu_hours_budget": 99999}), 403, "permission_denied")
+    assert_error(api(world.a.admin).put(QUOTA, {"nominal": 4, "gpu_hours_budget": 99999}), 403, "permission_denied")
 
 
 @pytest.mark.parametrize("body, field", [({"nominal": 1, "gpu_hours_budget": -5}, "gpu_hours_budget"),
                                          ({"nominal": 1, "budget_mode": "lenient"}, "budget_mode")])
 def test_a_budget_is_whole_gpu_hours_in_a_known_mode(flavors, body, field):
-    response = flavors.put("/api/v1/tenants/acme-bank/quota/h100-80gb/", body)
+    response = flavors.put(QUOTA, body)
     assert field in assert_error(response, 400, "invalid")["fields"]
     assert not TenantQuota.objects.using("owner").exists()

@@ -39,12 +39,12 @@ class Gate:
     artifacts and register versions."""
 
     def __init__(self, world, api, tmp_path):
-        from tenants.services import gpu_flavor_create, tenant_quota_set
+        from tenants.services import gpu_flavor_create
+        from tests.support.governance import set_quota
 
         self.world, self.api, self.tmp = world, api, tmp_path
         flavor = gpu_flavor_create(actor=world.platform_admin, name="h100-80gb", memory_gb=80, billing_weight="1")
-        tenant_quota_set(actor=world.platform_admin, tenant=world.a.tenant, flavor=flavor, nominal=2,
-                         borrowing_limit=2)
+        set_quota(world, world.a.tenant, flavor, nominal=2, borrowing_limit=2)
         self.private_pem, public_pem = signing.generate_key_pair()
         self.admin = api(world.a.admin)
         assert self.put_governed("trust/", {"public_keys": {"ci-2026": public_pem.decode()}}).status_code == 200

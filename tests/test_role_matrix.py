@@ -209,14 +209,14 @@ def run_body(number: int) -> dict:
 def build_scene(tmp: Path) -> Scene:
     from audit.checkpointing import checkpoint_write
     from audit.sequencer import sequence_pending
-    from tenants.services import gpu_flavor_create, tenant_quota_set
+    from tenants.services import gpu_flavor_create
     from workflows import signing
 
-    from tests.support.governance import put_governed
+    from tests.support.governance import put_governed, set_quota as quota_set
 
     world = make_world()
     flavor = gpu_flavor_create(actor=world.platform_admin, name="h100-80gb", memory_gb=80, billing_weight="1")
-    tenant_quota_set(actor=world.platform_admin, tenant=world.a.tenant, flavor=flavor, nominal=8, borrowing_limit=4)
+    quota_set(world, world.a.tenant, flavor, nominal=8, borrowing_limit=4)
     private_pem, public_pem = signing.generate_key_pair()
     scene = Scene(world=world, tmp=tmp, private_pem=private_pem, public_pem=public_pem.decode(), pipeline_token="")
 

@@ -110,6 +110,7 @@ def _truncate(owner, tables, SequencerState, triggers_suspended):
         # A platform starts with its default catalogue of regions and its installed baseline
         # accepted, as its migrations leave it.
         for migration, seed in (("tenants.migrations.0007_region_catalogue", "seed_catalogue"),
+                                ("tenants.migrations.0013_accept_installed_regions", "accept_installed_regions"),
                                 ("policies.migrations.0007_baseline_revisions", "accept_installed_baseline")):
             getattr(import_module(migration), seed)(django_apps, SimpleNamespace(connection=owner))
 

@@ -59,3 +59,23 @@ def make_admin(api, tenant, username, *, proposer, confirmer):
     confirmed = confirm_as(api, confirmer, tenant, proposal.json())
     assert confirmed.status_code == 200, confirmed.content
     return confirmed.json()
+
+
+def second_platform_admin():
+    """A second platform admin (ops-second), made on first use: the one who confirms what
+    world.platform_admin proposes."""
+    from django.contrib.auth import get_user_model
+
+    from tests.support.people import make_user
+
+    found = get_user_model().objects.using("owner").filter(username="ops-second").first()
+    return found or make_user("ops-second", platform_admin=True)
+
+
+def set_quota(world, tenant, flavor, **values):
+    """Set a tenant's GPU quota as the platform admins would: world.platform_admin sets it, and
+    a raise (a proposal) is confirmed by the second platform admin."""
+    from policies.quotas import tenant_quota_set
+
+    return update_governed(tenant_quota_set, tenant=tenant, proposer=world.platform_admin,
+                           confirmer=second_platform_admin(), flavor=flavor, **values)

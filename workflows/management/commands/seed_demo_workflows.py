@@ -18,9 +18,10 @@ from audit.log import denials_recorded
 from policies.governance import governed_change_confirm
 from policies.models import GovernedChangeProposal
 from policies.services import tenant_policy_of, tenant_policy_update
-from tenants.management.commands.totp_code import current_code
+from policies.quotas import tenant_quota_set
+from tenants.management.commands.totp_code import unspent_code
 from tenants.models import GpuFlavor, Tenant
-from tenants.services import gpu_flavor_create, tenant_quota_set
+from tenants.services import gpu_flavor_create
 from workflows import signing
 from workflows.models import Workflow
 from workflows.promotions import promotion_request
@@ -53,7 +54,7 @@ class Command(BaseCommand):
             raise CommandError("The demo seed is for development only; it is refused in production.")
         User = get_user_model()
         people = {name: User.objects.filter(username=name).first()
-                  for name in ("ops-ada", "bank-dev", "bank-admin1", "bank-admin2")}
+                  for name in ("ops-ada", "ops-grace", "bank-dev", "bank-admin1", "bank-admin2")}
         tenant = Tenant.objects.filter(slug="acme-bank").first()
         if tenant is None or None in people.values():
             raise CommandError("Run `manage.py seed_demo` first: the demo tenants and people are missing.")
@@ -61,14 +62,16 @@ class Command(BaseCommand):
             self.stdout.write("The demo workflow is already there.")
             return
         with denials_recorded():
-            self._seed(tenant, people["ops-ada"], people["bank-dev"], (people["bank-admin1"], people["bank-admin2"]))
+            self._seed(tenant, (people["ops-ada"], people["ops-grace"]), people["bank-dev"],
+                       (people["bank-admin1"], people["bank-admin2"]))
         self.stdout.write("Demo workflow fraud-detector: v1 is in development and waits in staging for an "
                           "approver (sign in as bank-approver1).")
 
-    def _seed(self, tenant, operator, developer, admins):
+    def _seed(self, tenant, operators, developer, admins):
         flavor = GpuFlavor.objects.filter(name="h100-80gb").first() or gpu_flavor_create(
-            actor=operator, name="h100-80gb", memory_gb=80, billing_weight="1.0", description="NVIDIA H100 80GB")
-        tenant_quota_set(actor=operator, tenant=tenant, flavor=flavor, nominal=4, borrowing_limit=4)
+            actor=operators[0], name="h100-80gb", memory_gb=80, billing_weight="1.0", description="NVIDIA H100 80GB")
+        # A quota raise loosens too: one platform admin proposes it, the other confirms it.
+        self._governed(tenant_quota_set, tenant, *operators, flavor=flavor, nominal=4, borrowing_limit=4)
         private_pem, public_pem = signing.generate_key_pair()
         # Both changes loosen, so each admin proposes one and the other confirms it (one code each).
         self._governed(trust_config_update, tenant, *admins, public_keys={"demo-ci": public_pem.decode()})
@@ -91,7 +94,7 @@ class Command(BaseCommand):
         result = update(actor=proposer, tenant=tenant, **changes)
         if isinstance(result, GovernedChangeProposal):
             device = TOTPDevice.objects.get(user=confirmer, confirmed=True)
-            governed_change_confirm(actor=confirmer, proposal=result, otp_token=current_code(device),
+            governed_change_confirm(actor=confirmer, proposal=result, otp_token=unspent_code(device),
                                     diff_digest=result.diff_digest)
 
     @staticmethod
