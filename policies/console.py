@@ -92,10 +92,12 @@ class PolicyPage(TenantConsoleMixin, View):
             now = timezone.now()
             waivers = [(w, w.state_at(now)) for w in Waiver.objects.restrict(request.user, "view").filter(
                 tenant=self.tenant).select_related("requested_by", "approved_by")]
-            proposals = [(p, p.state_at(now)) for p in governance.proposals_of(request.user, self.tenant)]
+            is_admin = self.can("admin")
+            proposals = [(p, state, governance.may_confirm(request.user, p, state, is_tenant_admin=is_admin))
+                         for p in governance.proposals_of(request.user, self.tenant) for state in [p.state_at(now)]]
             return render(request, "policies/policy.html", {
                 "tenant": self.tenant, "policy": policy, "rules": RULES, "waivers": waivers,
-                "is_admin": self.can("admin"), "can_approve_waivers": self.can("admin"),
+                "is_admin": is_admin, "can_approve_waivers": is_admin,
                 "data_form": forms.get("data") or PolicyDataForm(initial=initial, auto_id="data_%s"),
                 "waiver_form": forms.get("waiver") or WaiverForm(auto_id="waiver_%s"),
                 "approve_form": forms.get("approve") or WaiverApproveForm(auto_id="approve_%s"),

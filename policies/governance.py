@@ -252,6 +252,15 @@ def governed_change_confirm(*, actor, proposal: Proposal, otp_token: str, diff_d
     return proposal
 
 
+def may_confirm(actor, proposal: Proposal, state: str, *, is_tenant_admin: bool) -> bool:
+    """Whether the console offers ``actor`` to confirm ``proposal`` (the confirmation checks it all again)."""
+    if state != Proposal.State.PROPOSED or proposal.proposed_by_id == actor.pk:
+        return False
+    if proposal.confirmers == Confirmers.PLATFORM_ADMINS:
+        return is_platform_admin(actor)
+    return is_tenant_admin
+
+
 def proposals_of(actor, tenant: Tenant):
     """The tenant's proposals, newest first (members who may view the tenant)."""
     return Proposal.objects.restrict(actor, "view").filter(tenant=tenant).select_related("proposed_by",

@@ -103,6 +103,7 @@ PATH_VALUES = {
     "waiver": lambda scene: scene.waiver.pk,
     "proposal": lambda scene: scene.proposal.pk,
     "run": lambda scene: scene.run.public_id,
+    "code": lambda scene: "eu-west1",  # a catalogue region
 }
 
 

@@ -149,6 +149,36 @@ def test_which_quota_changes_loosen(before, after, loosens):
     assert loosening(QUOTAS, {"quotas": old}, {"quotas": {"x": quota(after)}}) == loosens
 
 
+def proposal_row(client, proposal) -> str:
+    page = client.get("/t/acme-bank/policy/").content.decode()
+    row = page[page.index(f'data-proposal="{proposal["id"]}"'):]
+    return row[:row.index("</tr>")]
+
+
+@pytest.mark.embedded
+def test_a_second_platform_admin_confirms_a_quota_raise_in_the_console(flavors, world, api, client):
+    from tests.support.clients import sign_in
+    from tests.support.otp import fresh_totp
+
+    second = second_platform_admin()
+    proposal = flavors.put(QUOTA, {"nominal": 8}).json()
+    sign_in(client, world.a.admin)  # the tenant's admins see it, and that it is not theirs to confirm
+    row = proposal_row(client, proposal)
+    assert "h100-80gb.nominal 0 → 8" in row and "A second platform admin confirms it." in row and "Confirm<" not in row
+    sign_in(client, world.platform_admin)
+    assert "Confirm<" not in proposal_row(client, proposal)  # not for its proposer
+
+    sign_in(client, second)
+    assert "Confirm<" in proposal_row(client, proposal)
+    form = {"action": "confirm", "proposal": proposal["id"], "diff_digest": proposal["diff_digest"]}
+    wrong = client.post("/t/acme-bank/policy/", {**form, "otp_token": "12345"})
+    assert wrong.status_code == 400 and "field-error" in wrong.content.decode()
+    assert not TenantQuota.objects.using("owner").exists()
+    confirmed = client.post("/t/acme-bank/policy/", {**form, "otp_token": fresh_totp(second)})
+    assert confirmed.status_code == 302, confirmed.content.decode()[:500]
+    assert TenantQuota.objects.using("owner").get().nominal == 8
+
+
 def second_platform_admin_exists():
     from django.contrib.auth import get_user_model
 
