@@ -264,4 +264,5 @@ def active_waivers(tenant: Tenant, moment) -> list[Waiver]:
     """Approved, unrevoked waivers that have not expired at ``moment``: an expired waiver
     stops applying on its own, with nobody having to act."""
     return list(Waiver.objects.filter(tenant=tenant, approved_at__isnull=False, revoked_at__isnull=True,
-                                      expires_at__gt=moment).order_by("rule", "id"))
+                                      expires_at__gt=moment).select_related("requested_by", "approved_by")
+                .order_by("rule", "id"))

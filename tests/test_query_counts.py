@@ -53,9 +53,12 @@ PINNED = {
     ("audit-events", "token"): 7,
     ("audit-events", "session"): 9,
     # + 2 prefetches (approvals with their users, overrides with theirs) and + 2 to read the
-    # tenant's memberships once, which decide whether each approval still counts
-    ("promotions", "token"): 14,
-    ("promotions", "session"): 19,
+    # tenant's memberships once, which decide whether each approval still counts; + 9 to read
+    # the open ones' facts together (workflows.promotions.policy_inputs: artifacts, quota,
+    # policy data, memberships 2, waivers, stage pointers, stages reached, confirmed overrides),
+    # so each approval shows whether it binds to them now
+    ("promotions", "token"): 23,
+    ("promotions", "session"): 28,
     ("waivers", "token"): 10,
     ("waivers", "session"): 15,
     ("runs", "token"): 10,

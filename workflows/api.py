@@ -325,7 +325,8 @@ class _Promotions(TenantScopedAPIView):
 
     def get_queryset(self):
         return super().get_queryset().select_related(
-            "workflow", "version", "requested_by", "previous_version", "metrics_artifact").prefetch_related(
+            "tenant", "workflow", "version__created_by", "requested_by", "previous_version",
+            "metrics_artifact").prefetch_related(
             Prefetch("approvals", queryset=Approval.objects.select_related("user")),
             Prefetch("overrides", queryset=PromotionOverride.objects.select_related("requested_by", "confirmed_by")))
 
@@ -344,10 +345,17 @@ class _Promotions(TenantScopedAPIView):
 
 
 class PromotionList(_Promotions, generics.ListAPIView):
-    """Promotion requests, newest first. POST asks to move a version into a stage: the policy
-    is evaluated at once and the answer shows the state it left the request in."""
+    """Promotion requests, newest first, each open one's approvals judged against its facts as
+    they are now. POST asks to move a version into a stage: the policy is evaluated at once and
+    the answer shows the state it left the request in."""
 
     filterset_fields = ["state", "stage", "kind"]
+
+    def list(self, request, *args, **kwargs):
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        bindings = promotions.fresh_bindings([promotion for promotion in page if promotion.is_open])
+        return self.get_paginated_response(PromotionSerializer(page, many=True,
+                                                               context={"fresh_bindings": bindings}).data)
 
     @extend_schema(request=PromotionRequestSerializer, responses={201: PromotionSerializer, **ATTESTATION_UNAVAILABLE})
     def post(self, request, tenant):

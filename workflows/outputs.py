@@ -54,17 +54,26 @@ def run_output_register(*, tenant: Tenant, version: WorkflowVersion, stage: str,
 def staging_run_metrics(version: WorkflowVersion) -> RunOutput | None:
     """The metrics output of the version's latest successful staging run whose platform
     provenance verifies (outputs are registered only when every step succeeded)."""
+    return staging_run_metrics_of([version]).get(version.pk)
+
+
+def staging_run_metrics_of(versions) -> dict[int, RunOutput]:
+    """``staging_run_metrics`` of each of ``versions`` (by id; absent when none verifies), in one query."""
     from .promotions import platform_public_keys
 
-    keys = None
-    for output in (RunOutput.objects.filter(version=version, stage=Stage.STAGING, artifact__kind=ArtifactKind.METRICS)
+    digests = {version.pk: version.digest for version in versions}
+    found, keys = {}, None
+    for output in (RunOutput.objects.filter(version_id__in=list(digests), stage=Stage.STAGING,
+                                            artifact__kind=ArtifactKind.METRICS)
                    .select_related("artifact").order_by("-created_at", "-id")):
+        if output.version_id in found:
+            continue
         keys = keys or platform_public_keys()
         try:
             statement = attestations.verify_attestation(output.provenance, keys, predicate_type=PROVENANCE_PREDICATE)
         except attestations.AttestationInvalid:
             continue
         if (statement["subject"][0]["digest"].get("sha256") == output.artifact.digest[7:]
-                and statement["predicate"].get("version_digest") == version.digest):
-            return output
-    return None
+                and statement["predicate"].get("version_digest") == digests[output.version_id]):
+            found[output.version_id] = output
+    return found

@@ -12,6 +12,7 @@ fixed order, so concurrent approvals and promotions of one workflow serialise.
 """
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, timedelta
 
 from django.conf import settings
@@ -46,11 +47,13 @@ from .models import (
     Signature,
     Stage,
     StagePointer,
+    Verification,
+    VersionArtifact,
     Workflow,
     WorkflowVersion,
 )
-from .outputs import staging_run_metrics
-from .selectors import signature_status, with_verifications
+from .outputs import staging_run_metrics, staging_run_metrics_of
+from .selectors import signature_status
 from .spec import gpus_by_flavor
 from .store import get_store
 
@@ -71,10 +74,21 @@ def _rfc3339(moment) -> str:
 
 
 def artifacts_with_status(version: WorkflowVersion) -> list[tuple[Artifact, object]]:
-    artifacts = with_verifications(Artifact.objects.filter(version_links__version=version).order_by("name", "digest"))
-    artifacts = artifacts.prefetch_related(Prefetch("signatures", queryset=Signature.objects.only(
-        "id", "artifact_id", "bundle_digest")))
-    return [(artifact, signature_status(artifact)) for artifact in artifacts]
+    return _artifacts_by_version([version])[version.pk]
+
+
+def _artifacts_by_version(versions) -> dict[int, list[tuple[Artifact, object]]]:
+    """Each version's artifacts with their signature status, by name and digest, in three queries."""
+    links = VersionArtifact.objects.filter(version_id__in=[v.pk for v in versions]).select_related(
+        "artifact").prefetch_related(
+        Prefetch("artifact__verifications", queryset=Verification.objects.order_by("-performed_at", "-id")),
+        Prefetch("artifact__signatures", queryset=Signature.objects.only("id", "artifact_id", "bundle_digest")))
+    found = {version.pk: [] for version in versions}
+    for link in links:
+        found[link.version_id].append((link.artifact, signature_status(link.artifact)))
+    for artifacts in found.values():
+        artifacts.sort(key=lambda pair: (pair[0].name, pair[0].digest))
+    return found
 
 
 def signature_set(artifact: Artifact) -> list[dict]:
@@ -99,33 +113,23 @@ def metrics_of(artifact: Artifact | None) -> dict:
     return document if isinstance(document, dict) else {}
 
 
-def _metrics_run(promotion: Promotion) -> str:
-    """The staging run whose platform-signed metrics a production promotion is judged by, as
-    long as its provenance still verifies; else nothing (and the metrics rule fails)."""
-    if promotion.stage != Stage.PRODUCTION or promotion.metrics_artifact_id is None:
-        return ""
-    output = staging_run_metrics(promotion.version)
-    return str(output.run_id) if output and output.artifact_id == promotion.metrics_artifact_id else ""
-
-
-def _stages_reached(version: WorkflowVersion) -> list[str]:
-    reached = Promotion.objects.filter(version=version, state=PromotionState.PROMOTED).values_list("stage", flat=True)
-    return sorted(set(reached))
-
-
 def _exceptions_in_force(promotion: Promotion, moment) -> list[tuple[str, str, object, object]]:
+    return _exceptions_from(promotion, waivers=active_waivers(promotion.tenant, moment),
+                            overrides=promotion.overrides.filter(confirmed_at__isnull=False).select_related(
+                                "requested_by", "confirmed_by"),
+                            members=memberships_of(promotion.tenant_id))
+
+
+def _exceptions_from(promotion: Promotion, *, waivers, overrides, members) -> list[tuple[str, str, object, object]]:
     """The waivers and confirmed overrides that may exempt this promotion, as (rule, source,
     who asked, who confirmed): an exception counts only while its confirmer still stands as
     they did when they confirmed, and only if neither of its people requested the promotion
     or wrote the version (one person never plays two parts on one promotion)."""
     asked_or_wrote = {promotion.requested_by_id, promotion.version.created_by_id}
-    members = memberships_of(promotion.tenant_id)
     candidates = [(w.rule, f"waiver:{w.pk}", w.requested_by, w.approved_by, w.approved_at, WAIVER_APPROVING_ROLES)
-                  for w in active_waivers(promotion.tenant, moment)]
+                  for w in waivers]
     candidates += [(o.rule, f"override:{o.pk}", o.requested_by, o.confirmed_by, o.confirmed_at,
-                    OVERRIDE_CONFIRMING_ROLES)
-                   for o in promotion.overrides.filter(confirmed_at__isnull=False).select_related(
-                       "requested_by", "confirmed_by")]
+                    OVERRIDE_CONFIRMING_ROLES) for o in overrides]
     return [(rule, source, asker, confirmer) for rule, source, asker, confirmer, confirmed_at, roles in candidates
             if not {asker.pk, confirmer.pk} & asked_or_wrote
             and not standing_lapse(confirmer, promotion.tenant_id, given_at=confirmed_at, roles=roles,
@@ -147,49 +151,97 @@ def _refuse_a_second_part(actor, promotion: Promotion, what: str) -> None:
         raise Forbidden(f"You approved this promotion; someone else must {what}.", code="separation_of_duties")
 
 
-def _exemptions(promotion: Promotion, moment) -> list[dict]:
-    return [{"rule": rule, "source": source} for rule, source, _, _ in _exceptions_in_force(promotion, moment)]
-
-
 def policy_input(promotion: Promotion, *, moment) -> dict:
     """The facts the policy decides on, all read from the database and the store; the caller
     adds ``approvals``."""
-    version, tenant = promotion.version, promotion.tenant
-    artifacts = artifacts_with_status(version)
-    regions = [i["region"] for i in version.spec.get("inputs", []) if i.get("region")]
-    regions += [a.region for a, _ in artifacts if a.kind == ArtifactKind.DATASET]
-    quota = {q.flavor.name: q.nominal + q.borrowing_limit
-             for q in TenantQuota.objects.filter(tenant=tenant).select_related("flavor")}
-    pointer = StagePointer.objects.filter(workflow_id=promotion.workflow_id, stage=promotion.stage).select_related(
-        "version").first()
-    return {
-        "kind": promotion.kind,
-        "stage": promotion.stage,
-        # What the stage holds now: approvers approve a move from it, so a move voids them.
-        "stage_version": pointer.version.digest if pointer else "",
-        "version": {
-            "digest": version.digest,
-            "author": version.created_by.username,
-            "artifacts": [{"digest": a.digest, "name": a.name, "kind": a.kind, "verified": status.verified,
-                           "identity": status.identity if status.verified else "", "signatures": signature_set(a)}
-                          for a, status in artifacts],
-            "gpus": gpus_by_flavor(version.spec),
-            "base_model": (version.spec.get("base_model") or {}).get("name", ""),
-            "dataset_regions": sorted(set(regions)),
-            # The catalogue's jurisdiction of each of those regions; a region not in it is absent.
-            "dataset_jurisdictions": region_jurisdictions(set(regions)),
-        },
-        "tenant": {"slug": tenant.slug, "jurisdiction": tenant.jurisdiction, "quota": quota,
-                   "policy": policy_data_document(tenant_policy_of(tenant))},
-        "metrics": metrics_of(promotion.metrics_artifact),
-        "metrics_artifact": promotion.metrics_artifact.digest if promotion.metrics_artifact else "",
-        # For production: which staging run produced (and the platform signed) those metrics.
-        "metrics_run": _metrics_run(promotion),
-        "requester": promotion.requested_by.username,
-        "stages_reached": _stages_reached(version),
-        "exemptions": _exemptions(promotion, moment),
-        "now": _rfc3339(moment),
-    }
+    return policy_inputs([promotion], moment=moment)[promotion.pk]
+
+
+def policy_inputs(promotions, *, moment) -> dict[int, dict]:
+    """``policy_input`` of each promotion (by id), read together in a fixed number of queries
+    whatever their number: one check is a batch of one, so a list judges as a check does."""
+    promotions = list(promotions)
+    if not promotions:
+        return {}
+    versions = list({p.version_id: p.version for p in promotions}.values())
+    artifacts = _artifacts_by_version(versions)
+    tenants = {tenant_id: _TenantFacts.read(tenant, moment)
+               for tenant_id, tenant in {p.tenant_id: p.tenant for p in promotions}.items()}
+    pointers = dict(((workflow, stage), digest) for workflow, stage, digest in StagePointer.objects.filter(
+        workflow_id__in={p.workflow_id for p in promotions}).values_list("workflow_id", "stage", "version__digest"))
+    reached = {version.pk: set() for version in versions}
+    for version_id, stage in Promotion.objects.filter(version_id__in=list(reached),
+                                                      state=PromotionState.PROMOTED).values_list("version_id", "stage"):
+        reached[version_id].add(stage)
+    overrides = {p.pk: [] for p in promotions}
+    for override in PromotionOverride.objects.filter(promotion_id__in=list(overrides), confirmed_at__isnull=False) \
+            .select_related("requested_by", "confirmed_by"):
+        overrides[override.promotion_id].append(override)
+    regions = {p.pk: _dataset_regions(p.version, artifacts[p.version_id]) for p in promotions}
+    jurisdictions = region_jurisdictions(set().union(*regions.values()))
+    staging = staging_run_metrics_of([p.version for p in promotions if _judged_by_staging_metrics(p)])
+    inputs = {}
+    for promotion in promotions:
+        version, tenant = promotion.version, tenants[promotion.tenant_id]
+        output = staging.get(version.pk)
+        inputs[promotion.pk] = {
+            "kind": promotion.kind,
+            "stage": promotion.stage,
+            # What the stage holds now: approvers approve a move from it, so a move voids them.
+            "stage_version": pointers.get((promotion.workflow_id, promotion.stage), ""),
+            "version": {
+                "digest": version.digest,
+                "author": version.created_by.username,
+                "artifacts": [{"digest": a.digest, "name": a.name, "kind": a.kind, "verified": status.verified,
+                               "identity": status.identity if status.verified else "", "signatures": signature_set(a)}
+                              for a, status in artifacts[version.pk]],
+                "gpus": gpus_by_flavor(version.spec),
+                "base_model": (version.spec.get("base_model") or {}).get("name", ""),
+                "dataset_regions": sorted(regions[promotion.pk]),
+                # The catalogue's jurisdiction of each of those regions; a region not in it is absent.
+                "dataset_jurisdictions": {r: jurisdictions[r] for r in regions[promotion.pk] if r in jurisdictions},
+            },
+            "tenant": {"slug": promotion.tenant.slug, "jurisdiction": promotion.tenant.jurisdiction,
+                       "quota": tenant.quota, "policy": tenant.policy},
+            "metrics": metrics_of(promotion.metrics_artifact),
+            "metrics_artifact": promotion.metrics_artifact.digest if promotion.metrics_artifact else "",
+            # For production: which staging run produced (and the platform signed) those metrics,
+            # as long as its provenance still verifies; else nothing (and the metrics rule fails).
+            "metrics_run": str(output.run_id) if _judged_by_staging_metrics(promotion) and output
+            and output.artifact_id == promotion.metrics_artifact_id else "",
+            "requester": promotion.requested_by.username,
+            "stages_reached": sorted(reached[version.pk]),
+            "exemptions": [{"rule": rule, "source": source} for rule, source, _, _ in _exceptions_from(
+                promotion, waivers=tenant.waivers, overrides=overrides[promotion.pk], members=tenant.members)],
+            "now": _rfc3339(moment),
+        }
+    return inputs
+
+
+@dataclass(frozen=True)
+class _TenantFacts:
+    """What every promotion of one tenant reads alike."""
+
+    quota: dict
+    policy: dict
+    members: dict
+    waivers: list
+
+    @classmethod
+    def read(cls, tenant: Tenant, moment) -> "_TenantFacts":
+        quota = {q.flavor.name: q.nominal + q.borrowing_limit
+                 for q in TenantQuota.objects.filter(tenant=tenant).select_related("flavor")}
+        return cls(quota=quota, policy=policy_data_document(tenant_policy_of(tenant)),
+                   members=memberships_of(tenant.pk), waivers=active_waivers(tenant, moment))
+
+
+def _dataset_regions(version: WorkflowVersion, artifacts) -> set[str]:
+    regions = {i["region"] for i in version.spec.get("inputs", []) if i.get("region")}
+    return regions | {a.region for a, _ in artifacts if a.kind == ArtifactKind.DATASET}
+
+
+def _judged_by_staging_metrics(promotion: Promotion) -> bool:
+    return promotion.stage == Stage.PRODUCTION and promotion.metrics_artifact_id is not None
 
 
 def binding_of(facts: dict) -> str:
@@ -208,7 +260,13 @@ WAIVER_APPROVING_ROLES = (Role.TENANT_ADMIN,)
 def fresh_binding(promotion: Promotion) -> tuple[str, str]:
     """The binding digest and policy revision of the promotion's facts read now, for showing
     an approval void the moment what it approved changes, before anyone checks again."""
-    return binding_of(policy_input(promotion, moment=timezone.now())), _policy_revision()
+    return fresh_bindings([promotion])[promotion.pk]
+
+
+def fresh_bindings(promotions) -> dict[int, tuple[str, str]]:
+    """``fresh_binding`` of each promotion (by id), read together: what a list of them shows."""
+    revision = _policy_revision()
+    return {pk: (binding_of(facts), revision) for pk, facts in policy_inputs(promotions, moment=timezone.now()).items()}
 
 
 def approval_void_reason(approval: Approval, promotion: Promotion, *, memberships=None, binding=None) -> str:
