@@ -79,5 +79,6 @@ def _write_admins(*, actor, tenant: Tenant, changes: dict, comment: str, proposa
     return AdminsWritten(revision=revision, membership=membership)
 
 
-GOVERNED_ADMINS = governance.Governed(orders=loosening.ADMINS, current=_current_admins, write=_write_admins,
-                                      label="list of tenant admins")
+GOVERNED_ADMINS = governance.Governed(
+    orders=loosening.ADMINS, current=_current_admins, write=_write_admins, label="list of tenant admins",
+    revision=lambda tenant: Tenant.objects.values_list("admins_revision", flat=True).get(pk=tenant.pk))

@@ -93,8 +93,9 @@ class PolicyPage(TenantConsoleMixin, View):
             waivers = [(w, w.state_at(now)) for w in Waiver.objects.restrict(request.user, "view").filter(
                 tenant=self.tenant).select_related("requested_by", "approved_by")]
             is_admin = self.can("admin")
-            proposals = [(p, state, governance.may_confirm(request.user, p, state, is_tenant_admin=is_admin))
-                         for p in governance.proposals_of(request.user, self.tenant) for state in [p.state_at(now)]]
+            proposals = [(p, state, reason, governance.may_confirm(request.user, p, state, is_tenant_admin=is_admin))
+                         for p in governance.proposals_of(request.user, self.tenant)
+                         for state, reason in [governance.judged(p, now)]]
             return render(request, "policies/policy.html", {
                 "tenant": self.tenant, "policy": policy, "rules": RULES, "waivers": waivers,
                 "is_admin": is_admin, "can_approve_waivers": is_admin,

@@ -45,12 +45,14 @@ class Governed:
     """How one setting is governed: its order functions, and two hooks of its update path.
     ``current(tenant)`` locks the setting's writers out and returns (every field, revision);
     ``write(actor=, tenant=, changes=, comment=, proposal=)`` writes the next revision (called
-    with that lock held) and returns what it wrote, which has a ``revision``."""
+    with that lock held) and returns what it wrote, which has a ``revision``; ``revision(tenant)``
+    reads the revision now, without a lock, for showing a proposal void at once."""
 
     orders: dict
     current: Callable
     write: Callable
     label: str
+    revision: Callable
 
 
 # The setting's own module declares its Governed; imported by name so neither app imports
@@ -190,6 +192,25 @@ def _check_confirmation(*, actor, proposal: Proposal, diff_digest: str) -> None:
                        "actually changes.", code="diff_digest_mismatch", field="diff_digest")
 
 
+def _stale(proposal: Proposal, revision: int) -> str:
+    """Why an open proposal can no longer apply, its setting being at ``revision`` ("" while it can)."""
+    if revision != proposal.base_revision:
+        return (f"the {governed(proposal.setting).label} is at revision {revision}, not {proposal.base_revision} "
+                "as proposed")
+    return _proposer_lapse(proposal)
+
+
+def judged(proposal: Proposal, moment) -> tuple[str, str]:
+    """The proposal's state at ``moment`` and why it is void: an open one is ``expired`` past its
+    expiry, and shows void at once once its setting moved on or its proposer no longer stands,
+    as a confirmation would find (which then records it void)."""
+    state = proposal.state_at(moment)
+    if state != Proposal.State.PROPOSED:
+        return state, proposal.void_reason
+    stale = _stale(proposal, governed(proposal.setting).revision(proposal.tenant))
+    return (Proposal.State.VOID, stale) if stale else (state, "")
+
+
 def _why_platform_admins(proposal: Proposal) -> str:
     if proposal.setting == Proposal.Setting.ADMINS:
         return f"{proposal.tenant.slug} had fewer than two tenant admins when it was proposed"
@@ -228,10 +249,7 @@ def governed_change_confirm(*, actor, proposal: Proposal, otp_token: str, diff_d
         _, revision = setting.current(tenant)  # the setting's lock: no write lands in between
         proposal = Proposal.objects.select_for_update().select_related("tenant", "proposed_by").get(pk=proposal.pk)
         _check_confirmation(actor=actor, proposal=proposal, diff_digest=diff_digest)
-        if revision != proposal.base_revision:
-            stale = f"the {setting.label} is at revision {revision}, not {proposal.base_revision} as proposed"
-        else:
-            stale = _proposer_lapse(proposal)
+        stale = _stale(proposal, revision)
         if stale:
             _void(actor=actor, proposal=proposal, reason=stale)
         else:
@@ -263,5 +281,5 @@ def may_confirm(actor, proposal: Proposal, state: str, *, is_tenant_admin: bool)
 
 def proposals_of(actor, tenant: Tenant):
     """The tenant's proposals, newest first (members who may view the tenant)."""
-    return Proposal.objects.restrict(actor, "view").filter(tenant=tenant).select_related("proposed_by",
+    return Proposal.objects.restrict(actor, "view").filter(tenant=tenant).select_related("tenant", "proposed_by",
                                                                                            "confirmed_by")

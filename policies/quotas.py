@@ -97,5 +97,6 @@ def _write_quotas(*, actor, tenant: Tenant, changes: dict, comment: str, proposa
     return QuotasWritten(revision=revision)
 
 
-GOVERNED_QUOTAS = governance.Governed(orders=loosening.QUOTAS, current=_current_quotas, write=_write_quotas,
-                                      label="GPU quotas")
+GOVERNED_QUOTAS = governance.Governed(
+    orders=loosening.QUOTAS, current=_current_quotas, write=_write_quotas, label="GPU quotas",
+    revision=lambda tenant: Tenant.objects.values_list("quotas_revision", flat=True).get(pk=tenant.pk))

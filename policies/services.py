@@ -188,7 +188,8 @@ def _write_policy_data(*, actor, tenant: Tenant, changes: dict, comment: str, pr
 
 
 GOVERNED_POLICY_DATA = governance.Governed(orders=loosening.POLICY_DATA, current=_current_policy_data,
-                                           write=_write_policy_data, label="policy data")
+                                           write=_write_policy_data, label="policy data",
+                                           revision=lambda tenant: tenant_policy_of(tenant).revision)
 
 
 # Waivers --------------------------------------------------------------------------------

@@ -46,8 +46,9 @@ class WaiverSerializer(strict.ModelSerializer):
 class ProposalSerializer(strict.ModelSerializer):
     proposed_by = strict.CharField(source="proposed_by.username", read_only=True)
     confirmed_by = strict.CharField(source="confirmed_by.username", read_only=True, default=None)
-    state = serializers.SerializerMethodField(help_text="proposed, applied, void (the setting changed after it was "
-                                                        "proposed) or expired")
+    state = serializers.SerializerMethodField(help_text="proposed, applied, expired, or void: the setting changed "
+                                                        "after it was proposed, or its proposer no longer stands")
+    void_reason = serializers.SerializerMethodField(help_text="Why it is void (empty otherwise), judged now.")
 
     class Meta:
         model = GovernedChangeProposal
@@ -57,7 +58,16 @@ class ProposalSerializer(strict.ModelSerializer):
         read_only_fields = fields
 
     def get_state(self, proposal) -> str:
-        return proposal.state_at(timezone.now())
+        return self._judged(proposal)[0]
+
+    def get_void_reason(self, proposal) -> str:
+        return self._judged(proposal)[1]
+
+    def _judged(self, proposal) -> tuple[str, str]:
+        judged = self.root.__dict__.setdefault("_judged_states", {})
+        if proposal.pk not in judged:
+            judged[proposal.pk] = governance.judged(proposal, timezone.now())
+        return judged[proposal.pk]
 
 
 def updated(result, serializer_class) -> Response:

@@ -124,6 +124,9 @@ def test_demoting_or_removing_an_admin_applies_at_once_and_voids_older_proposals
 
     response = admin.patch(members_url(a, world.a.approver.username), {"role": "approver"})
     assert response.status_code == 200 and role_of(a, world.a.approver) == "approver"
+    shown = api(world.a.auditor).get(f"/api/v1/tenants/{a.slug}/proposals/{proposal['id']}/").json()
+    assert shown["state"] == "void"  # at once, before anyone tries to confirm it
+    assert "list of tenant admins is at revision 2, not 1" in shown["void_reason"]
     body = assert_error(confirm_as(api, world.a.admin2, a, proposal), 409, "proposal_stale")
     assert "list of tenant admins is at revision 2, not 1" in body["detail"]
     assert role_of(a, world.outsider) is None

@@ -14,7 +14,7 @@ from policies import loosening
 from policies.models import GovernedChangeProposal
 from tenants.models import Membership
 from tests.support.clients import issue_token, sign_in
-from tests.support.governance import put_governed
+from tests.support.governance import confirm_as, make_admin, put_governed
 from tests.support.otp import fresh_totp
 from workflows import signing
 
@@ -230,3 +230,19 @@ def test_a_second_admin_sees_the_diff_and_confirms_it_in_the_console(world, api,
     assert confirmed.status_code == 302, confirmed.content.decode()[:500]
     assert api(world.a.admin).get(f"{T}/policy-data/").json()["base_model_allowlist"] == ["meta-llama/*"]
     assert "applied" in client.get("/t/acme-bank/policy/").content.decode()
+
+
+def test_a_proposal_shows_void_at_once_when_its_proposer_no_longer_stands(world, api, client, proposal):
+    """Its proposer demoted, a proposal no longer stands: the API and the console say so at
+    once, and a confirmation is refused, without anyone having to try first."""
+    make_admin(api, world.a.tenant, world.a.approver.username, proposer=world.a.admin, confirmer=world.a.admin2)
+    assert api(world.a.admin2).patch(f"{T}/members/{world.a.admin.username}/", {"role": "developer"}).status_code == 200
+    shown = api(world.a.admin2).get(f"{T}/proposals/{proposal['id']}/").json()
+    assert shown["state"] == "void" and "acme-bank-admin's role changed after they gave it" in shown["void_reason"]
+    sign_in(client, world.a.admin2)
+    row = client.get("/t/acme-bank/policy/").content.decode()
+    row = row[row.index(f'data-proposal="{proposal["id"]}"'):]
+    row = row[:row.index("</tr>")]
+    assert "void: acme-bank-admin&#x27;s role changed after they gave it" in row and "Confirm<" not in row
+    assert_error(confirm_as(api, world.a.admin2, world.a.tenant, proposal), 409, "proposal_stale")
+

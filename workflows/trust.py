@@ -134,8 +134,10 @@ def _write_trust(*, actor, tenant: Tenant, changes: dict, comment: str = "", pro
 
 
 TRUST_FIELDS = ("public_keys", "ca_roots", "allowed_identities", "sigstore_identities")
-GOVERNED_TRUST = governance.Governed(orders=loosening.TRUST, current=_current_trust, write=_write_trust,
-                                     label="trust configuration")
+GOVERNED_TRUST = governance.Governed(
+    orders=loosening.TRUST, current=_current_trust, write=_write_trust, label="trust configuration",
+    revision=lambda tenant: TrustConfiguration.objects.filter(tenant=tenant).values_list("revision", flat=True).first()
+    or 0)
 
 
 def _signers(config: TrustConfiguration) -> dict:
