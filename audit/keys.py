@@ -42,9 +42,14 @@ class PlatformKey:
         return serialization.load_pem_public_key(self.public_pem.encode())
 
 
+CREATE_KEYS = "run `manage.py platform_keys init` to create it"
+
+
 def read_kek(path: Path) -> bytes:
     try:
         raw = Path(path).read_bytes().strip()
+    except FileNotFoundError:
+        raise KeyringError(f"The key-encryption key file {path} does not exist; {CREATE_KEYS}.") from None
     except OSError as exc:
         raise KeyringError(f"The key-encryption key file {path} cannot be read ({exc.strerror}).") from None
     try:
@@ -88,6 +93,8 @@ class Keyring:
     def load(cls, path: Path, kek: bytes) -> "Keyring":
         try:
             document = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise KeyringError(f"The platform keyring {path} does not exist; {CREATE_KEYS}.") from None
         except OSError as exc:
             raise KeyringError(f"The platform keyring {path} cannot be read ({exc.strerror}).") from None
         except ValueError:

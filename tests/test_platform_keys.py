@@ -92,3 +92,43 @@ def test_production_never_generates_a_kek(tmp_path, settings):
     with pytest.raises(CommandError, match="must be provided"):
         call_command("platform_keys", "init")
     assert not (tmp_path / "kek").exists()
+
+
+KEYED_COMMANDS = [("audit", "checkpoint"), ("audit", "public-key"), ("audit", "export", "--tenant", "acme-bank",
+                                                                     "-o", "out"),
+                  ("platform_keys", "rotate"), ("platform_keys", "list")]
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("missing", ["kek", "keyring"])
+@pytest.mark.parametrize("command", KEYED_COMMANDS, ids=lambda command: " ".join(command[:2]))
+def test_a_command_run_before_the_keys_exist_names_the_missing_file_and_how_to_create_it(
+        live_db, tmp_path, settings, command, missing):
+    settings.PLATFORM_KEK_FILE = tmp_path / "kek"
+    settings.PLATFORM_KEYRING_FILE = tmp_path / "keyring.json"
+    if missing == "keyring":
+        write_new_kek(tmp_path / "kek")
+    missing_file = {"kek": tmp_path / "kek", "keyring": tmp_path / "keyring.json"}[missing]
+    with pytest.raises(CommandError) as refused:
+        call_command(*command)
+    sentence = str(refused.value)
+    assert sentence.endswith("does not exist; run `manage.py platform_keys init` to create it.")
+    assert str(missing_file) in sentence and "\n" not in sentence
+
+
+def test_the_command_line_prints_the_sentence_and_no_traceback(tmp_path):
+    """As a person runs it: one line on stderr, exit status 1."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.processes import ROOT
+
+    env = {**os.environ, "NEOCLOUD_DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
+           "CELERY_BROKER_URL": "filesystem://"}
+    done = subprocess.run([sys.executable, "manage.py", "audit", "public-key"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"CommandError: The key-encryption key file {tmp_path}/platform-kek does not exist; run "
+        "`manage.py platform_keys init` to create it."]

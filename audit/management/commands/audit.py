@@ -6,6 +6,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.keys import KeyringError
 from audit.sequencer import PLATFORM_ALIAS, sequence_all
 from audit.verify import verify_log
 
@@ -39,6 +40,12 @@ class Command(BaseCommand):
         export.add_argument("-o", "--output", required=True, type=Path)
 
     def handle(self, *args, subcommand, **options):
+        try:
+            self._handle(subcommand, **options)
+        except KeyringError as exc:  # no keys yet: say which file is missing and how to make it
+            raise CommandError(str(exc)) from None
+
+    def _handle(self, subcommand, **options):
         if subcommand == "public-key":
             from audit.checkpointing import checkpoint_public_keys
 
