@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import rfc8785
+from django.db.models import Count
 from django.utils import timezone
 
 from . import merkle, tree
-from .checkpoints import NoteInvalid, checkpoint_body, tenant_head_body, verify_note
+from .checkpoints import Checkpoint, NoteInvalid, checkpoint_body, parse_checkpoint, tenant_head_body, verify_note
 from .hashing import canonical_json, leaf_hash
-from .models import BODY_FIELDS, AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeNode, canonical_body
+from .models import BODY_FIELDS, AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeNode, SequencerState, canonical_body
 from .verify_export import sequencing_entry
 
 
@@ -24,6 +25,8 @@ class Problem:
     reason: str
 
     def sentence(self) -> str:
+        if self.position is None and self.event_id is None:
+            return self.reason
         where = f"sequence number {self.position}" if self.position is not None else f"unsequenced event {self.event_id}"
         return f"{where}: {self.reason}"
 
@@ -90,7 +93,10 @@ _LEAF_ROW = ("position", "tenant", "tenant_position", "leaf", "leaf_hash", "even
 
 
 def verify_log(*, using: str = "platform", max_unsequenced: timedelta, now=None,
-               stop_at_first: bool = True) -> VerifyReport:
+               stop_at_first: bool = True, kept: list[str] = ()) -> VerifyReport:
+    """``kept``: signed checkpoint notes kept outside the platform (a regulator's, a witness's,
+    WORM storage's). The log must still hold every event each one covers, hashing to its root;
+    a rewrite the platform itself would have signed again still shows against them."""
     now = now or timezone.now()
     report = VerifyReport()
 
@@ -98,14 +104,18 @@ def verify_log(*, using: str = "platform", max_unsequenced: timedelta, now=None,
         report.problems.append(problem)
         return stop_at_first
 
+    public_pems: list[str] = keys() if kept else []
+    kept_checkpoints, problem = _kept_checkpoints(kept, public_pems)
+    if problem and fail(Problem(None, None, problem)):
+        return report
+    matched_kept = [0]  # sizes of kept checkpoints the log still matches: where damage can start after
     expected_tenant_position: dict[str, int] = {}
     frontier = merkle.Frontier()
     checkpoints = list(AuditCheckpoint.objects.using(using).order_by("tree_size").prefetch_related("tenant_heads"))
     pending_checkpoints = list(checkpoints)
-    stored_leaves = (AuditTreeNode.objects.using(using).filter(level=0).order_by("index")
-                     .values_list("index", "hash").iterator(chunk_size=2000))
+    pending_kept = list(kept_checkpoints)
+    stored = _StoredTree(using)
     tenant_counts: dict[str, int] = {}
-    public_pems: list[str] = []
     # Plain rows, not model instances: building two models a row was most of verify's time.
     leaves = AuditLeaf.objects.using(using).order_by("position").values_list(*_LEAF_ROW)
     for expected, row in enumerate(leaves.iterator(chunk_size=2000)):
@@ -120,7 +130,6 @@ def verify_log(*, using: str = "platform", max_unsequenced: timedelta, now=None,
         # stop_at_first=False one bad leaf does not make every later one look bad too.
         want = expected_tenant_position.get(tenant, 0)
         expected_tenant_position[tenant] = tenant_position + 1
-        stored = next(stored_leaves, None)
         reason = content_problem(event_id, canonical, event_hash, canonical_body(*row[9:]))
         if reason is None:
             body = sequencing_entry(event_hash, event_tenant, tenant_position)
@@ -130,17 +139,41 @@ def verify_log(*, using: str = "platform", max_unsequenced: timedelta, now=None,
                 reason = f"tenant position {tenant_position} where {want} was expected"
             elif body.decode() != entry or leaf_hash(body).hex() != entry_hash:
                 reason = "the leaf does not match its event"
-        if reason is None and (stored is None or stored != (position, entry_hash)):
-            reason = "the tree's stored leaf differs from the sequenced leaf"
+        node_problem = stored.append(position, bytes.fromhex(entry_hash))
+        if reason is None and node_problem:
+            reason, position = node_problem
         if reason and fail(Problem(position, event_id, reason)):
             return report
         frontier.append(bytes.fromhex(entry_hash))
         tenant_counts[tenant] = tenant_counts.get(tenant, 0) + 1
+        while pending_kept and pending_kept[0].size == frontier.size:
+            checkpoint = pending_kept.pop(0)
+            if frontier.root() != checkpoint.root:
+                if fail(Problem(max(matched_kept), None, f"the events up to {checkpoint.size} no longer hash to the "
+                                                         "root of the checkpoint kept outside")):
+                    return report
+                continue
+            matched_kept.append(checkpoint.size)
+            reason = _stored_checkpoint_problem(checkpoint, checkpoints)
+            if reason and fail(Problem(checkpoint.size, None, reason)):
+                return report
         while pending_checkpoints and pending_checkpoints[0].tree_size == frontier.size:
             public_pems = public_pems or keys()
             reason = _checkpoint_problem(pending_checkpoints.pop(0), frontier.root(), tenant_counts, public_pems)
             if reason and fail(Problem(_first_after_previous(checkpoints, frontier.size), None, reason)):
                 return report
+    for checkpoint in pending_kept:
+        if fail(Problem(report.leaves, None, f"the log is shorter than the checkpoint kept outside: it holds "
+                                             f"{report.leaves} sequenced event(s), the kept checkpoint covers "
+                                             f"{checkpoint.size}")):
+            return report
+    state = SequencerState.objects.using(using).filter(pk=1).values_list("tree_size", flat=True).first() or 0
+    reason = _sequencer_problem(report.leaves, state, using)
+    if reason and fail(Problem(min(state, report.leaves), None, reason)):
+        return report
+    reason = stored.extra_problem(report.leaves, state)
+    if reason and fail(Problem(report.leaves, None, reason)):
+        return report
     for checkpoint in pending_checkpoints:
         if fail(Problem(report.leaves, None, f"checkpoint {checkpoint.tree_size} covers events that are missing")):
             return report
@@ -157,6 +190,85 @@ def verify_log(*, using: str = "platform", max_unsequenced: timedelta, now=None,
         if reason and fail(Problem(None, event.id, reason)):
             return report
     return report
+
+
+class _StoredTree:
+    """The stored tree checked node by node against the nodes the leaves complete: each level
+    is read in index order, so a changed, missing or added node anywhere is found, with the
+    first position under it."""
+
+    def __init__(self, using: str):
+        self.using = using
+        self.levels: dict[int, object] = {}
+        self.edge: dict[int, bytes] = {}  # the last node completed at each level
+
+    def append(self, position: int, leaf: bytes) -> tuple[str, int] | None:
+        """What differs among the stored nodes appending ``leaf`` completes, with the first
+        position under it, or None."""
+        problem = None
+        completed = list(merkle.completed_nodes(position, leaf, lambda lv, ix: self.edge[lv]))
+        for level, index, value in completed:
+            self.edge[level] = value
+            found = next(self._level(level), None)
+            if problem is None and found != (index, value.hex()):
+                reason = ("the tree's stored leaf differs from the sequenced leaf" if level == 0 else
+                          f"the tree's stored node at level {level}, index {index}, differs from the one its "
+                          "leaves make")
+                problem = (reason, index << level)
+        return problem
+
+    def _level(self, level: int):
+        if level not in self.levels:
+            self.levels[level] = (AuditTreeNode.objects.using(self.using).filter(level=level).order_by("index")
+                                  .values_list("index", "hash").iterator(chunk_size=2000))
+        return self.levels[level]
+
+    def extra_problem(self, size: int, state: int) -> str | None:
+        """Nodes stored beyond what the leaves complete: at most ``state >> level`` at a level
+        (the sequencer may have gone on from ``size`` since the leaves were read)."""
+        counts = dict(AuditTreeNode.objects.using(self.using).values_list("level").annotate(Count("id")))
+        for level, count in sorted(counts.items()):
+            if count > max(size, state) >> level:
+                return f"the tree holds {count} node(s) at level {level}; {max(size, state)} leaves make " \
+                       f"{max(size, state) >> level}"
+        return None
+
+
+def _sequencer_problem(size: int, state: int, using: str) -> str | None:
+    """The sequencer's tree size against the ``size`` leaves read (it may have gone on since,
+    with the leaves to show for it, but never back)."""
+    if state < size or (state > size and AuditLeaf.objects.using(using).filter(position__lt=state).count() != state):
+        return f"the sequencer's state says the tree holds {state} event(s); the log holds {size}"
+    return None
+
+
+def _kept_checkpoints(notes, public_pems: list[str]) -> tuple[list[Checkpoint], str | None]:
+    """The kept notes as checkpoints, smallest first, or the sentence that says why one is not one."""
+    from django.conf import settings
+
+    found = []
+    for number, note in enumerate(notes, 1):
+        body = _verified(note, public_pems)
+        if body is None:
+            return [], f"kept checkpoint {number} is not a note signed by a platform key"
+        try:
+            checkpoint = parse_checkpoint(body)
+        except NoteInvalid as exc:
+            return [], f"kept checkpoint {number} is not a checkpoint: {exc}"
+        if checkpoint.origin != settings.AUDIT_LOG_ORIGIN:
+            return [], f"kept checkpoint {number} is of the log {checkpoint.origin}, not {settings.AUDIT_LOG_ORIGIN}"
+        found.append(checkpoint)
+    return sorted(found, key=lambda c: c.size), None
+
+
+def _stored_checkpoint_problem(kept: Checkpoint, checkpoints) -> str | None:
+    """The platform still holds the checkpoint that was kept outside, as it was signed."""
+    stored = next((c for c in checkpoints if c.tree_size == kept.size), None)
+    if stored is None:
+        return f"the platform's checkpoint {kept.size}, kept outside, is missing from the log"
+    if stored.root_hash != kept.root.hex():
+        return f"the platform's checkpoint {kept.size} differs from the one kept outside"
+    return None
 
 
 def keys() -> list[str]:

@@ -9,8 +9,7 @@ from audit.models import AuditEvent
 from policies.models import GovernedChangeProposal
 from tenants.models import Membership, Tenant
 from tests.support.clients import sign_in
-from tests.support.governance import confirm_as, make_admin, propose_admin
-from tests.support.people import make_user
+from tests.support.governance import confirm_as, make_admin, propose_admin, second_platform_admin
 
 from .test_api import assert_error, members_url
 
@@ -25,7 +24,7 @@ def state_of(api, who, tenant, proposal):
 
 @pytest.fixture
 def second_operator(world):
-    return make_user("ops-second", platform_admin=True)
+    return second_platform_admin()
 
 
 def test_the_members_api_refuses_to_grant_admin_and_says_where_to_propose_it(world, api):

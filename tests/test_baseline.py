@@ -8,7 +8,7 @@ from audit.models import AuditEvent
 from policies.bundle import REGO_DIR
 
 from tests.support.otp import fresh_totp
-from tests.support.people import make_user
+from tests.support.governance import second_platform_admin
 from .test_api import assert_error
 from .test_promotions import T, Gate
 
@@ -44,7 +44,7 @@ def test_a_new_baseline_decides_nothing_until_a_second_platform_admin_accepts_it
     held = gate.request(number, "development").json()
     assert held["state"] == "rejected" and "has not been accepted by two platform admins" in held["close_reason"]
 
-    proposer, second = world.platform_admin, make_user("ops-second", platform_admin=True)
+    proposer, second = world.platform_admin, second_platform_admin()
     status = api(proposer).get(BASELINE).json()
     assert status["accepted"] is False
     proposed = api(proposer).post(BASELINE)

@@ -106,7 +106,8 @@ def _truncate(owner, tables, SequencerState, triggers_suspended):
                 cursor.execute("PRAGMA defer_foreign_keys = ON")
                 for table in tables:
                     cursor.execute(f'DELETE FROM "{table}"')
-        SequencerState.objects.using("owner").filter(pk=1).update(tree_size=0, updated_at=None)
+        # update_or_create: a test may have removed the row, as an intruder would
+        SequencerState.objects.using("owner").update_or_create(pk=1, defaults={"tree_size": 0, "updated_at": None})
         # A platform starts with its default catalogue of regions and its installed baseline
         # accepted, as its migrations leave it.
         for migration, seed in (("tenants.migrations.0007_region_catalogue", "seed_catalogue"),

@@ -28,6 +28,9 @@ class Command(BaseCommand):
         verify = sub.add_parser("verify", help="Recompute every hash and check the sequence for gaps.")
         verify.add_argument("--max-unsequenced", type=int, default=None,
                             help="Seconds an event may stay unsequenced (default AUDIT_MAX_UNSEQUENCED_SECONDS).")
+        verify.add_argument("--checkpoint", action="append", type=Path, default=[], metavar="FILE",
+                            help="A signed checkpoint kept outside the platform (a file, or a folder of them) that "
+                                 "the log must still match; may be given more than once.")
         sub.add_parser("sequence", help="Sequence every committed event that is still pending.")
         sub.add_parser("checkpoint", help="Sequence what is pending and sign a checkpoint now.")
         public_key = sub.add_parser("public-key", help="Print the checkpoint public key (PEM) with its key id.")
@@ -85,9 +88,25 @@ class Command(BaseCommand):
         bound = options["max_unsequenced"]
         if bound is None:
             bound = settings.AUDIT_MAX_UNSEQUENCED_SECONDS
-        report = verify_log(max_unsequenced=timedelta(seconds=bound))
+        kept = kept_notes(options["checkpoint"])
+        report = verify_log(max_unsequenced=timedelta(seconds=bound), kept=kept)
         if not report.ok:
             raise CommandError(f"Audit log is not intact at {report.problems[0].sentence()}.")
-        self.stdout.write(
-            f"Audit log intact: {report.leaves} sequenced event(s), {report.unsequenced} awaiting the sequencer."
-        )
+        matched = f"; it matches the {len(kept)} checkpoint(s) kept outside" if kept else ""
+        self.stdout.write(f"Audit log intact: {report.leaves} sequenced event(s), {report.unsequenced} awaiting "
+                          f"the sequencer{matched}.")
+
+
+def kept_notes(paths: list[Path]) -> list[str]:
+    """The signed notes in ``paths``: each a file holding one, or a folder of such files."""
+    files = []
+    for path in paths:
+        files += sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    notes = []
+    for file in files:
+        try:
+            notes.append(file.read_text())
+        except (OSError, UnicodeError) as exc:
+            raise CommandError(f"The kept checkpoint {file} cannot be read: {getattr(exc, 'strerror', None) or exc}.") \
+                from None
+    return notes
