@@ -242,6 +242,11 @@ def _sequencer_problem(size: int, state: int, using: str) -> str | None:
     return None
 
 
+def kept_checkpoints_problem(notes, public_pems: list[str]) -> str | None:
+    """Why ``notes`` are not all checkpoints of this log signed by a platform key, or None."""
+    return _kept_checkpoints(notes, public_pems)[1]
+
+
 def _kept_checkpoints(notes, public_pems: list[str]) -> tuple[list[Checkpoint], str | None]:
     """The kept notes as checkpoints, smallest first, or the sentence that says why one is not one."""
     from django.conf import settings

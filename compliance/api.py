@@ -19,6 +19,7 @@ from tenants.db import PLATFORM_ALIAS
 from tenants.errors import Invalid, NotFound
 from tenants import strict
 
+from . import checks
 from .evidence import promotion_evidence
 from .filters import AuditEventFilter
 from .selectors import events_visible_to
@@ -101,6 +102,29 @@ class LatestCheckpoint(APIView):
         if checkpoint is None:
             raise NotFound("No checkpoint has been signed yet.")
         return Response(_checkpoint_json(checkpoint))
+
+
+class KeptCheckpointsSerializer(serializers.Serializer):
+    checkpoints = serializers.ListField(child=strict.CharField(max_length=4000), allow_empty=False,
+                                       help_text="Signed checkpoint notes kept outside the platform.")
+
+
+class LogCheck(APIView):
+    """Platform admins: the whole log re-checked (events, leaves, tree nodes, sequencer state,
+    checkpoints) and held against checkpoints kept outside the platform, as ``manage.py audit
+    verify --checkpoint`` does. ``problem`` names the first position missing or different."""
+
+    @extend_schema(request=KeptCheckpointsSerializer, responses={200: dict})
+    def post(self, request):
+        serializer = KeptCheckpointsSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        report = checks.log_check(actor=request.user, kept=serializer.validated_data["checkpoints"])
+        problem = report.problems[0] if report.problems else None
+        return Response({"intact": report.ok, "sequenced": report.leaves, "unsequenced": report.unsequenced,
+                         "kept_checkpoints": len(serializer.validated_data["checkpoints"]),
+                         "problem": None if problem is None else {
+                             "position": problem.position, "event_id": problem.event_id, "reason": problem.reason,
+                             "sentence": problem.sentence()}})
 
 
 class InclusionProof(APIView):

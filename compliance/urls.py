@@ -7,6 +7,7 @@ from . import api, views
 api_urlpatterns = [
     path("audit/events/", api.AuditEventList.as_view(), name="api-audit-events"),
     path("audit/checkpoint/", api.LatestCheckpoint.as_view(), name="api-audit-checkpoint"),
+    path("audit/check/", api.LogCheck.as_view(), name="api-audit-check"),
     path("audit/proofs/inclusion/", api.InclusionProof.as_view(), name="api-audit-inclusion"),
     path("audit/proofs/consistency/", api.ConsistencyProof.as_view(), name="api-audit-consistency"),
     path("audit/public-key/", api.CheckpointPublicKey.as_view(), name="api-audit-public-key"),

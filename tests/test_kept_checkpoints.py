@@ -208,3 +208,22 @@ def test_the_command_checks_kept_checkpoint_files_and_folders(kept, tmp_path, se
         call_command("audit", "verify", "--checkpoint", str(tmp_path / "not-a-note.txt"))
     with pytest.raises(CommandError, match=r"The kept checkpoint .*missing.txt cannot be read"):
         call_command("audit", "verify", "--checkpoint", str(tmp_path / "missing.txt"))
+
+
+def test_the_api_offers_the_same_check_to_platform_admins(kept, world, api):
+    from audit.models import AuditEvent as Event
+
+    from .test_api import assert_error
+
+    operator = api(world.platform_admin)
+    answer = operator.post("/api/v1/audit/check/", {"checkpoints": kept})
+    assert answer.status_code == 200, answer.content
+    assert (answer.json()["intact"], answer.json()["kept_checkpoints"], answer.json()["problem"]) == (True, 2, None)
+    assert_error(api(world.a.auditor).post("/api/v1/audit/check/", {"checkpoints": kept}), 403, "permission_denied")
+    body = assert_error(operator.post("/api/v1/audit/check/", {"checkpoints": ["hello\n"]}), 400, "invalid")
+    assert body["fields"] == {"checkpoints": ["Kept checkpoint 1 is not a note signed by a platform key."]}
+
+    tamper("DELETE FROM audit_auditleaf WHERE position = 6")
+    problem = operator.post("/api/v1/audit/check/", {"checkpoints": kept}).json()["problem"]
+    assert (problem["position"], problem["reason"]) == (6, "gap in the sequence: this position is missing")
+    assert Event.objects.using("owner").filter(action="audit.verify").count() == 2
