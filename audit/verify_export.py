@@ -205,6 +205,10 @@ def check_consistency(records: dict, previous_size: int, previous_root: bytes, c
         if previous_root != checkpoint.root:
             raise PackInvalid(f"{what} has this checkpoint's size but another root")
         return
+    if previous_size > checkpoint.size:
+        raise PackInvalid(f"the log shrank: {what} covers {previous_size} events, and this pack's checkpoint only "
+                          f"{checkpoint.size}; a log only grows, so events were removed (or the pack is older than "
+                          f"{what})")
     if previous_size not in records:
         raise PackInvalid(f"the pack has no consistency proof from {what}'s size {previous_size}")
     try:

@@ -225,3 +225,17 @@ def test_the_api_serves_the_export_to_auditors_only(pack, world, api, tmp_path):
     assert verify_pack(unpacked, key.read_text())["events"] >= 6
     assert api(world.a.developer).get("/api/v1/tenants/acme-bank/audit/export/").status_code == 403
     assert api(world.b.auditor).get("/api/v1/tenants/acme-bank/audit/export/").status_code == 404
+
+
+def test_a_kept_checkpoint_larger_than_the_packs_says_the_log_shrank(pack):
+    """A regulator kept checkpoint N; a pack that ends before N means events were removed."""
+    from audit.checkpointing import checkpoint_write
+    from audit.sequencer import sequence_pending
+
+    folder, key, _ = pack
+    record_events(2, tenant="acme-bank")
+    sequence_pending(using="owner")
+    later = checkpoint_write(using="owner")
+    with pytest.raises(PackInvalid, match=r"^the log shrank: the earlier checkpoint covers \d+ events, and this pack's "
+                                          r"checkpoint only \d+"):
+        verify_pack(folder, key.read_text(), previous_checkpoint=later.note)
