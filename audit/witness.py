@@ -1,0 +1,316 @@
+"""An independent witness for the audit log: ``python -m audit.witness``.
+
+A witness co-signs a checkpoint only when a consistency proof shows it extends the last
+checkpoint the witness co-signed for that log, then keeps it. Anyone who later rewrites the log
+(or shows one party a different history than another) cannot get a cosignature for it, so a
+verifier that demands the witness's cosignature catches it. Run one at another site, or at a
+regulator: it needs only the standard library and ``cryptography`` (it imports no Django),
+its own key and its own state folder.
+
+It speaks the C2SP tlog-witness protocol (``POST /add-checkpoint``: an ``old <size>`` line, the
+consistency proof in base64 lines, a blank line, the signed checkpoint) and answers with C2SP
+tlog-cosignature/v1 lines (Ed25519, timestamped). docs/decisions.md records where it departs.
+
+    python -m audit.witness init --state DIR --name witness.example/w1
+    python -m audit.witness public-key --state DIR
+    python -m audit.witness serve --state DIR --listen 127.0.0.1:7380 --log ORIGIN=PLATFORM_KEY.pem
+"""
+
+import argparse
+import base64
+import fcntl
+import hashlib
+import json
+import os
+import struct
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from audit.checkpoints import SIGNATURE_PREFIX, NoteInvalid, parse_checkpoint, verify_note
+from audit.merkle import EMPTY_ROOT, ProofError, verify_consistency
+
+MAX_PROOF_LINES = 63  # the protocol's bound
+MAX_BODY = 64 * 1024
+SIZE_CONTENT_TYPE = "text/x.tlog.size"
+
+
+# Cosignatures (C2SP tlog-cosignature, Ed25519, cosignature/v1) ---------------------------
+
+
+def key_id(name: str, public: Ed25519PublicKey) -> bytes:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(name.encode() + b"\n" + b"\x04" + raw).digest()[:4]
+
+
+def cosigned_message(body: str, timestamp: int) -> bytes:
+    return f"cosignature/v1\ntime {timestamp}\n{body}".encode()
+
+
+def cosign(body: str, *, name: str, key: Ed25519PrivateKey, timestamp: int) -> str:
+    """The signature line a witness adds to a checkpoint whose note body is ``body``."""
+    signature = key.sign(cosigned_message(body, timestamp))
+    blob = key_id(name, key.public_key()) + struct.pack(">Q", timestamp) + signature
+    return f"{SIGNATURE_PREFIX}{name} {base64.b64encode(blob).decode()}\n"
+
+
+def cosignature_time(note: str, *, name: str, public: Ed25519PublicKey) -> int | None:
+    """When the witness ``name`` co-signed ``note`` (a checkpoint with signature lines), or None
+    when no line of it is that witness's valid cosignature."""
+    body, _, signatures = note.partition("\n\n")
+    body += "\n"
+    wanted = key_id(name, public)
+    for line in signatures.splitlines():
+        if not line.startswith(f"{SIGNATURE_PREFIX}{name} "):
+            continue
+        try:
+            blob = base64.b64decode(line.rsplit(" ", 1)[1], validate=True)
+        except ValueError:
+            continue
+        if len(blob) != 4 + 8 + 64 or blob[:4] != wanted:
+            continue
+        timestamp = struct.unpack(">Q", blob[4:12])[0]
+        try:
+            public.verify(blob[12:], cosigned_message(body, timestamp))
+        except InvalidSignature:
+            continue
+        return timestamp
+    return None
+
+
+def load_public_key(pem: str) -> Ed25519PublicKey:
+    key = serialization.load_pem_public_key(pem.encode())
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("a witness key is an Ed25519 public key")
+    return key
+
+
+# The witness's state: its key, and per log the last checkpoint it co-signed ----------------
+
+
+class Refused(Exception):
+    def __init__(self, status: int, reason: str, *, body: str | None = None, content_type: str = "text/plain"):
+        super().__init__(reason)
+        self.status, self.reason, self.content_type = status, reason, content_type
+        self.body = body if body is not None else reason + "\n"
+
+
+class Witness:
+    """One witness: a name, a key, the logs it follows (origin -> the log's public key PEM)
+    and a state folder that survives restarts."""
+
+    def __init__(self, state: Path, logs: dict[str, str]):
+        self.state = Path(state)
+        config = json.loads((self.state / "witness.json").read_text())
+        self.name = config["name"]
+        self.key = serialization.load_pem_private_key((self.state / "witness-key.pem").read_bytes(), password=None)
+        self.logs = logs
+        self.lock = threading.Lock()  # check and persist atomically, within this process ...
+
+    @contextmanager
+    def _locked(self):
+        with self.lock, open(self.state / "witness.lock", "a") as handle:  # ... and across processes
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _log_file(self, origin: str) -> Path:
+        return self.state / "logs" / (hashlib.sha256(origin.encode()).hexdigest() + ".json")
+
+    def latest(self, origin: str) -> dict:
+        """The last checkpoint co-signed for ``origin``: size, root (base64) and note; size 0 before any."""
+        path = self._log_file(origin)
+        if not path.exists():
+            return {"origin": origin, "size": 0, "root": base64.b64encode(EMPTY_ROOT).decode(), "note": ""}
+        return json.loads(path.read_text())
+
+    def _keep(self, record: dict) -> None:
+        path = self._log_file(record["origin"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        with open(temporary, "w") as handle:
+            handle.write(json.dumps(record, sort_keys=True))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)  # persisted before the cosignature leaves
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def add_checkpoint(self, request: str) -> str:
+        """The protocol's add-checkpoint: the cosignature lines, or Refused with a status and a reason."""
+        old_size, proof, note = parse_request(request)
+        body, _, _ = note.partition("\n\n")
+        origin = body.split("\n", 1)[0]
+        if origin not in self.logs:
+            raise Refused(404, f"this witness does not follow the log {origin}")
+        try:
+            checkpoint = parse_checkpoint(verify_note(note, self.logs[origin]))
+        except NoteInvalid as exc:
+            raise Refused(403, f"the checkpoint is not signed by the log's key: {exc}") from None
+        if old_size > checkpoint.size:
+            raise Refused(400, f"the old size {old_size} is larger than the checkpoint's size {checkpoint.size}: "
+                               "a log never shrinks")
+        if checkpoint.size == 0 and checkpoint.root != EMPTY_ROOT:
+            raise Refused(422, "a checkpoint of size 0 has the empty tree's root")
+        with self._locked():
+            latest = self.latest(origin)
+            if old_size != latest["size"]:
+                raise Refused(409, f"the last checkpoint co-signed for {origin} has size {latest['size']}, not "
+                                   f"{old_size}", body=f"{latest['size']}\n", content_type=SIZE_CONTENT_TYPE)
+            latest_root = base64.b64decode(latest["root"])
+            if old_size == checkpoint.size:
+                if proof:
+                    raise Refused(422, "a checkpoint of the size already co-signed takes no consistency proof")
+                if checkpoint.root != latest_root:
+                    raise Refused(422, f"a split view: size {checkpoint.size} was co-signed with another root")
+            elif old_size == 0:
+                if proof:
+                    raise Refused(422, "from size 0 the consistency proof is empty")
+            else:
+                try:
+                    verify_consistency(old_size, checkpoint.size, latest_root, checkpoint.root, proof)
+                except ProofError as exc:
+                    raise Refused(422, f"the consistency proof from size {old_size} does not verify: {exc}") from None
+            self._keep({"origin": origin, "size": checkpoint.size,
+                        "root": base64.b64encode(checkpoint.root).decode(), "note": note})
+        return cosign(body + "\n", name=self.name, key=self.key, timestamp=int(time.time()))
+
+
+def parse_request(request: str) -> tuple[int, list[bytes], str]:
+    head, separator, note = request.partition("\n\n")
+    lines = head.split("\n")
+    if not separator or not lines[0].startswith("old "):
+        raise Refused(400, "the body is an old size line, proof lines, a blank line and the checkpoint")
+    size = lines[0].removeprefix("old ")
+    if not size.isdigit() or (size.startswith("0") and size != "0"):
+        raise Refused(400, "the old size is a decimal with no leading zeroes")
+    if len(lines) - 1 > MAX_PROOF_LINES:
+        raise Refused(400, f"a consistency proof has at most {MAX_PROOF_LINES} lines")
+    try:
+        proof = [base64.b64decode(line, validate=True) for line in lines[1:]]
+    except ValueError:
+        raise Refused(400, "each proof line is one base64 hash") from None
+    if any(len(node) != 32 for node in proof):
+        raise Refused(400, "each proof line is one 32-byte hash")
+    return int(size), proof, note
+
+
+# HTTP ---------------------------------------------------------------------------------------
+
+
+def handler_for(witness: Witness):
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "neocloud-witness"
+
+        def do_POST(self):
+            if self.path.rstrip("/") != "/add-checkpoint":
+                return self._answer(404, "text/plain", "no such endpoint\n")
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                return self._answer(413, "text/plain", "the request is too large\n")
+            try:
+                lines = witness.add_checkpoint(self.rfile.read(length).decode())
+            except UnicodeDecodeError:
+                return self._answer(400, "text/plain", "the body is UTF-8 text\n")
+            except Refused as refused:
+                return self._answer(refused.status, refused.content_type, refused.body)
+            self._answer(200, "text/plain; charset=utf-8", lines)
+
+        def _answer(self, status: int, content_type: str, text: str):
+            payload = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format, *args):  # one line per request on stderr
+            sys.stderr.write(f"witness: {self.command} {self.path} {args[1] if len(args) > 1 else ''}\n")
+
+    return Handler
+
+
+# The command line ---------------------------------------------------------------------------
+
+
+def _init(state: Path, name: str) -> str:
+    state.mkdir(parents=True, exist_ok=True)
+    key_file = state / "witness-key.pem"
+    if key_file.exists():
+        return f"The witness in {state} already has a key; its name is {json.loads((state / 'witness.json').read_text())['name']}."
+    key = Ed25519PrivateKey.generate()
+    descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    (state / "witness.json").write_text(json.dumps({"name": name}))
+    return f"Created witness {name} in {state}."
+
+
+def public_pem(state: Path) -> str:
+    key = serialization.load_pem_private_key((state / "witness-key.pem").read_bytes(), password=None)
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def _logs(values: list[str]) -> dict[str, str]:
+    logs = {}
+    for value in values:
+        origin, separator, path = value.partition("=")
+        if not separator or not origin:
+            raise ValueError(f"--log takes ORIGIN=PUBLIC_KEY_FILE, not {value!r}")
+        logs[origin] = Path(path).read_text()
+    return logs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m audit.witness", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="Create the witness's key and name in its state folder.")
+    init.add_argument("--state", type=Path, required=True)
+    init.add_argument("--name", required=True, help="A schema-less URL naming the witness, e.g. witness.example/w1")
+    key = sub.add_parser("public-key", help="Print the witness's public key (PEM) and name.")
+    key.add_argument("--state", type=Path, required=True)
+    serve = sub.add_parser("serve", help="Answer add-checkpoint requests.")
+    serve.add_argument("--state", type=Path, required=True)
+    serve.add_argument("--listen", default="127.0.0.1:7380", help="HOST:PORT (port 0 picks a free one)")
+    serve.add_argument("--log", action="append", default=[], required=True, metavar="ORIGIN=PUBLIC_KEY_FILE",
+                       help="A log this witness follows and the public key its checkpoints are signed with")
+    options = parser.parse_args(argv)
+    try:
+        if options.command == "init":
+            print(_init(options.state, options.name))
+            return 0
+        if options.command == "public-key":
+            name = json.loads((options.state / "witness.json").read_text())["name"]
+            print(f"# witness {name}\n{public_pem(options.state)}", end="")
+            return 0
+        witness = Witness(options.state, _logs(options.log))
+        host, _, port = options.listen.rpartition(":")
+        server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), handler_for(witness))
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"The witness cannot start: {exc}.", file=sys.stderr)
+        return 1
+    print(f"Witness {witness.name} listening on http://{server.server_address[0]}:{server.server_address[1]}",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
