@@ -5,7 +5,7 @@ import pytest
 from audit.models import AuditEvent
 from tenants.models import GpuFlavor, TenantQuota
 
-from tests.support.governance import confirm_as, second_platform_admin
+from tests.support.governance import confirm_as, put_quota, second_platform_admin
 
 from .test_api import assert_error
 
@@ -19,18 +19,6 @@ def actions():
 
 
 QUOTA = "/api/v1/tenants/acme-bank/quota/h100-80gb/"
-
-
-def put_quota(api, world, body):
-    """PUT a quota as world.platform_admin; a raise (202, a proposal) is confirmed by a second
-    platform admin. Returns the PUT's own answer, or a GET of the quota after the confirmation."""
-    confirmer = second_platform_admin()
-    response = api(world.platform_admin).put(QUOTA, body)
-    if response.status_code != 202:
-        return response
-    confirmed = confirm_as(api, confirmer, world.a.tenant, response.json())
-    assert confirmed.status_code == 200, confirmed.content
-    return api(world.platform_admin).get(QUOTA)
 
 
 @pytest.fixture

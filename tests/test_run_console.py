@@ -16,6 +16,7 @@ from tenants.models import GpuFlavor
 from workflows.models import WorkflowVersion
 
 from tests.support.clients import sign_in
+from tests.support.governance import put_quota
 
 from tests.support.processes import wait_for
 from .test_promotion_console import _sign_in
@@ -78,8 +79,7 @@ def test_another_tenants_run_page_is_404_and_operators_pages_are_for_platform_ad
 
 
 def test_the_quota_page_shows_usage_alerts_and_a_daily_chart(gate, world, client, api):
-    api(world.platform_admin).put("/api/v1/tenants/acme-bank/quota/h100-80gb/", {
-        "nominal": 2, "borrowing_limit": 2, "gpu_hours_budget": 10, "budget_mode": "soft"})
+    put_quota(api, world, {"nominal": 2, "borrowing_limit": 2, "gpu_hours_budget": 10, "budget_mode": "soft"})
     number = gate.version()
     billed_run(gate, number, gpu_seconds=Decimal(7200))
     billed_run(gate, number, gpu_seconds=Decimal(3600), days_ago=3)
@@ -89,8 +89,7 @@ def test_the_quota_page_shows_usage_alerts_and_a_daily_chart(gate, world, client
 
 
 def test_chargeback_per_tenant_and_month_exports_csv_and_the_read_is_audited(gate, world, client, api):
-    api(world.platform_admin).put("/api/v1/tenants/acme-bank/quota/h100-80gb/", {
-        "nominal": 2, "borrowing_limit": 2, "gpu_hours_budget": 1, "budget_mode": "soft"})
+    put_quota(api, world, {"nominal": 2, "borrowing_limit": 2, "gpu_hours_budget": 1, "budget_mode": "soft"})
     number = gate.version()
     billed_run(gate, number, gpu_seconds=Decimal(5400))  # 1.5 GPU-hours against a budget of 1
     sign_in(client, world.platform_admin)

@@ -26,6 +26,7 @@ from runners.models import DispatchOutbox, Run, UsageEntry
 from runners.services import runner_register, runner_set_state
 from tenants.models import GpuFlavor
 
+from tests.support.governance import put_quota
 from tests.support.processes import wait_for
 from .test_promotions import T, Gate
 
@@ -408,8 +409,7 @@ def _processes(pattern: str) -> list[str]:
 
 
 def test_the_quota_shows_what_is_held_borrowed_queued_and_the_gpu_hours_used(gate, start_runner, world, api):
-    api(world.platform_admin).put(f"{T}/quota/h100-80gb/", {"nominal": 2, "borrowing_limit": 2,
-                                                            "gpu_hours_budget": 100, "budget_mode": "soft"})
+    put_quota(api, world, {"nominal": 2, "borrowing_limit": 2, "gpu_hours_budget": 100, "budget_mode": "soft"})
     start_runner("gpu-eu-1", "0,1,2,3")
     held = [start_run(gate, spec_with([sh("train", "echo started; sleep 60")])) for _ in range(2)]
     waiting = start_run(gate, spec_with([sh("train", "true")]))  # 2 + 2 held: the borrowing limit is reached
@@ -432,8 +432,8 @@ def test_the_quota_shows_what_is_held_borrowed_queued_and_the_gpu_hours_used(gat
 
 
 def set_budget(world, api, hours, mode):
-    response = api(world.platform_admin).put(f"{T}/quota/h100-80gb/", {
-        "nominal": 2, "borrowing_limit": 2, "gpu_hours_budget": hours, "budget_mode": mode})
+    response = put_quota(api, world, {"nominal": 2, "borrowing_limit": 2, "gpu_hours_budget": hours,
+                                      "budget_mode": mode})
     assert response.status_code == 200, response.content
 
 

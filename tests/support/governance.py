@@ -79,3 +79,19 @@ def set_quota(world, tenant, flavor, **values):
 
     return update_governed(tenant_quota_set, tenant=tenant, proposer=world.platform_admin,
                            confirmer=second_platform_admin(), flavor=flavor, **values)
+
+
+def put_quota(api, world, body, *, flavor="h100-80gb", tenant=None):
+    """PUT a GPU quota as world.platform_admin through the API; a raise (202, a proposal) is
+    confirmed by the second platform admin. Returns the PUT's own answer, or a GET of the quota
+    after the confirmation."""
+    tenant = tenant or world.a.tenant
+    path = f"/api/v1/tenants/{tenant.slug}/quota/{flavor}/"
+    confirmer = second_platform_admin()
+    response = api(world.platform_admin).put(path, body)
+    if response.status_code != 202:
+        return response
+    confirmed = confirm_as(api, confirmer, tenant, response.json())
+    assert confirmed.status_code == 200, confirmed.content
+    return api(world.platform_admin).get(path)
+
