@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from django.db import DatabaseError, migrations
 
 APPEND_ONLY_TABLES = ("audit_auditevent", "audit_auditleaf", "audit_audittreenode", "audit_auditcheckpoint",
-                      "audit_audittenanthead")
+                      "audit_audittenanthead", "audit_auditcosignature")
 
 PG_FUNCTION = """
 CREATE OR REPLACE FUNCTION audit_reject_change() RETURNS trigger LANGUAGE plpgsql AS $$

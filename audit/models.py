@@ -163,3 +163,19 @@ class AuditTenantHead(models.Model):
     class Meta:
         ordering = ["tenant"]
         constraints = [models.UniqueConstraint(fields=["checkpoint", "tenant"], name="one_head_per_tenant_checkpoint")]
+
+
+class AuditCosignature(models.Model):
+    """A witness's cosignature on a checkpoint (a C2SP tlog-cosignature/v1 note signature
+    line): the witness checked that the checkpoint extends every earlier one it saw."""
+
+    checkpoint = models.ForeignKey(AuditCheckpoint, on_delete=models.PROTECT, related_name="cosignatures")
+    witness = models.CharField(max_length=200)  # the witness's key name
+    line = models.TextField()  # "— <witness> <base64(key id || timestamp || signature)>"
+    cosigned_at = models.DateTimeField()  # the timestamp the witness signed
+    received_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["witness"]
+        constraints = [models.UniqueConstraint(fields=["checkpoint", "witness"], name="one_cosignature_per_witness")]
+

@@ -2,6 +2,7 @@ from celery import shared_task
 
 from .checkpointing import checkpoint_due, checkpoint_write
 from .sequencer import PLATFORM_ALIAS, sequence_all
+from .witnessing import witness_latest
 
 
 @shared_task(name="audit.sequence_pending", ignore_result=True)
@@ -11,4 +12,5 @@ def sequence_pending():
     total = sequence_all()
     if checkpoint_due(using=PLATFORM_ALIAS):
         checkpoint_write(using=PLATFORM_ALIAS)
+    witness_latest(using=PLATFORM_ALIAS)  # a witness that missed one is asked again on every round
     return total

@@ -6,7 +6,8 @@ from django.urls import NoReverseMatch, reverse
 from django.views import View
 
 from audit.verify import inclusion_status, latest_checkpoint_status
-from tenants.access import allowed_tenant_ids
+from audit.witnessing import witness_status
+from tenants.access import allowed_tenant_ids, is_platform_admin
 from tenants.console import TenantConsoleMixin
 
 from .filters import AuditEventFilter
@@ -29,10 +30,10 @@ def _render_events(request, events, context):
     query = request.GET.copy()
     for name in ("before", "after"):
         query.pop(name, None)
+    status = latest_checkpoint_status(using=AUDIT_READS, tenant=context["tenant"].slug if context["tenant"] else None)
     return render(request, "compliance/audit.html", {
-        **context, "filter": filterset, "page": page, "query": query.urlencode(),
-        "status": latest_checkpoint_status(using=AUDIT_READS,
-                                           tenant=context["tenant"].slug if context["tenant"] else None),
+        **context, "filter": filterset, "page": page, "query": query.urlencode(), "status": status,
+        "witnesses": witness_status(status.checkpoint, using=AUDIT_READS),
         # The trail filtered to one promotion offers its evidence pack.
         "evidence_url": _evidence_url(context["tenant"].slug if context["tenant"] else "",
                                       request.GET.get("target_type", ""), request.GET.get("target", "")),
@@ -82,6 +83,8 @@ def _evidence_url(tenant: str, target_type: str, target_id: str) -> str:
 
 
 def _require_some_audit_access(user):
+    """Someone who may read some audit events: a tenant's auditors and admins, and platform
+    admins, who read the platform's own events (compliance.selectors.events_visible_to)."""
     allowed = allowed_tenant_ids(user, "audit")
-    if allowed is not None and not allowed:
+    if allowed is not None and not allowed and not is_platform_admin(user):
         raise Http404("No audit access.")

@@ -9,6 +9,7 @@ NEOCLOUD_ENV selects the mode:
 Every secret can also be read from a file named by ``<NAME>_FILE``.
 """
 
+import json
 import os
 import secrets
 from datetime import timedelta
@@ -328,6 +329,12 @@ AUDIT_MAX_UNSEQUENCED_SECONDS = int(env("AUDIT_MAX_UNSEQUENCED_SECONDS", "300"))
 AUDIT_CHECKPOINT_EVERY = int(env("AUDIT_CHECKPOINT_EVERY", "1000"))
 AUDIT_CHECKPOINT_SECONDS = float(env("AUDIT_CHECKPOINT_SECONDS", "60"))
 AUDIT_LOG_ORIGIN = env("AUDIT_LOG_ORIGIN", "neocloud/audit-log")  # the first line of every checkpoint
+# Independent witnesses that co-sign each checkpoint (audit.witness): a JSON list of
+# {"name", "url", "public_key_file"}. None by default.
+try:
+    AUDIT_WITNESSES = json.loads(env("AUDIT_WITNESSES", "[]"))
+except ValueError as exc:
+    raise ImproperlyConfigured(f"AUDIT_WITNESSES is a JSON list of witnesses: {exc}") from None
 
 # Policy engine (docs/policies.md): "embedded" runs regopy in process, "opa" asks the OPA
 # server at OPA_URL. Either way an error, a timeout or an undefined result is a deny.

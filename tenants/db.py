@@ -149,7 +149,7 @@ def apply_role_grants(using=OWNER_ALIAS, **kwargs):
             for table in (*APPEND_ONLY_TABLES, "audit_sequencerstate"):
                 cursor.execute(f'REVOKE UPDATE, DELETE, TRUNCATE ON {table} FROM "{app_role}"')
             cursor.execute(f'REVOKE INSERT ON audit_auditleaf, audit_audittreenode, audit_auditcheckpoint, '
-                           f'audit_audittenanthead, audit_sequencerstate FROM "{app_role}"')
+                           f'audit_audittenanthead, audit_auditcosignature, audit_sequencerstate FROM "{app_role}"')
             # The sequencer's queue is the database's to fill (a trigger) and the sequencer's to empty.
             cursor.execute(f'REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON audit_auditpending FROM "{app_role}"')
             # Only runners bill; the ledger is written once and never changed.
@@ -159,7 +159,7 @@ def apply_role_grants(using=OWNER_ALIAS, **kwargs):
             cursor.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{platform_role}"')
             cursor.execute(f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO "{platform_role}"')
             cursor.execute(f'GRANT INSERT ON audit_auditleaf, audit_audittreenode, audit_auditcheckpoint, '
-                           f'audit_audittenanthead TO "{platform_role}"')
+                           f'audit_audittenanthead, audit_auditcosignature TO "{platform_role}"')
             cursor.execute(f'GRANT UPDATE ON audit_sequencerstate TO "{platform_role}"')
             cursor.execute(f'GRANT DELETE ON audit_auditpending TO "{platform_role}"')
             # Admission sees every tenant's runs and admits them, recording each admission.

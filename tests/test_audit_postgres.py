@@ -51,7 +51,7 @@ def test_app_role_has_no_update_or_delete_grant_on_postgresql(live_db):
 
 
 AUDIT_TABLES = ("audit_auditevent", "audit_auditleaf", "audit_audittreenode", "audit_auditcheckpoint",
-                "audit_audittenanthead", "audit_sequencerstate")
+                "audit_audittenanthead", "audit_auditcosignature", "audit_sequencerstate")
 
 
 @pytest.mark.parametrize("alias", ["default", "platform"])

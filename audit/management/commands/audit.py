@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from audit.keys import KeyringError
 from audit.sequencer import PLATFORM_ALIAS, sequence_all
+from audit.witnessing import witness_latest
 from audit.verify import verify_log
 
 
@@ -28,6 +29,11 @@ class Command(BaseCommand):
         verify = sub.add_parser("verify", help="Recompute every hash and check the sequence for gaps.")
         verify.add_argument("--max-unsequenced", type=int, default=None,
                             help="Seconds an event may stay unsequenced (default AUDIT_MAX_UNSEQUENCED_SECONDS).")
+        verify.add_argument("--witness-key", action="append", default=[], metavar="NAME=PUBLIC_KEY_FILE",
+                            help="A witness whose cosignature on the latest checkpoint is checked; may be given more "
+                                 "than once.")
+        verify.add_argument("--require-witness", action="store_true",
+                            help="Fail unless every witness given co-signed the latest checkpoint.")
         verify.add_argument("--checkpoint", action="append", type=Path, default=[], metavar="FILE",
                             help="A signed checkpoint kept outside the platform (a file, or a folder of them) that "
                                  "the log must still match; may be given more than once.")
@@ -81,6 +87,8 @@ class Command(BaseCommand):
                 self.stdout.write("Nothing new since the last checkpoint.")
             else:
                 self.stdout.write(f"Checkpoint {checkpoint.tree_size}: root {checkpoint.root_hash}.")
+            for witness, outcome in witness_latest(using=PLATFORM_ALIAS).items():
+                self.stdout.write(f"Witness {witness}: {outcome}.")
             return
         if subcommand == "sequence":
             self.stdout.write(f"Sequenced {sequence_all()} event(s).")
@@ -93,8 +101,42 @@ class Command(BaseCommand):
         if not report.ok:
             raise CommandError(f"Audit log is not intact at {report.problems[0].sentence()}.")
         matched = f"; it matches the {len(kept)} checkpoint(s) kept outside" if kept else ""
+        witnessed = self._witnessed(options["witness_key"], required=options["require_witness"])
         self.stdout.write(f"Audit log intact: {report.leaves} sequenced event(s), {report.unsequenced} awaiting "
-                          f"the sequencer{matched}.")
+                          f"the sequencer{matched}; {witnessed}.")
+
+    def _witnessed(self, keys: list[str], *, required: bool) -> str:
+        from audit.models import AuditCheckpoint
+        from audit.witnessing import witnessed
+
+        latest = AuditCheckpoint.objects.using(PLATFORM_ALIAS).order_by("-tree_size").first()
+        if latest is None:
+            if required:
+                raise CommandError("No checkpoint has been signed yet, so none is witnessed.")
+            return "no checkpoint yet, so not witnessed"
+        result = witnessed(latest, witness_keys(keys), using=PLATFORM_ALIAS)
+        if required and (result.missing or not result.by):
+            raise CommandError(f"Audit log intact, but {result.sentence()}.")
+        return result.sentence()
+
+
+def witness_keys(values: list[str]) -> dict[str, str]:
+    """NAME=PUBLIC_KEY_FILE options as name -> PEM."""
+    from audit.witness import load_public_key
+
+    keys = {}
+    for value in values:
+        name, separator, path = value.partition("=")
+        if not separator or not name:
+            raise CommandError(f"--witness-key takes NAME=PUBLIC_KEY_FILE, not {value!r}.")
+        try:
+            keys[name] = Path(path).read_text()
+            load_public_key(keys[name])
+        except OSError as exc:
+            raise CommandError(f"The witness key file {path} cannot be read: {exc.strerror}.") from None
+        except ValueError:
+            raise CommandError(f"The witness key file {path} is not an Ed25519 public key in PEM.") from None
+    return keys
 
 
 def kept_notes(paths: list[Path]) -> list[str]:
