@@ -9,7 +9,7 @@ its own key and its own state folder.
 
 It speaks the C2SP tlog-witness protocol (``POST /add-checkpoint``: an ``old <size>`` line, the
 consistency proof in base64 lines, a blank line, the signed checkpoint) and answers with C2SP
-tlog-cosignature/v1 lines (Ed25519, timestamped). docs/decisions.md records where it departs.
+tlog-cosignature lines (ML-DSA-44, timestamped). docs/decisions.md records where it departs.
 
     python -m audit.witness init --state DIR --name witness.example/w1
     python -m audit.witness public-key --state DIR
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA44PrivateKey, MLDSA44PublicKey
 
 from audit.checkpoints import SIGNATURE_PREFIX, NoteInvalid, parse_checkpoint, verify_note
 from audit.merkle import EMPTY_ROOT, ProofError, verify_consistency
@@ -42,30 +42,45 @@ MAX_BODY = 64 * 1024
 SIZE_CONTENT_TYPE = "text/x.tlog.size"
 
 
-# Cosignatures (C2SP tlog-cosignature, Ed25519, cosignature/v1) ---------------------------
+# Cosignatures (C2SP tlog-cosignature, ML-DSA-44, subtree/v1 over the whole tree) ----------
+
+KEY_ID_ALGORITHM = b"\x06"  # ML-DSA-44
+SIGNATURE_SIZE = 2420
 
 
-def key_id(name: str, public: Ed25519PublicKey) -> bytes:
+def key_id(name: str, public: MLDSA44PublicKey) -> bytes:
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(name.encode() + b"\n" + b"\x04" + raw).digest()[:4]
+    return hashlib.sha256(name.encode() + b"\n" + KEY_ID_ALGORITHM + raw).digest()[:4]
 
 
-def cosigned_message(body: str, timestamp: int) -> bytes:
-    return f"cosignature/v1\ntime {timestamp}\n{body}".encode()
+def cosigned_message(*, name: str, timestamp: int, origin: str, size: int, root: bytes) -> bytes:
+    """The spec's cosigned_message for a checkpoint: the subtree [0, size) with its root."""
+    def short(text: str) -> bytes:
+        data = text.encode()
+        if not 0 < len(data) < 256:
+            raise ValueError("a cosigner name and a log origin are 1 to 255 bytes")
+        return bytes([len(data)]) + data
+    return (b"subtree/v1\n\x00" + short(name) + struct.pack(">Q", timestamp) + short(origin)
+            + struct.pack(">QQ", 0, size) + root)
 
 
-def cosign(body: str, *, name: str, key: Ed25519PrivateKey, timestamp: int) -> str:
+def cosign(body: str, *, name: str, key: MLDSA44PrivateKey, timestamp: int) -> str:
     """The signature line a witness adds to a checkpoint whose note body is ``body``."""
-    signature = key.sign(cosigned_message(body, timestamp))
+    checkpoint = parse_checkpoint(body)
+    signature = key.sign(cosigned_message(name=name, timestamp=timestamp, origin=checkpoint.origin,
+                                          size=checkpoint.size, root=checkpoint.root))
     blob = key_id(name, key.public_key()) + struct.pack(">Q", timestamp) + signature
     return f"{SIGNATURE_PREFIX}{name} {base64.b64encode(blob).decode()}\n"
 
 
-def cosignature_time(note: str, *, name: str, public: Ed25519PublicKey) -> int | None:
+def cosignature_time(note: str, *, name: str, public: MLDSA44PublicKey) -> int | None:
     """When the witness ``name`` co-signed ``note`` (a checkpoint with signature lines), or None
     when no line of it is that witness's valid cosignature."""
     body, _, signatures = note.partition("\n\n")
-    body += "\n"
+    try:
+        checkpoint = parse_checkpoint(body + "\n")
+    except NoteInvalid:
+        return None
     wanted = key_id(name, public)
     for line in signatures.splitlines():
         if not line.startswith(f"{SIGNATURE_PREFIX}{name} "):
@@ -74,21 +89,24 @@ def cosignature_time(note: str, *, name: str, public: Ed25519PublicKey) -> int |
             blob = base64.b64decode(line.rsplit(" ", 1)[1], validate=True)
         except ValueError:
             continue
-        if len(blob) != 4 + 8 + 64 or blob[:4] != wanted:
+        if len(blob) != 4 + 8 + SIGNATURE_SIZE or blob[:4] != wanted:
             continue
         timestamp = struct.unpack(">Q", blob[4:12])[0]
+        message = cosigned_message(name=name, timestamp=timestamp, origin=checkpoint.origin, size=checkpoint.size,
+                                   root=checkpoint.root)
         try:
-            public.verify(blob[12:], cosigned_message(body, timestamp))
+            public.verify(blob[12:], message)
         except InvalidSignature:
             continue
-        return timestamp
+        if timestamp:
+            return timestamp
     return None
 
 
-def load_public_key(pem: str) -> Ed25519PublicKey:
+def load_public_key(pem: str) -> MLDSA44PublicKey:
     key = serialization.load_pem_public_key(pem.encode())
-    if not isinstance(key, Ed25519PublicKey):
-        raise ValueError("a witness key is an Ed25519 public key")
+    if not isinstance(key, MLDSA44PublicKey):
+        raise ValueError("a witness key is an ML-DSA-44 public key")
     return key
 
 
@@ -250,7 +268,7 @@ def _init(state: Path, name: str) -> str:
     key_file = state / "witness-key.pem"
     if key_file.exists():
         return f"The witness in {state} already has a key; its name is {json.loads((state / 'witness.json').read_text())['name']}."
-    key = Ed25519PrivateKey.generate()
+    key = MLDSA44PrivateKey.generate()
     descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

@@ -42,7 +42,7 @@ class WitnessConfig:
 
 @cache
 def configured_witnesses() -> tuple[WitnessConfig, ...]:
-    """AUDIT_WITNESSES: each ``name``, ``url`` and ``public_key_file`` (a PEM of its Ed25519 key)."""
+    """AUDIT_WITNESSES: each ``name``, ``url`` and ``public_key_file`` (a PEM of its ML-DSA-44 key)."""
     found = []
     for entry in settings.AUDIT_WITNESSES:
         try:

@@ -111,7 +111,7 @@ def test_the_witness_cosigns_what_extends_what_it_cosigned_and_refuses_the_rest(
     log.grow(5)
     first = log.checkpoint()
     status, _, lines = witness.add(0, [], first)
-    assert status == 200 and cosigned(first, lines, witness_key)  # a valid, timestamped cosignature/v1
+    assert status == 200 and cosigned(first, lines, witness_key)  # a valid, timestamped ML-DSA-44 cosignature
     log.grow(7)
     second = log.checkpoint()
     status, _, lines = witness.add(5, log.proof(5, 12), second)
