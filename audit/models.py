@@ -166,7 +166,7 @@ class AuditTenantHead(models.Model):
 
 
 class AuditCosignature(models.Model):
-    """A witness's cosignature on a checkpoint (a C2SP tlog-cosignature/v1 note signature
+    """A witness's cosignature on a checkpoint (a C2SP tlog-cosignature note signature
     line): the witness checked that the checkpoint extends every earlier one it saw."""
 
     checkpoint = models.ForeignKey(AuditCheckpoint, on_delete=models.PROTECT, related_name="cosignatures")
