@@ -32,8 +32,9 @@ from . import tree
 from .checkpointing import checkpoint_write
 from .checkpoints import export_manifest_body, sign_note
 from .keys import platform_keyring
-from .sequencer import sequence_all
 from .models import AuditCheckpoint, AuditLeaf
+from .sequencer import sequence_all
+from .witnessing import cosigned_note, witness_latest
 
 FORMAT = 1
 
@@ -48,6 +49,7 @@ def signed_checkpoint(*, using: str, until=None) -> AuditCheckpoint:
     if until is None:  # up to now: sequence what is pending and sign a checkpoint covering it
         sequence_all(using=using)
         checkpoint_write(using=using)
+        witness_latest(using=using)  # so the pack carries the witnesses' cosignatures where they answer
     checkpoints = AuditCheckpoint.objects.using(using).order_by("-tree_size")
     if until is not None:
         checkpoints = checkpoints.filter(created_at__lte=until)
@@ -92,7 +94,7 @@ def export_files(*, tenant: str, since=None, until=None, using: str) -> dict[str
         leaves = leaves.filter(event__occurred_at__gte=since)
     events = [proved_event(leaf, size, using=using) for leaf in leaves.iterator(chunk_size=1000)]
     consistency = consistency_proofs(size, using=using)
-    files = {"checkpoint.txt": checkpoint.note.encode(), "tenant-head.txt": head.note.encode(),
+    files = {"checkpoint.txt": cosigned_note(checkpoint, using=using).encode(), "tenant-head.txt": head.note.encode(),
              "events.jsonl": jsonl(events), "consistency.jsonl": jsonl(consistency)}
     manifest = {"format": FORMAT, "tenant": tenant, "tree_size": size, "tenant_size": head.tenant_size,
                 "events": len(events), "since": since.isoformat() if since else None,

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from audit.checkpoints import NoteInvalid, export_manifest_body, parse_checkpoint, parse_tenant_head, verify_note
 from audit.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
+from audit.witness import read_witness_keys, witness_statement
 
 
 class PackInvalid(Exception):
@@ -239,15 +240,19 @@ def main(argv=None) -> int:
                         help="a platform checkpoint key (PEM), kept out of band; repeat for earlier keys")
     parser.add_argument("--previous-checkpoint", type=Path, help="a checkpoint you kept from before")
     parser.add_argument("--previous-tenant-head", type=Path, help="the tenant head you kept from before")
+    add_witness_options(parser)
     options = parser.parse_args(argv)
     try:
         if not options.folder.is_dir():
             raise InputUnreadable(f"The export folder {options.folder} does not exist or is not a folder.")
         pems = [read_input(path, "public key") for path in options.public_key]
+        witness_keys = witness_keys_of(options)
         summary = verify_pack(
             options.folder, pems,
             previous_checkpoint=read_input(options.previous_checkpoint, "earlier checkpoint"),
             previous_tenant_head=read_input(options.previous_tenant_head, "earlier tenant head"))
+        witnessed = witnessed_or_refused(_read(options.folder, "checkpoint.txt"), witness_keys,
+                                         required=options.require_witness)
     except PackInvalid as exc:
         print(f"The export does not verify: {exc}.", file=sys.stderr)
         return 1
@@ -255,8 +260,31 @@ def main(argv=None) -> int:
         print(exc, file=sys.stderr)
         return 1
     print(f"Verified: {summary['events']} event(s) of tenant {summary['tenant']}, complete up to its "
-          f"{summary['tenant_size']} event(s) in the signed tree of size {summary['tree_size']}.")
+          f"{summary['tenant_size']} event(s) in the signed tree of size {summary['tree_size']}; {witnessed}.")
     return 0
+
+
+def add_witness_options(parser) -> None:
+    parser.add_argument("--witness-key", action="append", default=[], metavar="NAME=PUBLIC_KEY_FILE",
+                        help="a witness whose cosignature on the pack's checkpoint is checked; repeatable")
+    parser.add_argument("--require-witness", action="store_true",
+                        help="fail unless every witness given co-signed the pack's checkpoint")
+
+
+def witness_keys_of(options) -> dict[str, str]:
+    try:
+        return read_witness_keys(options.witness_key)
+    except ValueError as exc:
+        raise InputUnreadable(f"{str(exc)[0].upper()}{str(exc)[1:]}.") from None
+
+
+def witnessed_or_refused(note: str, witness_keys: dict[str, str], *, required: bool) -> str:
+    """What to print of the pack's checkpoint's cosignatures; PackInvalid when one is required
+    and missing."""
+    sentence, ok = witness_statement(note, witness_keys)
+    if required and not ok:
+        raise PackInvalid(sentence)
+    return sentence
 
 
 if __name__ == "__main__":

@@ -110,6 +110,46 @@ def load_public_key(pem: str) -> MLDSA44PublicKey:
     return key
 
 
+# What a verifier says about witnesses -------------------------------------------------------
+
+
+def read_witness_keys(values: list[str]) -> dict[str, str]:
+    """``NAME=PUBLIC_KEY_FILE`` options as name -> PEM; ValueError with one sentence otherwise."""
+    keys = {}
+    for value in values:
+        name, separator, path = value.partition("=")
+        if not separator or not name:
+            raise ValueError(f"--witness-key takes NAME=PUBLIC_KEY_FILE, not {value!r}")
+        try:
+            keys[name] = Path(path).read_text()
+        except (OSError, UnicodeError) as exc:
+            raise ValueError(f"the witness key file {path} cannot be read: {getattr(exc, 'strerror', None) or exc}") \
+                from None
+        try:
+            load_public_key(keys[name])
+        except ValueError:
+            raise ValueError(f"the witness key file {path} is not an ML-DSA-44 public key in PEM") from None
+    return keys
+
+
+def witness_statement(note: str, witness_keys: dict[str, str]) -> tuple[str, bool]:
+    """What to say of a checkpoint note's cosignatures under ``witness_keys``, and whether every
+    witness given co-signed it (False without any key: nothing then says it is witnessed)."""
+    try:
+        size = parse_checkpoint(note.partition("\n\n")[0] + "\n").size
+    except NoteInvalid:
+        return "the checkpoint is not witnessed (it is not a checkpoint)", False
+    by = [name for name, pem in sorted(witness_keys.items())
+          if cosignature_time(note, name=name, public=load_public_key(pem)) is not None]
+    missing = sorted(set(witness_keys) - set(by))
+    if not witness_keys:
+        return f"checkpoint {size} is not witnessed (no witness key given)", False
+    if not by:
+        return f"checkpoint {size} is not witnessed: no cosignature from {', '.join(missing)}", False
+    text = f"checkpoint {size} is witnessed by {', '.join(by)}"
+    return text + (f"; not by {', '.join(missing)}" if missing else ""), not missing
+
+
 # The witness's state: its key, and per log the last checkpoint it co-signed ----------------
 
 

@@ -126,30 +126,11 @@ def _add_checkpoint(witness: WitnessConfig, old: int, checkpoint: AuditCheckpoin
         raise WitnessUnavailable(f"it cannot be reached ({getattr(exc, 'reason', exc)})") from None
 
 
-@dataclass(frozen=True)
-class Witnessed:
-    """Which of the given witness keys co-signed a checkpoint."""
-
-    checkpoint: int
-    by: tuple[str, ...]
-    missing: tuple[str, ...]
-
-    def sentence(self) -> str:
-        if not self.by and not self.missing:
-            return f"checkpoint {self.checkpoint} is not witnessed (no witness key given)"
-        if not self.by:
-            return f"checkpoint {self.checkpoint} is not witnessed: no cosignature from {', '.join(self.missing)}"
-        text = f"checkpoint {self.checkpoint} is witnessed by {', '.join(self.by)}"
-        return text + (f"; not by {', '.join(self.missing)}" if self.missing else "")
-
-
-def witnessed(checkpoint: AuditCheckpoint, witness_keys: dict[str, str], *, using: str) -> Witnessed:
-    """Check the stored cosignatures of ``checkpoint`` against ``witness_keys`` (name -> PEM):
-    a cosignature counts only if it verifies over the checkpoint's own note body."""
-    lines = "".join(AuditCosignature.objects.using(using).filter(checkpoint=checkpoint).values_list("line", flat=True))
-    by = tuple(name for name, pem in sorted(witness_keys.items())
-               if cosignature_time(checkpoint.note + lines, name=name, public=load_public_key(pem)) is not None)
-    return Witnessed(checkpoint.tree_size, by, tuple(sorted(set(witness_keys) - set(by))))
+def cosigned_note(checkpoint: AuditCheckpoint, *, using: str) -> str:
+    """The checkpoint's note with every witness cosignature kept for it appended (a verifier
+    that knows only the platform key skips those lines)."""
+    return checkpoint.note + "".join(AuditCosignature.objects.using(using).filter(checkpoint=checkpoint)
+                                     .order_by("witness").values_list("line", flat=True))
 
 
 def witness_status(checkpoint: AuditCheckpoint | None, *, using: str) -> list[tuple[str, datetime | None]]:

@@ -33,6 +33,7 @@ from audit.export import NothingToExport, consistency_proofs, jsonl, proved_even
 from audit.log import Target, record
 from audit.models import AuditCheckpoint, AuditLeaf
 from audit.sequencer import sequence_all
+from audit.witnessing import cosigned_note
 from policies.models import PolicyDecision, Waiver
 from tenants.access import actor_for, require
 from tenants.db import PLATFORM_ALIAS, tenant_reads
@@ -228,7 +229,7 @@ def evidence_files(*, records: dict, attestation: str, using: str) -> dict[str, 
     if attestation:
         packed["attestation.sigstore.json"] = attestation.encode()
     packed["events.jsonl"] = jsonl(events)
-    packed["checkpoint.txt"] = checkpoint.note.encode()
+    packed["checkpoint.txt"] = cosigned_note(checkpoint, using=using).encode()
     packed["tenant-head.txt"] = head.note.encode()
     packed["consistency.jsonl"] = jsonl(consistency_proofs(size, using=using))
     packed["summary.html"] = render_to_string("compliance/evidence_summary.html", {

@@ -41,8 +41,9 @@ import rfc8785
 from audit.checkpoints import NoteInvalid, parse_checkpoint, parse_tenant_head
 from audit.hashing import SAFE_INTEGER
 from audit.keys import kid_of_pem
-from audit.verify_export import (InputUnreadable, PackInvalid, check_consistency, consistency_records,
-                                 proven_event, read_input, signed_checkpoint, verified_note)
+from audit.verify_export import (InputUnreadable, PackInvalid, add_witness_options, check_consistency,
+                                 consistency_records, proven_event, read_input, signed_checkpoint, verified_note,
+                                 witness_keys_of, witnessed_or_refused)
 from workflows.attestations import PROVENANCE_PREDICATE, AttestationInvalid, verify_attestation
 
 KIND = "neocloud/promotion-evidence"
@@ -352,7 +353,8 @@ def verify_evidence(path: Path, public_pems: list[str], *, previous_checkpoint: 
         check_consistency(records, previous.size, previous.root, log.checkpoint, what="the earlier checkpoint")
     return {"promotion": promotion["id"], "tenant": promotion["tenant"], "state": promotion["state"],
             "events": len(log.events), "tree_size": log.checkpoint.size, "decisions": len(decisions),
-            "approvals": len(approvals), "verifications": verifications, "attested": attested}
+            "approvals": len(approvals), "verifications": verifications, "attested": attested,
+            "checkpoint_note": files.get("checkpoint.txt", b"").decode()}
 
 
 def main(argv=None) -> int:
@@ -361,13 +363,16 @@ def main(argv=None) -> int:
     parser.add_argument("--public-key", required=True, type=Path, action="append",
                         help="a platform public key (PEM) you obtained yourself; repeat for older keys")
     parser.add_argument("--previous-checkpoint", type=Path, help="a checkpoint you kept from before")
+    add_witness_options(parser)
     options = parser.parse_args(argv)
     try:
         if not options.pack.exists():
             raise InputUnreadable(f"The evidence pack {options.pack} does not exist.")
+        witness_keys = witness_keys_of(options)
         summary = verify_evidence(
             options.pack, [read_input(key, "public key") for key in options.public_key],
             previous_checkpoint=read_input(options.previous_checkpoint, "earlier checkpoint"))
+        witnessed = witnessed_or_refused(summary["checkpoint_note"], witness_keys, required=options.require_witness)
     except PackInvalid as exc:
         print(f"The evidence pack does not verify: {exc}.", file=sys.stderr)
         return 1
@@ -381,7 +386,7 @@ def main(argv=None) -> int:
           f"{summary['decisions']} decision(s), {summary['approvals']} approval(s), "
           f"{summary['verifications']} signature verification(s), "
           f"attestation {'verified' if summary['attested'] else 'none (not promoted)'}; "
-          f"{summary['events']} event(s) proven in the signed tree of size {summary['tree_size']}.")
+          f"{summary['events']} event(s) proven in the signed tree of size {summary['tree_size']}; {witnessed}.")
     return 0
 
 

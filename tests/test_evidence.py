@@ -71,6 +71,9 @@ def test_a_production_pack_holds_the_whole_decision_and_verifies_offline(product
     assert result.returncode == 0, result.stderr
     assert f"Verified: promotion {production['id']} of tenant acme-bank (promoted)" in result.stdout
     assert "2 approval(s)" in result.stdout and "attestation verified" in result.stdout
+    assert result.stdout.rstrip().endswith("is not witnessed (no witness key given).")  # no witness configured
+    required = run_verifier(pack, "--public-key", key, "--require-witness")
+    assert required.returncode == 1 and "is not witnessed (no witness key given)" in required.stderr
 
     folder = unpack(content, tmp_path / "unpacked")
     names = {p.name for p in folder.iterdir()}

@@ -88,3 +88,31 @@ def test_a_witness_that_is_down_holds_nothing_up_and_shows_as_missing(witness, c
         verify("--witness-key", f"{NAME}={key_file}", "--require-witness")
     page = sign_in(client, world.platform_admin).get("/audit/").content.decode()
     assert f"Not co-signed by {NAME}" in page
+
+
+def test_an_export_carries_the_cosignature_and_its_verifier_says_witnessed(witness, tmp_path):
+    from .test_audit_export import run_verifier
+
+    process, key_file = witness
+    checkpoint(4)
+    folder = tmp_path / "export"
+    call_command("audit", "export", "--tenant", "acme-bank", "-o", str(folder))  # signs one and asks the witness
+    assert f"\u2014 {NAME} " in (folder / "checkpoint.txt").read_text()
+    platform_key = tmp_path / "platform.pem"
+    platform_key.write_text(platform_keyring().active().public_pem)
+
+    witnessed = run_verifier(folder, "--public-key", platform_key, "--witness-key", f"{NAME}={key_file}",
+                             "--require-witness")
+    assert witnessed.returncode == 0, witnessed.stderr
+    assert witnessed.stdout.rstrip().endswith(f"is witnessed by {NAME}.")
+    alone = run_verifier(folder, "--public-key", platform_key)
+    assert alone.returncode == 0 and alone.stdout.rstrip().endswith("is not witnessed (no witness key given).")
+    other_state = tmp_path / "other-witness"
+    assert witness_main(["init", "--state", str(other_state), "--name", "other.example/w"]) == 0
+    other_key = tmp_path / "other.pem"
+    other_key.write_text(public_pem(other_state))
+    refused = run_verifier(folder, "--public-key", platform_key, "--witness-key", f"other.example/w={other_key}",
+                           "--require-witness")
+    assert refused.returncode == 1
+    assert "is not witnessed: no cosignature from other.example/w" in refused.stderr
+

@@ -107,36 +107,22 @@ class Command(BaseCommand):
 
     def _witnessed(self, keys: list[str], *, required: bool) -> str:
         from audit.models import AuditCheckpoint
-        from audit.witnessing import witnessed
+        from audit.witness import read_witness_keys, witness_statement
+        from audit.witnessing import cosigned_note
 
+        try:
+            witness_keys = read_witness_keys(keys)
+        except ValueError as exc:
+            raise CommandError(f"{str(exc)[0].upper()}{str(exc)[1:]}.") from None
         latest = AuditCheckpoint.objects.using(PLATFORM_ALIAS).order_by("-tree_size").first()
         if latest is None:
             if required:
                 raise CommandError("No checkpoint has been signed yet, so none is witnessed.")
             return "no checkpoint yet, so not witnessed"
-        result = witnessed(latest, witness_keys(keys), using=PLATFORM_ALIAS)
-        if required and (result.missing or not result.by):
-            raise CommandError(f"Audit log intact, but {result.sentence()}.")
-        return result.sentence()
-
-
-def witness_keys(values: list[str]) -> dict[str, str]:
-    """NAME=PUBLIC_KEY_FILE options as name -> PEM."""
-    from audit.witness import load_public_key
-
-    keys = {}
-    for value in values:
-        name, separator, path = value.partition("=")
-        if not separator or not name:
-            raise CommandError(f"--witness-key takes NAME=PUBLIC_KEY_FILE, not {value!r}.")
-        try:
-            keys[name] = Path(path).read_text()
-            load_public_key(keys[name])
-        except OSError as exc:
-            raise CommandError(f"The witness key file {path} cannot be read: {exc.strerror}.") from None
-        except ValueError:
-            raise CommandError(f"The witness key file {path} is not an Ed25519 public key in PEM.") from None
-    return keys
+        sentence, ok = witness_statement(cosigned_note(latest, using=PLATFORM_ALIAS), witness_keys)
+        if required and not ok:
+            raise CommandError(f"Audit log intact, but {sentence}.")
+        return sentence
 
 
 def kept_notes(paths: list[Path]) -> list[str]:
