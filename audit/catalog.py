@@ -21,6 +21,9 @@ ACTIONS = {
     "catalogue.region_accept": "A second platform admin accepted a proposed region: it is in force from now.",
     "tenant_quota.set": "A tenant's GPU quota for one flavor was set: a cut by a platform admin, a raise once a "
                         "second platform admin confirmed it.",
+    "request.denied_repeated": "The same refusal met again by the same caller in one window: how many times.",
+    "request.throttled": "A caller (or a source address) met too many distinct refusals in one window and is "
+                         "answered 429 until it ends.",
     "audit.verify": "A platform admin checked the whole log against checkpoints kept outside the platform.",
     "audit.export": "An auditor or admin downloaded the tenant's verifiable audit export.",
     "audit.evidence_pack": "An auditor or admin downloaded a promotion's evidence pack.",

@@ -143,22 +143,30 @@ def record_denial(*, action: str = "request.denied", actor: Actor, tenant: str =
 
 
 def _write_side(event: AuditEvent) -> None:
-    with transaction.atomic(using=SIDE_ALIAS):
-        _insert(event, SIDE_ALIAS)
+    """Count the refusal, and write it if it is the first of its kind (audit/denials.py)."""
+    from .denials import record_refusal
+
+    record_refusal(event, write=lambda first: _insert(first, SIDE_ALIAS), using=SIDE_ALIAS)
 
 
 @contextmanager
-def denials_recorded():
-    """Collect denials raised inside, and write them when the scope ends."""
+def denials_recorded(*, source: str = ""):
+    """Collect denials raised inside, and write them when the scope ends; ``source`` is the
+    request's source address, which refusals are counted and capped by."""
+    from .denials import source_address
+
     pending: list[AuditEvent] = []
-    token = _pending_denials.set(pending)
+    token, address = _pending_denials.set(pending), source_address.set(source)
     try:
         yield
     finally:
         _pending_denials.reset(token)
-        for event in pending:
-            try:
-                _write_side(event)
-            except Exception:  # the refusal stands; losing its record must be loud
-                logger.exception("could not record audit denial %s", event.action)
-                raise
+        try:
+            for event in pending:
+                try:
+                    _write_side(event)
+                except Exception:  # the refusal stands; losing its record must be loud
+                    logger.exception("could not record audit denial %s", event.action)
+                    raise
+        finally:
+            source_address.reset(address)

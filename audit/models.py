@@ -179,3 +179,20 @@ class AuditCosignature(models.Model):
         ordering = ["witness"]
         constraints = [models.UniqueConstraint(fields=["checkpoint", "witness"], name="one_cosignature_per_witness")]
 
+
+class DenialCount(models.Model):
+    """How often one caller met one refusal in one window (audit/denials.py): the first is
+    recorded at once, the repeats are counted here and summed up in one event after the window."""
+
+    window = models.BigIntegerField()  # seconds since the epoch // AUDIT_DENIAL_WINDOW_SECONDS
+    caller = models.CharField(max_length=200)  # token:<id>, user:<id> or address:<ip>
+    source = models.CharField(max_length=64, blank=True)  # the source address of the first
+    refusal = models.CharField(max_length=64)  # sha256 of what makes refusals the same, or "throttled"
+    count = models.PositiveIntegerField()
+    sample = models.JSONField()  # the first refusal's actor, tenant, target and data
+    flushed = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["window", "caller", "refusal"], name="one_count_per_refusal")]
+        indexes = [models.Index(fields=["window", "source"]), models.Index(fields=["flushed", "window"])]
+

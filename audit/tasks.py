@@ -1,6 +1,8 @@
 from celery import shared_task
 
 from .checkpointing import checkpoint_due, checkpoint_write
+from .denials import flush_denial_counts
+from .log import SIDE_ALIAS
 from .sequencer import PLATFORM_ALIAS, sequence_all
 from .witnessing import witness_latest
 
@@ -13,4 +15,5 @@ def sequence_pending():
     if checkpoint_due(using=PLATFORM_ALIAS):
         checkpoint_write(using=PLATFORM_ALIAS)
     witness_latest(using=PLATFORM_ALIAS)  # a witness that missed one is asked again on every round
+    flush_denial_counts(using=SIDE_ALIAS)  # one summary per refusal repeated in a closed window
     return total

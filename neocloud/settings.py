@@ -159,6 +159,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
+    "tenants.middleware.DenialThrottleMiddleware",
     "tenants.middleware.RequireVerifiedOTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -246,6 +247,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": [
         "rest_framework.throttling.AnonRateThrottle",
         "rest_framework.throttling.UserRateThrottle",
+        "tenants.rest.DenialCapThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "anon": env("API_THROTTLE_ANON", "60/min"),
@@ -329,6 +331,12 @@ AUDIT_MAX_UNSEQUENCED_SECONDS = int(env("AUDIT_MAX_UNSEQUENCED_SECONDS", "300"))
 AUDIT_CHECKPOINT_EVERY = int(env("AUDIT_CHECKPOINT_EVERY", "1000"))
 AUDIT_CHECKPOINT_SECONDS = float(env("AUDIT_CHECKPOINT_SECONDS", "60"))
 AUDIT_LOG_ORIGIN = env("AUDIT_LOG_ORIGIN", "neocloud/audit-log")  # the first line of every checkpoint
+# Refusals that cannot flood the log (audit/denials.py): per window, the first of each refusal
+# is recorded and repeats are counted; past a cap of distinct refusals a caller (or an address)
+# is answered 429 until the window ends.
+AUDIT_DENIAL_WINDOW_SECONDS = int(env("AUDIT_DENIAL_WINDOW_SECONDS", "300"))
+AUDIT_DENIAL_CAP_PER_CALLER = int(env("AUDIT_DENIAL_CAP_PER_CALLER", "10000"))
+AUDIT_DENIAL_CAP_PER_SOURCE = int(env("AUDIT_DENIAL_CAP_PER_SOURCE", "100000"))
 # Independent witnesses that co-sign each checkpoint (audit.witness): a JSON list of
 # {"name", "url", "public_key_file"}. None by default.
 try:

@@ -2,6 +2,7 @@ from django.conf import settings
 from django.shortcuts import redirect
 from django.urls import reverse
 
+from audit.denials import throttled_for
 from audit.log import denials_recorded
 
 
@@ -12,8 +13,31 @@ class AuditDenialsMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        with denials_recorded():
+        with denials_recorded(source=request.META.get("REMOTE_ADDR", "")):
             return self.get_response(request)
+
+
+class DenialThrottleMiddleware:
+    """429 for a person or a source address that met too many distinct refusals in this
+    window (audit/denials.py); API tokens are throttled by tenants.rest.DenialCapThrottle."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        user = request.user
+        wait = throttled_for(caller=f"user:{user.pk}" if user.is_authenticated else None,
+                             source=request.META.get("REMOTE_ADDR", ""))
+        if not wait:
+            return self.get_response(request)
+        from .rest import json_error
+
+        response = json_error(429, "throttled", THROTTLED_DETAIL.format(wait=wait))
+        response["Retry-After"] = str(wait)
+        return response
+
+
+THROTTLED_DETAIL = ("Too many refused requests in a short time; try again in {wait} seconds.")
 
 
 class ApiBodyLimitMiddleware:
