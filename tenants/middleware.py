@@ -19,7 +19,7 @@ class AuditDenialsMiddleware:
 
 class DenialThrottleMiddleware:
     """429 for a person or a source address that met too many distinct refusals in this
-    window (audit/denials.py); API tokens are throttled by tenants.rest.DenialCapThrottle."""
+    window (audit/denials.py); API tokens are throttled by tenants.throttling.DenialCapThrottle."""
 
     def __init__(self, get_response):
         self.get_response = get_response

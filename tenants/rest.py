@@ -12,13 +12,11 @@ from django.http import Http404, JsonResponse
 from rest_framework import exceptions
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
-from rest_framework.throttling import BaseThrottle
 from rest_framework.views import set_rollback
 
-from audit.denials import throttled_for
 from audit.log import Target, record_denial
 
-from .access import actor_for, token_of
+from .access import actor_for
 from .errors import DomainError
 
 logger = logging.getLogger(__name__)
@@ -128,18 +126,3 @@ def _is_denial_worth_recording(request, status_code) -> bool:
 
 def json_error(status_code: int, code: str, detail: str) -> JsonResponse:
     return JsonResponse(error_body(code, detail), status=status_code)
-
-
-class DenialCapThrottle(BaseThrottle):
-    """429 for an API caller (a token, a person, or their address) that met too many distinct
-    refusals in this window (audit/denials.py)."""
-
-    def allow_request(self, request, view):
-        user, token = request.user, token_of(request.user)
-        caller = f"token:{token.public_id}" if token else (f"user:{user.pk}" if user.is_authenticated else None)
-        self.seconds = throttled_for(caller=caller, source=request.META.get("REMOTE_ADDR", ""))
-        return not self.seconds
-
-    def wait(self):
-        return self.seconds
-
