@@ -140,6 +140,7 @@ def test_a_stage_is_an_exact_entry(world, api, stage):
     assert list(assert_error(response, 400, "invalid")["fields"]) == ["stage"]
 
 
+@pytest.mark.embedded  # region_accept's select_for_update runs on SQLite too
 def test_a_new_region_counts_only_once_a_second_platform_admin_accepts_it(world, api):
     """A region lets data and work into its jurisdiction, so adding one is loosening: one
     platform admin proposes it and another accepts it with a fresh one-time password."""
