@@ -12,6 +12,7 @@ from audit import tree
 from audit.checkpointing import checkpoint_public_keys
 from audit.export import NothingToExport, as_zip, export_files
 from audit.models import AuditCheckpoint, AuditEvent, AuditLeaf
+from audit.witnessing import cosigned_note
 from audit.log import Target, record
 from tenants.access import actor_for, require
 from tenants.api import TenantScopedMixin
@@ -76,8 +77,12 @@ def _hexes(values: list[bytes]) -> list[str]:
 
 
 def _checkpoint_json(checkpoint) -> dict:
+    """The checkpoint with every witness cosignature kept for it appended to its note, as C2SP
+    notes carry them (a verifier that knows only the platform key skips those lines)."""
+    cosignatures = list(checkpoint.cosignatures.order_by("witness").values_list("witness", "cosigned_at"))
     return {"tree_size": checkpoint.tree_size, "root_hash": checkpoint.root_hash, "key_id": checkpoint.key_id,
-            "created_at": checkpoint.created_at, "note": checkpoint.note}
+            "created_at": checkpoint.created_at, "note": cosigned_note(checkpoint, using="default"),
+            "witnessed_by": [{"witness": name, "cosigned_at": moment} for name, moment in cosignatures]}
 
 
 def _size(request, name: str, default: int | None = None) -> int:

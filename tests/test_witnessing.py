@@ -70,6 +70,17 @@ def test_each_checkpoint_is_cosigned_by_the_witness_and_the_cosignature_kept(wit
     assert f"checkpoint {second.tree_size} is witnessed by {NAME}" in output
 
 
+def test_the_api_serves_the_latest_checkpoint_with_its_cosignatures(witness, world, api):
+    from audit.witness import cosignature_time, load_public_key
+
+    process, key_file = witness
+    checkpoint(3)
+    witness_latest(using="owner")
+    served = api(world.a.auditor).get("/api/v1/audit/checkpoint/").json()
+    assert [w["witness"] for w in served["witnessed_by"]] == [NAME]
+    assert cosignature_time(served["note"], name=NAME, public=load_public_key(key_file.read_text()))
+
+
 def test_a_witness_that_is_down_holds_nothing_up_and_shows_as_missing(witness, client, world):
     from tests.support.clients import sign_in
 
