@@ -60,11 +60,11 @@ def refusal_of(event: AuditEvent) -> str:
     return hashlib.sha256(canonical_json(key)).hexdigest()
 
 
-def record_refusal(event: AuditEvent, *, write, using: str, moment: float | None = None) -> None:
+def record_refusal(event: AuditEvent, *, write, using: str) -> None:
     """Count the refusal, and ``write(event)`` it (on ``using``, in the same transaction as its
     count) only if it is the first of its kind for its caller in this window and no cap is met."""
     source = source_address.get()
-    window, caller, refusal = window_of(moment or time.time()), caller_of(event, source), refusal_of(event)
+    window, caller, refusal = window_of(time.time()), caller_of(event, source), refusal_of(event)
     for attempt in range(2):  # a concurrent first insert of the same key: count on it instead
         try:
             with transaction.atomic(using=using):
@@ -121,9 +121,9 @@ def _flag(caller: str, window: int) -> str:
     return f"denials:throttled:{window}:{caller}"
 
 
-def throttled_for(*, caller: str | None, source: str, moment: float | None = None) -> int:
+def throttled_for(*, caller: str | None, source: str) -> int:
     """Seconds until the window ends when ``caller`` or ``source`` is throttled, else 0."""
-    now = moment or time.time()
+    now = time.time()
     window = window_of(now)
     keys = [_flag(f"address:{source}", window)] + ([_flag(caller, window)] if caller else [])
     if not any(cache.get_many(keys).values()):

@@ -17,7 +17,7 @@ from .hashing import leaf_hash
 from .models import AuditEvent, AuditLeaf, AuditPending, SequencerState
 from .rows import insert_rows
 
-PLATFORM_ALIAS = "platform"
+PLATFORM_ALIAS = "platform"  # the one name of the platform role's connection (settings.DATABASES)
 LEAF_COLUMNS = ("position", "event_id", "tenant", "tenant_position", "leaf", "leaf_hash", "sequenced_at")
 
 

@@ -15,6 +15,7 @@ from . import merkle, tree
 from .checkpoints import Checkpoint, NoteInvalid, checkpoint_body, parse_checkpoint, tenant_head_body, verify_note
 from .hashing import canonical_json, leaf_hash
 from .models import BODY_FIELDS, AuditCheckpoint, AuditEvent, AuditLeaf, AuditTreeNode, SequencerState, canonical_body
+from .sequencer import PLATFORM_ALIAS
 from .verify_export import sequencing_entry
 
 
@@ -92,7 +93,7 @@ _LEAF_ROW = ("position", "tenant", "tenant_position", "leaf", "leaf_hash", "even
              "event__canonical", "event__event_hash", *(f"event__{name}" for name in BODY_FIELDS))
 
 
-def verify_log(*, using: str = "platform", max_unsequenced: timedelta, now=None,
+def verify_log(*, using: str = PLATFORM_ALIAS, max_unsequenced: timedelta, now=None,
                stop_at_first: bool = True, kept: list[str] = ()) -> VerifyReport:
     """``kept``: signed checkpoint notes kept outside the platform (a regulator's, a witness's,
     WORM storage's). The log must still hold every event each one covers, hashing to its root;

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from workflows.urls import committing
+from tenants.api import committing
 
 from . import api, views
 

@@ -4,12 +4,12 @@ import json
 
 from django import forms
 from django.contrib import messages
-from django.db import transaction
 from django.shortcuts import redirect, render
 from django.urls import path
 from django.utils import timezone
 from django.views import View
 
+from tenants.api import committing
 from tenants.console import TenantConsoleMixin, form_error
 from tenants.db import tenant_reads
 from tenants.errors import DomainError
@@ -161,6 +161,5 @@ class PolicyPage(TenantConsoleMixin, View):
 
 
 console_urlpatterns = [
-    # Non-atomic: a waiver approval spends its one-time password in a transaction of its own.
-    path("t/<slug:tenant>/policy/", transaction.non_atomic_requests(PolicyPage.as_view()), name="policy"),
+    path("t/<slug:tenant>/policy/", committing(PolicyPage), name="policy"),
 ]

@@ -1,13 +1,12 @@
 """Tenant-scoped policy API: the tenant's policy data and its waivers (thin views)."""
 
-from django.db import transaction
 from django.urls import path
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 
-from tenants.api import TenantScopedAPIView
+from tenants.api import TenantScopedAPIView, committing
 from tenants.errors import NotFound
 from tenants import strict
 from tenants.services import user_by_username
@@ -229,12 +228,10 @@ PROPOSAL = "tenants/<slug:tenant>/proposals/<int:proposal>/"
 api_urlpatterns = [
     path("tenants/<slug:tenant>/policy-data/", PolicyDataView.as_view(), name="api-policy-data"),
     path("tenants/<slug:tenant>/waivers/", WaiverList.as_view(), name="api-waiver-list"),
-    # Non-atomic: the one-time password is spent in a transaction of its own.
-    path(WAIVER + "approve/", transaction.non_atomic_requests(WaiverApprove.as_view()), name="api-waiver-approve"),
+    path(WAIVER + "approve/", committing(WaiverApprove), name="api-waiver-approve"),
     path(WAIVER + "revoke/", WaiverRevoke.as_view(), name="api-waiver-revoke"),
     path("tenants/<slug:tenant>/proposals/", ProposalList.as_view(), name="api-proposal-list"),
     path("tenants/<slug:tenant>/admin-proposals/", AdminProposalCreate.as_view(), name="api-admin-proposal-list"),
     path(PROPOSAL, ProposalDetail.as_view(), name="api-proposal-detail"),
-    # Non-atomic: the one-time password is spent in a transaction of its own.
-    path(PROPOSAL + "confirm/", transaction.non_atomic_requests(ProposalConfirm.as_view()), name="api-proposal-confirm"),
+    path(PROPOSAL + "confirm/", committing(ProposalConfirm), name="api-proposal-confirm"),
 ]

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from audit.log import Actor, Target, record, record_denial
 from tenants.access import actor_for, allowed_tenant_ids, is_platform_admin
+from tenants.db import PLATFORM_ALIAS
 from tenants.errors import Forbidden, Invalid
 
 from .engines import (
@@ -40,7 +41,6 @@ from .sandbox import BuiltinRefused, CheckFailed, CompileFailed, check_modules, 
 
 MAX_CANDIDATE_FILES = 50
 MAX_CANDIDATE_BYTES = 256 * 1024
-PLATFORM_ALIAS = "platform"  # the platform role: reads every tenant's rows (BYPASSRLS)
 # Relative, and no segment starts with a dot: no "..", no hidden files.
 _MODULE_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*\.rego")
 

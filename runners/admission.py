@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
+from celery import current_app as celery_app
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Min, Sum
@@ -30,7 +31,7 @@ from workflows.models import Promotion, PromotionState, Stage, StagePointer, Wor
 from workflows import attestations
 from workflows.promotions import artifacts_with_status, platform_public_keys
 from workflows.services import held_digests
-from workflows.spec import gpus_by_flavor
+from workflows.spec import gpus_by_flavor, step_timeout
 
 from . import budgets
 from .dispatch import outbox_add, outbox_sweep, reap_expired
@@ -38,8 +39,7 @@ from .models import HOLDING_STATES, WAITING_STATES, NodeState, Run, RunnerNode, 
 from .services import run_priority_for
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_STEP_TIMEOUT_SECONDS = 3600
+ADMISSION_CYCLE = "runners.admission_cycle"  # the task, sent by name: domain code never imports tasks
 
 
 # Requests --------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ def _flavor_and_gpus(spec: dict) -> tuple[str | None, int]:
 
 def max_runtime_seconds(spec: dict) -> int:
     """The longest a run may take: every step's timeout times its attempts."""
-    return sum(int(step.get("timeout_seconds", DEFAULT_STEP_TIMEOUT_SECONDS)) * (1 + int(step.get("retries", 0)))
+    return sum(step_timeout(step) * (1 + int(step.get("retries", 0)))
                for step in spec.get("steps", []))
 
 
@@ -154,10 +154,8 @@ def run_request(*, actor, tenant: Tenant, version: WorkflowVersion, stage: str, 
 def wake_admission() -> None:
     """Ask for an admission cycle now rather than at the next beat; if the broker cannot take
     the message, beat's next cycle admits the run anyway."""
-    from .tasks import admission_cycle_task
-
     try:
-        admission_cycle_task.apply_async(retry=False)
+        celery_app.send_task(ADMISSION_CYCLE, retry=False)
     except Exception:
         logger.warning("could not wake the admission cycle; beat will run it", exc_info=True)
 

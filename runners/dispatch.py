@@ -16,6 +16,7 @@ lost. A run whose cancellation was asked for ends cancelled instead.
 import logging
 from datetime import timedelta
 
+from celery import current_app as celery_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -28,6 +29,7 @@ from .models import HOLDING_STATES, DispatchOutbox, Run, RunState, RunStep, Step
 
 logger = logging.getLogger(__name__)
 
+EXECUTE_RUN = "runners.execute_run"  # the task, sent by name: domain code never imports tasks
 SWEEP_GRACE_SECONDS = 2  # a row this fresh is still being published by the process that wrote it
 
 
@@ -41,8 +43,6 @@ def outbox_add(run: Run) -> DispatchOutbox:
 
 def outbox_publish(*, ids=None, older_than_seconds: float | None = None) -> int:
     """Send unpublished rows to their node queues; mark each sent row, and its run dispatched."""
-    from .tasks import execute_run_task
-
     rows = DispatchOutbox.objects.using(PLATFORM_ALIAS).filter(published_at__isnull=True).select_related("run")
     if ids is not None:
         rows = rows.filter(pk__in=ids)
@@ -51,9 +51,9 @@ def outbox_publish(*, ids=None, older_than_seconds: float | None = None) -> int:
     published = 0
     for row in rows.order_by("id"):
         try:
-            execute_run_task.apply_async(kwargs={"run": str(row.run.public_id), "fencing_token": row.fencing_token,
-                                                 "hostname": row.queue.removeprefix("runner.")},
-                                         queue=row.queue, retry=False)
+            celery_app.send_task(EXECUTE_RUN, kwargs={"run": str(row.run.public_id), "fencing_token": row.fencing_token,
+                                                      "hostname": row.queue.removeprefix("runner.")},
+                                 queue=row.queue, retry=False)
         except Exception:  # the broker is away: the row stays, and the sweep sends it later
             DispatchOutbox.objects.using(PLATFORM_ALIAS).filter(pk=row.pk).update(attempts=row.attempts + 1)
             logger.warning("could not publish run %s to %s; the sweep will retry", row.run.public_id, row.queue,

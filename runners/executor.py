@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from tenants.db import PLATFORM_ALIAS
 from workflows.outputs import run_output_register
-from workflows.spec import step_order
+from workflows.spec import step_order, step_timeout
 from workflows.store import UploadRefused, get_store
 
 from . import sandbox
@@ -200,7 +200,7 @@ def _run_step(lease: Lease, step: dict, workdir: Path) -> tuple[bool, str]:
         step_update(lease, name, state=StepState.FAILED, reason="Image steps need a container backend.")
         return False, f"Step {name} is an image step; runs of them wait for a container backend."
     attempts = 1 + int(step.get("retries", 0))
-    timeout = int(step.get("timeout_seconds", 3600))
+    timeout = step_timeout(step)
     step_update(lease, name, state=StepState.RUNNING, started_at=timezone.now())
     for number in range(1, attempts + 1):
         step_update(lease, name, attempts=number)
@@ -236,7 +236,7 @@ def _attempt(lease: Lease, step: dict, workdir: Path) -> Attempt:
     reader = threading.Thread(target=_read_into, args=(process.stdout, output), daemon=True)
     reader.start()
     started = time.monotonic()
-    deadline = started + int(step.get("timeout_seconds", 3600))
+    deadline = started + step_timeout(step)
     next_cancel_check = started + CANCEL_CHECK_SECONDS
     pending, last_flush = [], started
     try:

@@ -1,5 +1,6 @@
 """The tenant-scoped API base view: every route under /api/v1/tenants/<tenant>/ uses it."""
 
+from django.db import transaction
 from rest_framework import generics, status
 from rest_framework.response import Response
 
@@ -17,11 +18,7 @@ class TenantScopedMixin:
 
     model = None
     read_action = "view"
-    write_action = "admin"
     tenant = None
-
-    def action_for_request(self) -> str:
-        return self.read_action if self.request.method in ("GET", "HEAD", "OPTIONS") else self.write_action
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
@@ -44,3 +41,18 @@ class TenantScopedAPIView(TenantScopedMixin, generics.GenericAPIView):
 
 def no_content():
     return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def streaming(view_class):
+    """A view that runs outside the request's transaction: it streams its body, or it
+    commits work (a stored verification) that must stay even when it answers an error."""
+    view = transaction.non_atomic_requests(view_class.as_view())
+    view.streams_body = True
+    return view
+
+
+def committing(view_class):
+    """A view that commits its own steps: a one-time password is spent in a transaction of
+    its own, so it stays spent even when the decision that follows is refused."""
+    return transaction.non_atomic_requests(view_class.as_view())
+

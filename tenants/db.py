@@ -20,10 +20,9 @@ from django.conf import settings
 from django.db import connections, migrations, transaction
 
 from audit.appendonly import APPEND_ONLY_TABLES
+from audit.sequencer import PLATFORM_ALIAS  # the platform role (BYPASSRLS): jobs and runners see every tenant
 
 OWNER_ALIAS = "owner"
-# The platform role (BYPASSRLS): platform jobs and runners, which see every tenant.
-PLATFORM_ALIAS = "platform"
 
 TENANT_MATCH = "tenant_id = nullif(current_setting('app.tenant_id', true), '')::bigint"
 USER_MATCH = "user_id = nullif(current_setting('app.user_id', true), '')::bigint"

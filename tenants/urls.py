@@ -1,7 +1,7 @@
-from django.db import transaction
 from django.urls import path
 
 from . import console, views
+from .api import committing
 
 api_urlpatterns = [
     path("me", views.MeView.as_view(), name="api-me"),
@@ -19,7 +19,7 @@ api_urlpatterns = [
     path("gpu-flavors/<str:flavor>/", views.GpuFlavorDetail.as_view(), name="api-gpu-flavor-detail"),
     path("jurisdictions/", views.JurisdictionList.as_view(), name="api-jurisdiction-list"),
     path("regions/", views.RegionList.as_view(), name="api-region-list"),
-    path("regions/<str:code>/accept/", transaction.non_atomic_requests(views.RegionAccept.as_view()),
+    path("regions/<str:code>/accept/", committing(views.RegionAccept),
          name="api-region-accept"),
 ]
 

@@ -28,7 +28,7 @@ from policies.models import PRODUCTION_APPROVALS_FLOOR, ROLLBACK_APPROVALS_FLOOR
 from policies.services import active_waivers, input_digest, policy_data_document, policy_decide, tenant_policy_of
 from tenants.access import actor_for, can, memberships_of, require, require_one_of, role_in, standing_lapse
 from tenants.catalogue import region_jurisdictions
-from tenants.db import bind_rls
+from tenants.db import PLATFORM_ALIAS, bind_rls
 from tenants.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from tenants.models import Tenant, TenantQuota
 from tenants.roles import Role
@@ -591,7 +591,7 @@ def promotions_expire(*, moment=None) -> int:
     """Close every open request past its expiry (a beat task). The candidates are read on the
     platform alias, which sees every tenant; each is then closed under its own tenant."""
     moment = moment or timezone.now()
-    due = list(Promotion.objects.using("platform").filter(state__in=OPEN_PROMOTION_STATES, expires_at__lte=moment)
+    due = list(Promotion.objects.using(PLATFORM_ALIAS).filter(state__in=OPEN_PROMOTION_STATES, expires_at__lte=moment)
                .values_list("pk", "tenant_id", "workflow_id"))
     closed = 0
     for pk, tenant_id, workflow_id in due:

@@ -13,7 +13,6 @@ from .models import (
     PromotionOverride,
     Signature,
     Stage,
-    StagePointer,
     TrustConfiguration,
     Verification,
     Workflow,
@@ -65,14 +64,6 @@ class VersionRegisterSerializer(serializers.Serializer):
     spec = serializers.JSONField(help_text="The spec: an object, or YAML/JSON text.")
     artifacts = serializers.ListField(child=DigestField(), required=False,
                                       default=list, max_length=100)
-
-
-class StageSerializer(strict.ModelSerializer):
-    version = serializers.IntegerField(source="version.number")
-
-    class Meta:
-        model = StagePointer
-        fields = ["stage", "version", "updated_at"]
 
 
 class ArtifactSerializer(strict.ModelSerializer):

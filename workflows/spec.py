@@ -301,6 +301,14 @@ def validate(document: dict, *, known_flavors: set[str]) -> dict:
     return document
 
 
+DEFAULT_STEP_TIMEOUT_SECONDS = 3600  # a step without timeout_seconds
+
+
+def step_timeout(step: dict) -> int:
+    """How long a step may run, in seconds: its ``timeout_seconds``, or the default."""
+    return int(step.get("timeout_seconds", DEFAULT_STEP_TIMEOUT_SECONDS))
+
+
 def gpus_by_flavor(document: dict) -> dict[str, int]:
     """The most GPUs of each flavor any one step asks for: what a run of the version holds."""
     wanted = {}

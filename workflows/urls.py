@@ -1,21 +1,8 @@
-from django.db import transaction
 from django.urls import path
 
+from tenants.api import committing, streaming
+
 from . import api, console
-
-def streaming(view_class):
-    """A view that runs outside the request's transaction: it streams its body, or it
-    commits work (a stored verification) that must stay even when it answers an error."""
-    view = transaction.non_atomic_requests(view_class.as_view())
-    view.streams_body = True
-    return view
-
-
-def committing(view_class):
-    """A view that commits its own steps: a one-time password is spent in a transaction of
-    its own, so it stays spent even when the decision that follows is refused."""
-    return transaction.non_atomic_requests(view_class.as_view())
-
 
 PROMOTION = "tenants/<slug:tenant>/promotions/<uuid:promotion>/"
 
