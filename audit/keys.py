@@ -199,3 +199,9 @@ def platform_keyring() -> Keyring:
     from django.conf import settings
 
     return Keyring.load(settings.PLATFORM_KEYRING_FILE, read_kek(settings.PLATFORM_KEK_FILE))
+
+
+def platform_public_keys() -> dict[str, str]:
+    """Every platform public key (retired ones included) by key id: what verifies the
+    platform's attestations and provenance."""
+    return {key.kid: key.public_pem for key in platform_keyring().keys()}

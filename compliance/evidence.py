@@ -40,7 +40,7 @@ from tenants.db import PLATFORM_ALIAS, tenant_reads
 from tenants.models import Tenant
 from workflows.models import (OPEN_PROMOTION_STATES, Approval, Artifact, Promotion, RunOutput, Signature,
                               Verification)
-from workflows.promotions import promotion_by_id
+from workflows.selectors import promotion_by_id
 
 FORMAT = 1
 KIND = "neocloud/promotion-evidence"

@@ -22,6 +22,7 @@ from django.db.models import Count, Min, Sum
 from django.utils import timezone
 
 from audit.hashing import canonical_json
+from audit.keys import platform_public_keys
 from audit.log import Actor, Target, record
 from tenants.access import actor_for, require
 from tenants.db import PLATFORM_ALIAS, bind_rls
@@ -29,7 +30,7 @@ from tenants.errors import Conflict, Forbidden, Invalid, Unprocessable
 from tenants.models import BudgetMode, GpuFlavor, Tenant, TenantQuota
 from workflows.models import Promotion, PromotionState, Stage, StagePointer, WorkflowVersion
 from workflows import attestations
-from workflows.promotions import artifacts_with_status, platform_public_keys
+from workflows.selectors import artifacts_with_status
 from workflows.services import held_digests
 from workflows.spec import gpus_by_flavor, step_timeout
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from workflows.signing import file_digest, generate_key_pair
+from workflows.digests import file_digest
+from workflows.signing import generate_key_pair
 
 from tests.support.clients import issue_token
 from .test_signing import SIGNER_EMAIL, make_ca, make_leaf

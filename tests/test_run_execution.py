@@ -542,7 +542,7 @@ def test_a_staging_runs_outputs_get_platform_signed_provenance_and_its_metrics_j
     from workflows import attestations
     from workflows.models import Promotion, RunOutput
     from workflows.outputs import PROVENANCE_PREDICATE
-    from workflows.promotions import platform_public_keys
+    from audit.keys import platform_public_keys
 
     start_runner("gpu-eu-1", "0,1,2,3")
     dataset = gate.push("training-data", b"amount,label\n10,0\n", kind="dataset", sign=False)

@@ -24,10 +24,10 @@ from model_signing import signing as ms_signing
 from model_signing import verifying as ms_verifying
 from model_signing._signing import sign_ec_key
 
+from workflows.digests import file_digest
 from workflows.signing import (
     Mode,
     TrustConfig,
-    file_digest,
     generate_key_pair,
     sign_keyless,
     sign_path,

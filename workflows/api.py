@@ -28,7 +28,7 @@ from .models import (
     Workflow,
     WorkflowVersion,
 )
-from .selectors import version_named
+from .selectors import promotion_by_id, version_named
 from .serializers import (
     ArtifactSerializer,
     AssembleSerializer,
@@ -332,7 +332,7 @@ class _Promotions(TenantScopedAPIView):
 
     def promotion(self) -> Promotion:
         with self.tenant_reads():  # the step-up views run outside the request's transaction
-            return promotions.promotion_by_id(actor=self.request.user, tenant=self.tenant,
+            return promotion_by_id(actor=self.request.user, tenant=self.tenant,
                                               public_id=self.kwargs["promotion"])
 
     def answer(self, promotion, status_code=status.HTTP_200_OK, *, judged_now=False):

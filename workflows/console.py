@@ -21,7 +21,7 @@ from . import promotions, trust
 
 from .diff import version_diff
 from .models import Artifact, Promotion, PromotionState, Stage, StagePointer, Workflow, WorkflowVersion
-from .selectors import signature_status, version_named, with_verifications
+from .selectors import promotion_by_id, signature_status, version_named, with_verifications
 
 
 class WorkflowListPage(TenantConsoleMixin, View):
@@ -229,7 +229,7 @@ class PromotionPage(TenantConsoleMixin, View):
 
     def promotion(self):
         try:
-            return promotions.promotion_by_id(actor=self.request.user, tenant=self.tenant,
+            return promotion_by_id(actor=self.request.user, tenant=self.tenant,
                                               public_id=self.kwargs["promotion"])
         except DomainError:
             raise Http404("No such promotion.") from None

@@ -7,14 +7,14 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from audit.keys import platform_keyring
+from audit.keys import platform_keyring, platform_public_keys
 from audit.log import Actor, Target, record
 from tenants.models import Tenant
 
 from . import attestations
 from .metrics import check_metrics_file
 from .models import Artifact, ArtifactKind, RunOutput, Stage, WorkflowVersion
-from .signing import file_digest
+from .digests import file_digest
 from .store import get_store
 
 PROVENANCE_PREDICATE = attestations.PROVENANCE_PREDICATE
@@ -59,8 +59,6 @@ def staging_run_metrics(version: WorkflowVersion) -> RunOutput | None:
 
 def staging_run_metrics_of(versions) -> dict[int, RunOutput]:
     """``staging_run_metrics`` of each of ``versions`` (by id; absent when none verifies), in one query."""
-    from .promotions import platform_public_keys
-
     digests = {version.pk: version.digest for version in versions}
     found, keys = {}, None
     for output in (RunOutput.objects.filter(version_id__in=list(digests), stage=Stage.STAGING,

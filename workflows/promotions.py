@@ -17,10 +17,9 @@ from datetime import UTC, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Prefetch
 from django.utils import timezone
 
-from audit.keys import KeyringError, platform_keyring
+from audit.keys import KeyringError, platform_keyring, platform_public_keys
 from audit.log import Actor, Target, record
 from policies.baseline import is_accepted as baseline_accepted
 from policies.engines import DEFAULT_ENTRYPOINT, blocking, get_engine
@@ -44,16 +43,13 @@ from .models import (
     PromotionKind,
     PromotionOverride,
     PromotionState,
-    Signature,
     Stage,
     StagePointer,
-    Verification,
-    VersionArtifact,
     Workflow,
     WorkflowVersion,
 )
 from .outputs import staging_run_metrics, staging_run_metrics_of
-from .selectors import signature_status
+from .selectors import artifacts_by_version, signature_set
 from .spec import gpus_by_flavor
 from .store import get_store
 
@@ -71,36 +67,6 @@ class AttestationUnavailable(DomainError):
 def _rfc3339(moment) -> str:
     # A numeric offset, never "Z": regopy fails on it.
     return moment.astimezone(UTC).isoformat(timespec="seconds")
-
-
-def artifacts_with_status(version: WorkflowVersion) -> list[tuple[Artifact, object]]:
-    return _artifacts_by_version([version])[version.pk]
-
-
-def _artifacts_by_version(versions) -> dict[int, list[tuple[Artifact, object]]]:
-    """Each version's artifacts with their signature status, by name and digest, in three queries."""
-    links = VersionArtifact.objects.filter(version_id__in=[v.pk for v in versions]).select_related(
-        "artifact").prefetch_related(
-        Prefetch("artifact__verifications", queryset=Verification.objects.order_by("-performed_at", "-id")),
-        Prefetch("artifact__signatures", queryset=Signature.objects.only("id", "artifact_id", "bundle_digest")))
-    found = {version.pk: [] for version in versions}
-    for link in links:
-        found[link.version_id].append((link.artifact, signature_status(link.artifact)))
-    for artifacts in found.values():
-        artifacts.sort(key=lambda pair: (pair[0].name, pair[0].digest))
-    return found
-
-
-def signature_set(artifact: Artifact) -> list[dict]:
-    """Every signature of the artifact with its latest verification's signer and result: the
-    complete set an approval binds to, not only whether one of them verifies."""
-    latest = {}
-    for verification in artifact.verifications.all():  # newest first
-        latest.setdefault(verification.signature_id, verification)
-    signatures = [{"bundle_digest": s.bundle_digest,
-                   "identity": latest[s.pk].identity if s.pk in latest else "",
-                   "verified": latest[s.pk].verified if s.pk in latest else False} for s in artifact.signatures.all()]
-    return sorted(signatures, key=lambda s: (s["bundle_digest"], s["identity"], s["verified"]))
 
 
 def metrics_of(artifact: Artifact | None) -> dict:
@@ -164,7 +130,7 @@ def policy_inputs(promotions, *, moment) -> dict[int, dict]:
     if not promotions:
         return {}
     versions = list({p.version_id: p.version for p in promotions}.values())
-    artifacts = _artifacts_by_version(versions)
+    artifacts = artifacts_by_version(versions)
     tenants = {tenant_id: _TenantFacts.read(tenant, moment)
                for tenant_id, tenant in {p.tenant_id: p.tenant for p in promotions}.items()}
     pointers = dict(((workflow, stage), digest) for workflow, stage, digest in StagePointer.objects.filter(
@@ -580,10 +546,6 @@ def _promote(promotion: Promotion, *, actor, decision, approvals, facts) -> None
                  "approvers": [a.user.username for a in approvals], "attestation_digest": promotion.attestation_digest})
 
 
-def platform_public_keys() -> dict[str, str]:
-    return {key.kid: key.public_pem for key in platform_keyring().keys()}
-
-
 # Expiry ----------------------------------------------------------------------------------
 
 
@@ -801,13 +763,3 @@ def promotion_override_confirm(*, actor, override: PromotionOverride, otp_token:
                                                 "otp_device": device.persistent_id})
         _advance(promotion, actor=actor)
     return promotion
-
-
-def promotion_by_id(*, actor, tenant: Tenant, public_id) -> Promotion:
-    promotion = (Promotion.objects.restrict(actor, "view").filter(tenant=tenant, public_id=public_id)
-                 .select_related("tenant", "workflow", "version__created_by", "requested_by", "metrics_artifact")
-                 .first())
-    if promotion is None:
-        raise NotFound("No such promotion.")
-    return promotion
-

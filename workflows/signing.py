@@ -72,13 +72,11 @@ from sigstore_models.bundle import v1 as bundle_pb
 from sigstore_models.common.v1 import HashAlgorithm
 
 from workflows import certs
+from workflows.digests import HASH_CHUNK_BYTES, sha256_of_file
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BUNDLE_BYTES = 1_048_576
-# Read size per hashing call (model-signing's default). 256 KiB to 1 MiB measured alike here;
-# 8 MiB reads ran at half speed: each read allocates a fresh buffer larger than the CPU caches.
-HASH_CHUNK_BYTES = 1024 * 1024
 # The Sigstore public-good root shipped inside sigstore-python (pinned with its version).
 _EMBEDDED_PRODUCTION_ROOT = ("_store", "https%3A%2F%2Ftuf-repo-cdn.sigstore.dev", "trusted_root.json")
 # Fulcio's OIDC issuer extensions: v1 holds raw bytes, v2 a DER UTF8String.
@@ -169,19 +167,6 @@ def hashing_config() -> hashing.Config:
             .set_ignored_paths(paths=[], ignore_git_paths=False)
             .use_file_serialization(hashing_algorithm="sha256", chunk_size=HASH_CHUNK_BYTES,
                                     max_workers=os.cpu_count(), allow_symlinks=False))
-
-
-def file_digest(path: Path | str) -> str:
-    """'sha256:<hex>' of one file, read in chunks."""
-    return "sha256:" + _sha256_of_file(Path(path)).hex()
-
-
-def _sha256_of_file(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.digest()
 
 
 def manifest_digest(manifest: manifest_module.Manifest) -> str:
@@ -620,7 +605,7 @@ def _verify_keyless_file(path, document, bundle, verifier, identity_policy, iden
     if not path.is_file():
         raise _Rejected("This keyless bundle signs a single file's digest, but the artifact is not a file.",
                         identity=identity)
-    raw_digest = _sha256_of_file(path)
+    raw_digest = sha256_of_file(path)
     digest = "sha256:" + raw_digest.hex()
     if _bundle_message_digest(document) not in (None, raw_digest):
         raise _Rejected("The file's sha256 does not match the digest this bundle signs.",

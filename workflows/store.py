@@ -24,7 +24,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from .signing import file_digest
+from .digests import file_digest
 
 CHUNK = 1024 * 1024
 HEX = frozenset("0123456789abcdef")
