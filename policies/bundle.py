@@ -6,6 +6,7 @@ canonical JSON of ``{"files": {path: sha256(bytes)}, "roots": ["neocloud"]}`` fo
 carries that revision, so a decision recorded here names the bundle OPA was serving.
 """
 
+import functools
 import gzip
 import hashlib
 import io
@@ -17,6 +18,14 @@ from audit.hashing import canonical_json
 
 REGO_DIR = Path(__file__).resolve().parent / "rego"
 ROOTS = ["neocloud"]
+
+
+_loaded: dict = {}  # REGO_DIR -> (its files' stamps, the PolicySource read then)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
 
 
 def is_test_module(path: Path) -> bool:
@@ -33,14 +42,24 @@ class PolicySource:
 
     @classmethod
     def load(cls, root=None) -> "PolicySource":
+        """The sources as they are on disk: read again only when a file was added, removed or
+        changed (its size or modification time), so a process hashes them once per revision."""
         root = Path(root or REGO_DIR)
+        paths = sorted(root.rglob("*.rego"))
+        fingerprint = tuple((path, *_stamp(path)) for path in paths)
+        cached = _loaded.get(root)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
         modules, tests = {}, {}
-        for path in sorted(root.rglob("*.rego")):
+        for path in paths:
             rel = path.relative_to(root).as_posix()
             (tests if is_test_module(path) else modules)[rel] = path.read_text(encoding="utf-8")
-        return cls(root=root, modules=modules, tests=tests)
+        source = cls(root=root, modules=modules, tests=tests)
+        if root == REGO_DIR:  # the platform's own sources; other folders are read once each
+            _loaded[root] = (fingerprint, source)
+        return source
 
-    @property
+    @functools.cached_property
     def revision(self) -> str:
         files = {path: hashlib.sha256(text.encode("utf-8")).hexdigest() for path, text in self.modules.items()}
         return "sha256:" + hashlib.sha256(canonical_json({"files": files, "roots": ROOTS})).hexdigest()
