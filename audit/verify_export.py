@@ -246,7 +246,7 @@ def main(argv=None) -> int:
         if not options.folder.is_dir():
             raise InputUnreadable(f"The export folder {options.folder} does not exist or is not a folder.")
         pems = [read_input(path, "public key") for path in options.public_key]
-        witness_keys = witness_keys_of(options)
+        witness_keys = witness_keys_of(options.witness_key)
         summary = verify_pack(
             options.folder, pems,
             previous_checkpoint=read_input(options.previous_checkpoint, "earlier checkpoint"),
@@ -271,11 +271,17 @@ def add_witness_options(parser) -> None:
                         help="fail unless every witness given co-signed the pack's checkpoint")
 
 
-def witness_keys_of(options) -> dict[str, str]:
+def witness_keys_of(values: list[str]) -> dict[str, str]:
+    """``--witness-key`` options as name -> PEM; InputUnreadable with one sentence otherwise."""
     try:
-        return read_witness_keys(options.witness_key)
+        return read_witness_keys(values)
     except ValueError as exc:
-        raise InputUnreadable(f"{str(exc)[0].upper()}{str(exc)[1:]}.") from None
+        raise InputUnreadable(as_sentence(str(exc))) from None
+
+
+def as_sentence(fragment: str) -> str:
+    """A reason written to follow a colon ("the witness key file … cannot be read") as a sentence of its own."""
+    return f"{fragment[:1].upper()}{fragment[1:]}."
 
 
 def witnessed_or_refused(note: str, witness_keys: dict[str, str], *, required: bool) -> str:

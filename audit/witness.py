@@ -113,22 +113,32 @@ def load_public_key(pem: str) -> MLDSA44PublicKey:
 # What a verifier says about witnesses -------------------------------------------------------
 
 
-def read_witness_keys(values: list[str]) -> dict[str, str]:
-    """``NAME=PUBLIC_KEY_FILE`` options as name -> PEM; ValueError with one sentence otherwise."""
-    keys = {}
+def named_files(values: list[str], *, option: str, form: str, what: str) -> dict[str, tuple[Path, str]]:
+    """``NAME=FILE`` options (written as ``form``) as name -> (path, text); ValueError with one
+    sentence otherwise."""
+    found = {}
     for value in values:
         name, separator, path = value.partition("=")
         if not separator or not name:
-            raise ValueError(f"--witness-key takes NAME=PUBLIC_KEY_FILE, not {value!r}")
+            raise ValueError(f"{option} takes {form}, not {value!r}")
         try:
-            keys[name] = Path(path).read_text()
+            found[name] = Path(path), Path(path).read_text()
         except (OSError, UnicodeError) as exc:
-            raise ValueError(f"the witness key file {path} cannot be read: {getattr(exc, 'strerror', None) or exc}") \
+            raise ValueError(f"the {what} file {path} cannot be read: {getattr(exc, 'strerror', None) or exc}") \
                 from None
+    return found
+
+
+def read_witness_keys(values: list[str]) -> dict[str, str]:
+    """``--witness-key NAME=PUBLIC_KEY_FILE`` options as name -> PEM; ValueError with one sentence otherwise."""
+    keys = {}
+    given = named_files(values, option="--witness-key", form="NAME=PUBLIC_KEY_FILE", what="witness key")
+    for name, (path, pem) in given.items():
         try:
-            load_public_key(keys[name])
+            load_public_key(pem)
         except ValueError:
             raise ValueError(f"the witness key file {path} is not an ML-DSA-44 public key in PEM") from None
+        keys[name] = pem
     return keys
 
 
@@ -166,8 +176,7 @@ class Witness:
 
     def __init__(self, state: Path, logs: dict[str, str]):
         self.state = Path(state)
-        config = json.loads((self.state / "witness.json").read_text())
-        self.name = config["name"]
+        self.name = witness_name(self.state)
         self.key = serialization.load_pem_private_key((self.state / "witness-key.pem").read_bytes(), password=None)
         self.logs = logs
         self.lock = threading.Lock()  # check and persist atomically, within this process ...
@@ -307,7 +316,7 @@ def _init(state: Path, name: str) -> str:
     state.mkdir(parents=True, exist_ok=True)
     key_file = state / "witness-key.pem"
     if key_file.exists():
-        return f"The witness in {state} already has a key; its name is {json.loads((state / 'witness.json').read_text())['name']}."
+        return f"The witness in {state} already has a key; its name is {witness_name(state)}."
     key = MLDSA44PrivateKey.generate()
     descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
@@ -317,20 +326,14 @@ def _init(state: Path, name: str) -> str:
     return f"Created witness {name} in {state}."
 
 
+def witness_name(state: Path) -> str:
+    return json.loads((state / "witness.json").read_text())["name"]
+
+
 def public_pem(state: Path) -> str:
     key = serialization.load_pem_private_key((state / "witness-key.pem").read_bytes(), password=None)
     return key.public_key().public_bytes(serialization.Encoding.PEM,
                                          serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-
-
-def _logs(values: list[str]) -> dict[str, str]:
-    logs = {}
-    for value in values:
-        origin, separator, path = value.partition("=")
-        if not separator or not origin:
-            raise ValueError(f"--log takes ORIGIN=PUBLIC_KEY_FILE, not {value!r}")
-        logs[origin] = Path(path).read_text()
-    return logs
 
 
 def main(argv=None) -> int:
@@ -352,10 +355,10 @@ def main(argv=None) -> int:
             print(_init(options.state, options.name))
             return 0
         if options.command == "public-key":
-            name = json.loads((options.state / "witness.json").read_text())["name"]
-            print(f"# witness {name}\n{public_pem(options.state)}", end="")
+            print(f"# witness {witness_name(options.state)}\n{public_pem(options.state)}", end="")
             return 0
-        witness = Witness(options.state, _logs(options.log))
+        logs = named_files(options.log, option="--log", form="ORIGIN=PUBLIC_KEY_FILE", what="log key")
+        witness = Witness(options.state, {origin: pem for origin, (_, pem) in logs.items()})
         host, _, port = options.listen.rpartition(":")
         server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), handler_for(witness))
     except (OSError, ValueError, KeyError) as exc:

@@ -7,6 +7,7 @@ from django.conf import settings
 from audit.keys import KeyringError
 from audit.log import Target, record
 from audit.verify import VerifyReport, kept_checkpoints_problem, keys, verify_log
+from audit.verify_export import as_sentence
 from tenants.access import actor_for, require_platform_admin
 from tenants.db import PLATFORM_ALIAS
 from tenants.errors import Invalid
@@ -25,7 +26,7 @@ def log_check(*, actor, kept: list[str]) -> VerifyReport:
     except KeyringError as exc:
         raise Invalid(str(exc)) from None
     if problem:
-        raise Invalid(problem[0].upper() + problem[1:] + ".", field="checkpoints")
+        raise Invalid(as_sentence(problem), field="checkpoints")
     report = verify_log(using=PLATFORM_ALIAS, kept=kept,
                         max_unsequenced=timedelta(seconds=settings.AUDIT_MAX_UNSEQUENCED_SECONDS))
     record(action="audit.verify", actor=actor_for(actor), target=Target("audit_log", "kept-checkpoints"),

@@ -368,7 +368,7 @@ def main(argv=None) -> int:
     try:
         if not options.pack.exists():
             raise InputUnreadable(f"The evidence pack {options.pack} does not exist.")
-        witness_keys = witness_keys_of(options)
+        witness_keys = witness_keys_of(options.witness_key)
         summary = verify_evidence(
             options.pack, [read_input(key, "public key") for key in options.public_key],
             previous_checkpoint=read_input(options.previous_checkpoint, "earlier checkpoint"))

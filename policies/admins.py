@@ -79,6 +79,16 @@ def _write_admins(*, actor, tenant: Tenant, changes: dict, comment: str, proposa
     return AdminsWritten(revision=revision, membership=membership)
 
 
+def _platform_lapse(proposal: Proposal) -> str:
+    """Once the tenant has two tenant admins, they decide, and no platform admin confirms in their place."""
+    if len(governance.active_admin_ids(proposal.tenant_id)) >= 2:
+        return f"{proposal.tenant.slug} has two tenant admins now, so they decide who else becomes one"
+    return ""
+
+
 GOVERNED_ADMINS = governance.Governed(
     orders=loosening.ADMINS, current=_current_admins, write=_write_admins, label="list of tenant admins",
-    revision=lambda tenant: Tenant.objects.values_list("admins_revision", flat=True).get(pk=tenant.pk))
+    revision=lambda tenant: Tenant.objects.values_list("admins_revision", flat=True).get(pk=tenant.pk),
+    why_platform_confirms=lambda proposal: f"{proposal.tenant.slug} had fewer than two tenant admins when it was "
+                                           "proposed",
+    platform_lapse=_platform_lapse)

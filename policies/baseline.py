@@ -7,12 +7,11 @@ platform was installed with is accepted by the install (policies migration 0007)
 """
 
 from django.db import transaction
-from django.utils import timezone
 
 from audit.log import Target, record
 from tenants.access import actor_for, require_platform_admin
-from tenants.errors import Conflict, Forbidden, NotFound
-from tenants.stepup import require_person, step_up_verify
+from tenants.errors import Conflict, NotFound
+from tenants.stepup import accepted_by_second_platform_admin, require_person
 
 from .engines import get_engine
 from .models import BaselineRevision
@@ -59,16 +58,10 @@ def baseline_accept(*, actor, revision: str, otp_token: str) -> BaselineRevision
     proposal = BaselineRevision.objects.filter(revision=revision).select_related("proposed_by").first()
     if proposal is None:
         raise NotFound(f"No proposal of the baseline revision {revision}.")
-    if proposal.proposed_by_id == actor.pk:
-        raise Forbidden("A baseline revision needs a second platform admin: you proposed it, so another one must "
-                        "accept it.", code="separation_of_duties")
-    device = step_up_verify(user=actor, otp_token=otp_token, purpose="policy.baseline_accept")
-    with transaction.atomic():
-        proposal = BaselineRevision.objects.select_for_update().get(pk=proposal.pk)
-        if proposal.accepted_at is not None:
-            raise Conflict(f"The baseline revision {revision} is already accepted.", code="baseline_accepted")
-        proposal.accepted_by, proposal.accepted_at = actor, timezone.now()
-        proposal.save(update_fields=["accepted_by", "accepted_at"])
+    with accepted_by_second_platform_admin(
+            actor=actor, proposed=proposal, otp_token=otp_token, purpose="policy.baseline_accept",
+            what="A baseline revision", already=f"The baseline revision {revision} is already accepted.",
+            already_code="baseline_accepted") as (proposal, device):
         record(action="policy.baseline_accept", actor=actor_for(actor), target=Target("policy_revision", revision),
                data={"proposed_by": proposal.proposed_by.username, "otp_device": device.persistent_id})
     return proposal

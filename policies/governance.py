@@ -53,6 +53,10 @@ class Governed:
     write: Callable
     label: str
     revision: Callable
+    # For a setting a second platform admin may confirm: why (shown to a tenant admin who
+    # tries), and why a platform-confirmed proposal no longer stands ("" while it does).
+    why_platform_confirms: Callable | None = None
+    platform_lapse: Callable | None = None
 
 
 # The setting's own module declares its Governed; imported by name so neither app imports
@@ -212,23 +216,19 @@ def judged(proposal: Proposal, moment) -> tuple[str, str]:
 
 
 def _why_platform_admins(proposal: Proposal) -> str:
-    if proposal.setting == Proposal.Setting.ADMINS:
-        return f"{proposal.tenant.slug} had fewer than two tenant admins when it was proposed"
-    return f"the platform admins set the {governed(proposal.setting).label}, never the tenant's own admins"
+    return governed(proposal.setting).why_platform_confirms(proposal)
 
 
 def _proposer_lapse(proposal: Proposal) -> str:
-    """Why the proposal no longer stands for its proposer's side ("" while it does). A
-    platform-confirmed one also needs the tenant still short of two tenant admins: once it has
-    two, they decide, and no platform admin confirms in their place."""
-    proposer, tenant = proposal.proposed_by, proposal.tenant
+    """Why the proposal no longer stands for its proposer's side ("" while it does): its
+    proposer no longer holds the role, or the setting's own reason (``platform_lapse``)."""
+    proposer = proposal.proposed_by
     if proposal.confirmers == Confirmers.TENANT_ADMINS:
-        return standing_lapse(proposer, tenant.pk, given_at=proposal.proposed_at, roles=ADMIN_ROLES)
+        return standing_lapse(proposer, proposal.tenant_id, given_at=proposal.proposed_at, roles=ADMIN_ROLES)
     if not (proposer.is_active and proposer.is_superuser):
         return f"{proposer.username} is no longer a platform admin"
-    if proposal.setting == Proposal.Setting.ADMINS and len(active_admin_ids(tenant.pk)) >= 2:
-        return f"{tenant.slug} has two tenant admins now, so they decide who else becomes one"
-    return ""
+    lapse = governed(proposal.setting).platform_lapse
+    return lapse(proposal) if lapse else ""
 
 
 def governed_change_confirm(*, actor, proposal: Proposal, otp_token: str, diff_digest: str) -> Proposal:

@@ -99,4 +99,5 @@ def _write_quotas(*, actor, tenant: Tenant, changes: dict, comment: str, proposa
 
 GOVERNED_QUOTAS = governance.Governed(
     orders=loosening.QUOTAS, current=_current_quotas, write=_write_quotas, label="GPU quotas",
-    revision=lambda tenant: Tenant.objects.values_list("quotas_revision", flat=True).get(pk=tenant.pk))
+    revision=lambda tenant: Tenant.objects.values_list("quotas_revision", flat=True).get(pk=tenant.pk),
+    why_platform_confirms=lambda proposal: "the platform admins set the GPU quotas, never the tenant's own admins")

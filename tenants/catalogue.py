@@ -11,14 +11,13 @@ admin has accepted it with a fresh one-time password.
 import unicodedata
 
 from django.db import transaction
-from django.utils import timezone
 
 from audit.log import Target, record
 
 from .access import actor_for, require_platform_admin
-from .errors import Conflict, Forbidden, Invalid, NotFound, clean_or_invalid
+from .errors import Conflict, Invalid, NotFound, clean_or_invalid
 from .models import Jurisdiction, Region
-from .stepup import require_person, step_up_verify
+from .stepup import accepted_by_second_platform_admin, require_person
 
 
 def exact_entry_problem(kind: str, value, entries) -> str | None:
@@ -106,16 +105,10 @@ def region_accept(*, actor, code: str, otp_token: str) -> Region:
     region = Region.objects.filter(code=code).select_related("proposed_by").first()
     if region is None:
         raise NotFound(f"No region {code} in the catalogue.")
-    if region.proposed_by_id == actor.pk:
-        raise Forbidden("A new region needs a second platform admin: you proposed it, so another one must accept it.",
-                        code="separation_of_duties")
-    device = step_up_verify(user=actor, otp_token=otp_token, purpose="catalogue.region_accept")
-    with transaction.atomic():
-        region = Region.objects.select_for_update().get(pk=region.pk)
-        if region.accepted_at is not None:
-            raise Conflict(f"Region {code} is already in force.", code="region_accepted")
-        region.accepted_by, region.accepted_at = actor, timezone.now()
-        region.save(update_fields=["accepted_by", "accepted_at"])
+    with accepted_by_second_platform_admin(
+            actor=actor, proposed=region, otp_token=otp_token, purpose="catalogue.region_accept",
+            what="A new region", already=f"Region {code} is already in force.",
+            already_code="region_accepted") as (region, device):
         record(action="catalogue.region_accept", actor=actor_for(actor), target=Target("region", code),
                data={"jurisdiction": region.jurisdiction_id, "proposed_by": region.proposed_by.username,
                      "otp_device": device.persistent_id})

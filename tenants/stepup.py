@@ -6,13 +6,16 @@ a code once used can never be used again, even when the decision that follows is
 Callers therefore run outside the request's transaction: their routes are non-atomic.
 """
 
+from contextlib import contextmanager
+
 from django.db import connection, transaction
+from django.utils import timezone
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.log import Target, record_denial
 
 from .access import actor_for, token_of
-from .errors import Forbidden, Invalid
+from .errors import Conflict, Forbidden, Invalid
 
 
 def require_person(user, what: str) -> None:
@@ -48,3 +51,24 @@ def step_up_verify(*, user, otp_token: str, purpose: str) -> TOTPDevice:
                   "That one-time password is wrong, already used, or too old. Use the current code.")
         raise Forbidden(detail, code="otp_throttled" if not allowed else "otp_invalid")
     return device
+
+
+@contextmanager
+def accepted_by_second_platform_admin(*, actor, proposed, otp_token: str, purpose: str, what: str,
+                                      already: str, already_code: str):
+    """Accept ``proposed`` (a row with ``proposed_by``, ``accepted_by`` and ``accepted_at``: a
+    baseline revision, a region) as the second of two platform admins: never its proposer, with a
+    fresh one-time password. Yields the locked, accepted row and the device inside the
+    transaction, where the caller records the acceptance."""
+    if proposed.proposed_by_id == actor.pk:
+        raise Forbidden(f"{what} needs a second platform admin: you proposed it, so another one must accept it.",
+                        code="separation_of_duties")
+    device = step_up_verify(user=actor, otp_token=otp_token, purpose=purpose)
+    with transaction.atomic():
+        row = type(proposed).objects.select_for_update().select_related("proposed_by").get(pk=proposed.pk)
+        if row.accepted_at is not None:
+            raise Conflict(already, code=already_code)
+        row.accepted_by, row.accepted_at = actor, timezone.now()
+        row.save(update_fields=["accepted_by", "accepted_at"])
+        yield row, device
+

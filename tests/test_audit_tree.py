@@ -89,15 +89,31 @@ def test_checkpoints_are_signed_notes_with_a_head_per_tenant_and_verify_passes(l
     assert verify_log(using="owner", max_unsequenced=timedelta(minutes=5)).ok
 
 
+def insert_event_at(position: int):
+    """A made-up event slipped into the sequence at ``position``, well formed; later ones move up."""
+    def statement(cursor):
+        from django.utils import timezone
+
+        from audit import hashing
+        from audit.log import Actor, _build
+
+        cursor.execute("UPDATE audit_auditleaf SET position = -position - 1 WHERE position >= %s", [position])
+        cursor.execute("UPDATE audit_auditleaf SET position = -position WHERE position < 0")
+        event = _build(action="membership.grant", actor=Actor(type="user", id="1", name="alice"),
+                       tenant="acme-bank-shadow", target=None, data={"role": "tenant_admin"}, outcome="success")
+        event.save(using="owner")
+        body = AuditLeaf.leaf_body(event_hash=event.event_hash, tenant="acme-bank-shadow", tenant_position=0)
+        AuditLeaf.objects.using("owner").create(
+            position=position, event=event, tenant="acme-bank-shadow", tenant_position=0, leaf=body.decode(),
+            leaf_hash=hashing.leaf_hash(body).hex(), sequenced_at=timezone.now())
+    return statement
+
+
 @pytest.mark.parametrize("tamper", ["forged_checkpoint", "reordered", "deleted_leaf", "inserted"])
 def test_verify_detects_tampering_and_names_where(live_db, tamper):
     from datetime import timedelta
 
-    from django.utils import timezone
-
-    from audit import hashing
     from audit.appendonly import triggers_suspended
-    from audit.log import Actor, _build
     from audit.models import AuditCheckpoint
     from audit.verify import verify_log
 
@@ -116,16 +132,8 @@ def test_verify_detects_tampering_and_names_where(live_db, tamper):
             cursor.execute("UPDATE audit_auditleaf SET position = 10 WHERE position = -1")
         elif tamper == "deleted_leaf":
             cursor.execute("DELETE FROM audit_auditleaf WHERE position = 3")
-        elif tamper == "inserted":  # a made-up event slipped in at 11, well formed, the later ones moved up
-            cursor.execute("UPDATE audit_auditleaf SET position = -position - 1 WHERE position >= 11")
-            cursor.execute("UPDATE audit_auditleaf SET position = -position WHERE position < 0")
-            event = _build(action="membership.grant", actor=Actor(type="user", id="1", name="alice"),
-                           tenant="acme-bank-shadow", target=None, data={"role": "tenant_admin"}, outcome="success")
-            event.save(using="owner")
-            body = AuditLeaf.leaf_body(event_hash=event.event_hash, tenant="acme-bank-shadow", tenant_position=0)
-            AuditLeaf.objects.using("owner").create(
-                position=11, event=event, tenant="acme-bank-shadow", tenant_position=0, leaf=body.decode(),
-                leaf_hash=hashing.leaf_hash(body).hex(), sequenced_at=timezone.now())
+        elif tamper == "inserted":
+            insert_event_at(11)(cursor)
     report = verify_log(using="owner", max_unsequenced=timedelta(minutes=5))
     assert not report.ok
     problem = report.problems[0]

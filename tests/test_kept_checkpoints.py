@@ -26,7 +26,7 @@ from audit.sequencer import sequence_pending
 from audit.verify import verify_log
 
 from .test_audit import record_events
-from .test_audit_tree import _checkpointed_log
+from .test_audit_tree import _checkpointed_log, insert_event_at
 
 pytestmark = pytest.mark.embedded
 
@@ -63,21 +63,6 @@ def checkpoint_id(size: int) -> int:
     from audit.models import AuditCheckpoint
 
     return AuditCheckpoint.objects.using("owner").get(tree_size=size).pk
-
-
-def insert_event_at(position: int):
-    """A made-up event slipped into the sequence at ``position``, well formed; later ones move up."""
-    def statement(cursor):
-        cursor.execute("UPDATE audit_auditleaf SET position = -position - 1 WHERE position >= %s", [position])
-        cursor.execute("UPDATE audit_auditleaf SET position = -position WHERE position < 0")
-        event = _build(action="membership.grant", actor=Actor(type="user", id="1", name="alice"),
-                       tenant="acme-bank-shadow", target=None, data={"role": "tenant_admin"}, outcome="success")
-        event.save(using="owner")
-        body = AuditLeaf.leaf_body(event_hash=event.event_hash, tenant="acme-bank-shadow", tenant_position=0)
-        AuditLeaf.objects.using("owner").create(
-            position=position, event=event, tenant="acme-bank-shadow", tenant_position=0, leaf=body.decode(),
-            leaf_hash=leaf_hash(body).hex(), sequenced_at=timezone.now())
-    return statement
 
 
 def append_leaf(cursor):
@@ -211,8 +196,6 @@ def test_the_command_checks_kept_checkpoint_files_and_folders(kept, tmp_path, se
 
 
 def test_the_api_offers_the_same_check_to_platform_admins(kept, world, api):
-    from audit.models import AuditEvent as Event
-
     from .test_api import assert_error
 
     operator = api(world.platform_admin)
@@ -226,4 +209,4 @@ def test_the_api_offers_the_same_check_to_platform_admins(kept, world, api):
     tamper("DELETE FROM audit_auditleaf WHERE position = 6")
     problem = operator.post("/api/v1/audit/check/", {"checkpoints": kept}).json()["problem"]
     assert (problem["position"], problem["reason"]) == (6, "gap in the sequence: this position is missing")
-    assert Event.objects.using("owner").filter(action="audit.verify").count() == 2
+    assert AuditEvent.objects.using("owner").filter(action="audit.verify").count() == 2

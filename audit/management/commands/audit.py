@@ -107,13 +107,14 @@ class Command(BaseCommand):
 
     def _witnessed(self, keys: list[str], *, required: bool) -> str:
         from audit.models import AuditCheckpoint
-        from audit.witness import read_witness_keys, witness_statement
+        from audit.verify_export import InputUnreadable, witness_keys_of
+        from audit.witness import witness_statement
         from audit.witnessing import cosigned_note
 
         try:
-            witness_keys = read_witness_keys(keys)
-        except ValueError as exc:
-            raise CommandError(f"{str(exc)[0].upper()}{str(exc)[1:]}.") from None
+            witness_keys = witness_keys_of(keys)
+        except InputUnreadable as exc:
+            raise CommandError(str(exc)) from None
         latest = AuditCheckpoint.objects.using(PLATFORM_ALIAS).order_by("-tree_size").first()
         if latest is None:
             if required:
@@ -127,14 +128,12 @@ class Command(BaseCommand):
 
 def kept_notes(paths: list[Path]) -> list[str]:
     """The signed notes in ``paths``: each a file holding one, or a folder of such files."""
+    from audit.verify_export import InputUnreadable, read_input
+
     files = []
     for path in paths:
         files += sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    notes = []
-    for file in files:
-        try:
-            notes.append(file.read_text())
-        except (OSError, UnicodeError) as exc:
-            raise CommandError(f"The kept checkpoint {file} cannot be read: {getattr(exc, 'strerror', None) or exc}.") \
-                from None
-    return notes
+    try:
+        return [read_input(file, "kept checkpoint") for file in files]
+    except InputUnreadable as exc:
+        raise CommandError(str(exc)) from None
