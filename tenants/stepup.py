@@ -65,7 +65,7 @@ def accepted_by_second_platform_admin(*, actor, proposed, otp_token: str, purpos
                         code="separation_of_duties")
     device = step_up_verify(user=actor, otp_token=otp_token, purpose=purpose)
     with transaction.atomic():
-        row = type(proposed).objects.select_for_update().select_related("proposed_by").get(pk=proposed.pk)
+        row = type(proposed).objects.select_for_update(of=("self",)).select_related("proposed_by").get(pk=proposed.pk)
         if row.accepted_at is not None:
             raise Conflict(already, code=already_code)
         row.accepted_by, row.accepted_at = actor, timezone.now()
